@@ -1,0 +1,181 @@
+"""Source and Destination protocols, the error hierarchy, and the registry of connector health checks.
+
+The engine knows nothing vendor-specific: a source is a set of named streams that yield pages of canonical
+records with the cursor *after* them; the engine persists that cursor only once the page is committed.
+A destination receives the changes the ledger computed and reports, per record, what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from connectors.records import Record
+    from sync.settings import Settings
+
+
+# --- errors ---------------------------------------------------------------------------------------------------
+
+
+class RetentionError(Exception):
+    """Anything we raise on purpose. The CLI prints it as one line; ``exit_code`` follows the documented table."""
+
+    exit_code = 1
+
+
+class ConfigError(RetentionError):
+    """Settings are wrong: the message names the file or variable, the key, the value and what is allowed."""
+
+    exit_code = 2
+
+
+class InputError(RetentionError):
+    """A file the user gave us cannot be used as a whole (encoding, structure, missing columns)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+
+
+class StoreError(RetentionError):
+    """The local state store cannot be opened or written (locked, corrupt, full, newer schema)."""
+
+    exit_code = 4
+
+
+class SourceError(RetentionError):
+    """A vendor or file source failed. ``retryable`` tells the engine whether to try again later."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, *, source: str, record_id: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.source = source
+        self.record_id = record_id
+        self.retryable = retryable
+
+
+class RateLimited(SourceError):
+    def __init__(self, message: str, *, source: str, retry_after_s: float | None) -> None:
+        super().__init__(message, source=source, retryable=True)
+        self.retry_after_s = retry_after_s
+
+
+class AuthError(SourceError):
+    """Credentials missing, expired for good, or revoked: the user must act."""
+
+    exit_code = 6
+
+
+class RecordRejected(SourceError):
+    """The vendor refused this one record: quarantine it and go on."""
+
+
+class InvalidRecord(ValueError):
+    """A record failed validation while being built. Carries the field so the row can be quarantined precisely.
+
+    Deliberately not a RetentionError: it is always caught by the mapping that builds records and turned into
+    a quarantine entry; it never ends a run.
+    """
+
+    def __init__(self, field_name: str, value: Any, reason: str) -> None:
+        self.field_name = field_name
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field_name} {_preview(value)} {reason}")
+
+
+def _preview(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}…' ({len(str(value)):,} chars)"
+
+
+# --- sources and destinations ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    """Records read together, and the cursor that is true once they are committed."""
+
+    records: Sequence[Record]
+    cursor_after: str | None
+    rejected: Sequence[Rejected] = ()
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Input that could not become a record: where it was, why, and the raw data for the quarantine."""
+
+    record_ref: str  # "contacts.csv line 17", or the vendor's id
+    reason: str
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stream:
+    name: str  # "contacts"
+    record_kind: str  # "contact"
+    read: Callable[[str | None], Iterator[Page]]  # called with the saved cursor, or None for a full read
+
+
+class Source(Protocol):
+    name: str
+
+    def streams(self) -> Sequence[Stream]: ...
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field the ledger decided must be written to one object in a destination."""
+
+    object_id: str
+    field_name: str
+    value: str | None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    change: Change
+    ok: bool
+    reason: str | None = None  # why the destination refused, in the vendor's words, without secrets
+
+
+class Destination(Protocol):
+    name: str
+
+    def current(self, object_ids: Sequence[str], field_names: Sequence[str]) -> dict[str, dict[str, str | None]]: ...
+
+    def apply(self, changes: Sequence[Change]) -> Sequence[Receipt]: ...
+
+
+# --- health checks (`retention doctor`) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+ConnectorCheck = Callable[["Settings"], CheckResult]
+_CHECKS: dict[str, ConnectorCheck] = {}
+
+
+def register_check(connector: str) -> Callable[[ConnectorCheck], ConnectorCheck]:
+    """Connectors register how to tell whether they are reachable and authorised; `doctor` runs the enabled ones."""
+
+    def add(check: ConnectorCheck) -> ConnectorCheck:
+        _CHECKS[connector] = check
+        return check
+
+    return add
+
+
+def registered_checks() -> dict[str, ConnectorCheck]:
+    return dict(_CHECKS)

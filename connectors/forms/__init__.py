@@ -1,0 +1,1 @@
+"""Survey and file sources: CSV exports today; Typeform, SurveyMonkey and Google Forms beside it."""

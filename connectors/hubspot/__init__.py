@@ -1,0 +1,1 @@
+"""HubSpot connector: contacts, companies, deals and email events in; scores out as contact properties."""

@@ -1,0 +1,1 @@
+"""Mailchimp connector: members, email activity and e-commerce orders in; tags and merge fields out."""

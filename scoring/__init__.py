@@ -1,0 +1,1 @@
+"""Scoring: features, churn risk, CLV, segments and sentiment, estimator-style and deterministic."""

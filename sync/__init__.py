@@ -1,0 +1,1 @@
+"""The sync side: settings, the state store, the CLI."""

@@ -1,0 +1,627 @@
+"""The state store: records, identities, cursors, the write ledger, run history and the quarantine.
+
+SQLAlchemy Core over SQLite by default (one file under the data directory); a PostgreSQL URL works with the
+same code. SQLite runs in WAL mode with a busy timeout, foreign keys on, ``BEGIN IMMEDIATE`` for writes and an
+integrity check at open; its files are 0600 in a 0700 directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DatabaseError, OperationalError
+
+from connectors.base import Rejected, StoreError
+from connectors.records import Contact, Record, to_payload
+
+UTC = timezone.utc
+SCHEMA_VERSION = 1
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs"}
+
+
+class UtcDateTime(TypeDecorator):
+    """Aware UTC datetimes in and out, on SQLite (which has no time zones) and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime reached the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", UtcDateTime, nullable=False),
+)
+
+records = Table(
+    "records",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("source_id", String(500), nullable=False),
+    Column("match_email", String(320)),
+    Column("occurred_at", UtcDateTime),
+    Column("payload", Text, nullable=False),
+    Column("payload_hash", String(64), nullable=False),
+    Column("first_seen_at", UtcDateTime, nullable=False),
+    Column("changed_at", UtcDateTime, nullable=False),
+    Column("deleted_at", UtcDateTime),  # tombstone: the source archived or deleted it
+    UniqueConstraint("kind", "source", "source_id", name="uq_records_key"),
+)
+Index("ix_records_match_email", records.c.match_email)
+Index("ix_records_kind_occurred", records.c.kind, records.c.occurred_at)
+
+identities = Table(
+    "identities",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False),  # normalised
+    Column("source", String(200), nullable=False),
+    Column("source_id", String(500), nullable=False),
+    Column("is_primary", Boolean, nullable=False),
+    Column("alias_of", String(500)),  # for a merged-away id: the survivor's source_id in the same source
+    Column("first_seen_at", UtcDateTime, nullable=False),
+    UniqueConstraint("source", "source_id", "email", name="uq_identities_link"),
+)
+Index("ix_identities_email", identities.c.email)
+
+cursors = Table(
+    "cursors",
+    metadata,
+    Column("source", String(200), primary_key=True),
+    Column("stream", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("target", String(100), primary_key=True),
+    Column("object_id", String(500), primary_key=True),
+    Column("field", String(200), primary_key=True),
+    Column("confirmed_value", Text),  # what the target is known to hold because we wrote it
+    Column("confirmed_at", UtcDateTime),
+    Column("pending_value", Text),  # intent recorded before the call, cleared when confirmed
+    Column("pending_run_id", Integer, ForeignKey("runs.id")),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("command", String(50), nullable=False),  # import, sync, ...
+    Column("detail", Text, nullable=False),  # e.g. the file imported; never a secret
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("ended_at", UtcDateTime),
+    Column("status", String(20), nullable=False),  # running, succeeded, partial, failed
+)
+
+run_counts = Table(
+    "run_counts",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), primary_key=True),
+    Column("kind", String(32), primary_key=True),
+    Column("read", Integer, nullable=False, default=0),
+    Column("written", Integer, nullable=False, default=0),
+    Column("unchanged", Integer, nullable=False, default=0),
+    Column("quarantined", Integer, nullable=False, default=0),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(200), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("record_ref", String(500), nullable=False),  # "orders.csv line 17" or a vendor id
+    Column("fingerprint", String(64), nullable=False),  # same bad input seen again = same row
+    Column("reason", Text, nullable=False),
+    Column("raw", Text, nullable=False),
+    Column("first_seen_at", UtcDateTime, nullable=False),
+    Column("last_seen_at", UtcDateTime, nullable=False),
+    Column("last_run_id", Integer, ForeignKey("runs.id")),
+    UniqueConstraint("source", "kind", "fingerprint", name="uq_quarantine_input"),
+)
+
+# The state a rejected input must leave untouched; run history is an append-only log and is not part of it.
+STATE_TABLES = (records, identities, cursors, ledger, quarantine)
+
+
+def _migrate_to_1(conn: Connection) -> None:
+    # Version 1 is the tables above. A later version appends a function that alters them, and freezes the
+    # version-1 definitions here first so that old stores still upgrade step by step.
+    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t is not schema_version])
+
+
+MIGRATIONS = {1: _migrate_to_1}
+
+
+@dataclass
+class KindCounts:
+    read: int = 0
+    written: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+
+
+@dataclass
+class RunCounts:
+    by_kind: dict[str, KindCounts] = field(default_factory=dict)
+
+    def __getitem__(self, kind: str) -> KindCounts:
+        return self.by_kind.setdefault(kind, KindCounts())
+
+
+class Store:
+    """One open store. Writes happen inside ``transaction()``; everything in it commits or nothing does."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+
+    # --- opening -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, *, busy_timeout_s: float = 10.0, password: str | None = None) -> Store:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            engine = _sqlite_engine(parsed.database or "", busy_timeout_s)
+        else:
+            if password:
+                parsed = parsed.set(password=password)
+            engine = create_engine(parsed, pool_pre_ping=True)
+        store = cls(engine)
+        store._check_integrity()
+        store._migrate()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _check_integrity(self) -> None:
+        if not self.is_sqlite:
+            return
+        try:
+            with self.engine.connect() as conn:
+                verdict = [row[0] for row in conn.exec_driver_sql("PRAGMA integrity_check").fetchall()]
+        except DatabaseError as exc:
+            raise StoreError(f"{self._where()}: not a readable store ({_short(exc)}) — move it aside or restore a backup") from None
+        if verdict != ["ok"]:
+            raise StoreError(f"{self._where()}: the store is damaged ({verdict[0]}) — restore a backup or move it aside")
+
+    def _migrate(self, target: int = SCHEMA_VERSION) -> None:
+        with self.transaction() as conn:
+            current = self._version(conn)
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self._where()}: made by a newer retention-sync (schema {current}, this one knows {SCHEMA_VERSION})"
+                    " — upgrade retention-sync"
+                )
+            for version in range(current + 1, target + 1):
+                MIGRATIONS[version](conn)
+                conn.execute(insert(schema_version).values(version=version, applied_at=_now()))
+
+    def _version(self, conn: Connection) -> int:
+        names = set(conn.dialect.get_table_names(conn))
+        if "schema_version" not in names:
+            if names:
+                raise StoreError(f"{self._where()}: this database holds other tables, not a retention-sync store")
+            schema_version.create(conn)
+            return 0
+        return conn.execute(select(func.coalesce(func.max(schema_version.c.version), 0))).scalar_one()
+
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            return self._version(conn)
+
+    def _where(self) -> str:
+        return self.engine.url.database if self.is_sqlite else self.engine.url.render_as_string(hide_password=True)
+
+    # --- transactions --------------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"{self._where()}: {_explain_operational(exc)}") from None
+
+    # --- records -------------------------------------------------------------------------------------------
+
+    def upsert_records(self, conn: Connection, batch: Sequence[Record], counts: RunCounts) -> None:
+        """Insert new records, update changed ones, leave identical ones untouched; count each."""
+        latest: dict[tuple[str, str, str], Record] = {}
+        for record in batch:
+            latest[(record.kind, record.source, record.source_id)] = record
+        now = _now()
+        rows = {
+            key: {
+                "kind": key[0],
+                "source": key[1],
+                "source_id": key[2],
+                "match_email": record.match_email,
+                "occurred_at": _occurred_at(record),
+                "payload": (payload := to_payload(record)),
+                "payload_hash": hashlib.sha256(payload.encode()).hexdigest(),
+                "first_seen_at": now,
+                "changed_at": now,
+            }
+            for key, record in latest.items()
+        }
+        known = self._known_hashes(conn, list(rows))
+        new_rows = [row for key, row in rows.items() if key not in known]
+        changed_rows = [row for key, row in rows.items() if key in known and known[key] != row["payload_hash"]]
+        for key, row in rows.items():
+            kind_counts = counts[key[0]]
+            kind_counts.read += 1
+            if key in known and known[key] == row["payload_hash"]:
+                kind_counts.unchanged += 1
+            else:
+                kind_counts.written += 1
+        if new_rows:
+            conn.execute(insert(records), new_rows)
+        if changed_rows:
+            conn.execute(
+                update(records)
+                .where(
+                    and_(
+                        records.c.kind == _bind("b_kind"),
+                        records.c.source == _bind("b_source"),
+                        records.c.source_id == _bind("b_source_id"),
+                    )
+                )
+                .values(
+                    match_email=_bind("match_email"),
+                    occurred_at=_bind("occurred_at", UtcDateTime),
+                    payload=_bind("payload"),
+                    payload_hash=_bind("payload_hash"),
+                    changed_at=_bind("changed_at", UtcDateTime),
+                    deleted_at=None,
+                ),
+                [{**row, "b_kind": row["kind"], "b_source": row["source"], "b_source_id": row["source_id"]} for row in changed_rows],
+            )
+        contacts = [latest[(row["kind"], row["source"], row["source_id"])] for row in new_rows + changed_rows if row["kind"] == "contact"]
+        if contacts:
+            self._link_identities(conn, contacts, now)
+
+    def _known_hashes(self, conn: Connection, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+        known: dict[tuple[str, str, str], str] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            query = select(records.c.kind, records.c.source, records.c.source_id, records.c.payload_hash).where(
+                tuple_(records.c.kind, records.c.source, records.c.source_id).in_(chunk)
+            )
+            for kind, source, source_id, payload_hash in conn.execute(query):
+                known[(kind, source, source_id)] = payload_hash
+        return known
+
+    def _link_identities(self, conn: Connection, contacts: list[Contact], now: datetime) -> None:
+        conn.execute(
+            delete(identities).where(
+                tuple_(identities.c.source, identities.c.source_id).in_([(c.source, c.source_id) for c in contacts])
+            )
+        )
+        links = []
+        for contact in contacts:
+            emails = ([contact.email] if contact.email else []) + list(contact.additional_emails)
+            seen: set[str] = set()
+            for position, address in enumerate(emails):
+                if address.normalised in seen:
+                    continue
+                seen.add(address.normalised)
+                links.append(
+                    {
+                        "email": address.normalised,
+                        "source": contact.source,
+                        "source_id": contact.source_id,
+                        "is_primary": position == 0 and contact.email is not None,
+                        "alias_of": None,
+                        "first_seen_at": now,
+                    }
+                )
+            for merged_id in contact.merged_ids:
+                for address in emails[:1]:
+                    links.append(
+                        {
+                            "email": address.normalised,
+                            "source": contact.source,
+                            "source_id": merged_id,
+                            "is_primary": False,
+                            "alias_of": contact.source_id,
+                            "first_seen_at": now,
+                        }
+                    )
+        if links:
+            conn.execute(insert(identities), links)
+
+    # --- quarantine, runs, cursors, ledger -----------------------------------------------------------------
+
+    def quarantine_rejects(self, conn: Connection, source: str, kind: str, rejects: Iterable[Rejected], run_id: int) -> int:
+        now = _now()
+        count = 0
+        for reject in rejects:
+            raw = _json(reject.raw)
+            fingerprint = hashlib.sha256(f"{reject.reason}\x00{raw}".encode()).hexdigest()
+            existing = conn.execute(
+                select(quarantine.c.id).where(
+                    quarantine.c.source == source, quarantine.c.kind == kind, quarantine.c.fingerprint == fingerprint
+                )
+            ).scalar()
+            if existing is None:
+                conn.execute(
+                    insert(quarantine).values(
+                        source=source, kind=kind, record_ref=reject.record_ref, fingerprint=fingerprint,
+                        reason=reject.reason, raw=raw, first_seen_at=now, last_seen_at=now, last_run_id=run_id,
+                    )
+                )
+            else:
+                conn.execute(
+                    update(quarantine)
+                    .where(quarantine.c.id == existing)
+                    .values(record_ref=reject.record_ref, last_seen_at=now, last_run_id=run_id)
+                )
+            count += 1
+        return count
+
+    def begin_run(self, conn: Connection, command: str, detail: str, started_at: datetime) -> int:
+        return conn.execute(
+            insert(runs).values(command=command, detail=detail, started_at=started_at, status="running")
+        ).inserted_primary_key[0]
+
+    def finish_run(self, conn: Connection, run_id: int, status: str, counts: RunCounts) -> None:
+        conn.execute(update(runs).where(runs.c.id == run_id).values(status=status, ended_at=_now()))
+        if counts.by_kind:
+            conn.execute(
+                insert(run_counts),
+                [{"run_id": run_id, "kind": kind, **vars(c)} for kind, c in sorted(counts.by_kind.items())],
+            )
+
+    def cursor(self, source: str, stream: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(cursors.c.value).where(cursors.c.source == source, cursors.c.stream == stream)
+            ).scalar()
+
+    def save_cursor(self, conn: Connection, source: str, stream: str, value: str) -> None:
+        updated = conn.execute(
+            update(cursors).where(cursors.c.source == source, cursors.c.stream == stream).values(value=value, updated_at=_now())
+        )
+        if updated.rowcount == 0:
+            conn.execute(insert(cursors).values(source=source, stream=stream, value=value, updated_at=_now()))
+
+    def record_intent(self, conn: Connection, target: str, object_id: str, field_name: str, value: str | None, run_id: int) -> None:
+        key = and_(ledger.c.target == target, ledger.c.object_id == object_id, ledger.c.field == field_name)
+        if conn.execute(update(ledger).where(key).values(pending_value=value, pending_run_id=run_id)).rowcount == 0:
+            conn.execute(
+                insert(ledger).values(target=target, object_id=object_id, field=field_name, pending_value=value, pending_run_id=run_id)
+            )
+
+    def confirm_write(self, conn: Connection, target: str, object_id: str, field_name: str) -> None:
+        key = and_(ledger.c.target == target, ledger.c.object_id == object_id, ledger.c.field == field_name)
+        conn.execute(
+            update(ledger)
+            .where(key)
+            .values(confirmed_value=ledger.c.pending_value, confirmed_at=_now(), pending_value=None, pending_run_id=None)
+        )
+
+    def confirmed_value(self, target: str, object_id: str, field_name: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(ledger.c.confirmed_value).where(
+                    ledger.c.target == target, ledger.c.object_id == object_id, ledger.c.field == field_name
+                )
+            ).scalar()
+
+    # --- reading back ----------------------------------------------------------------------------------------
+
+    def record_counts(self) -> list[tuple[str, str, int]]:
+        with self.engine.connect() as conn:
+            query = (
+                select(records.c.kind, records.c.source, func.count())
+                .where(records.c.deleted_at.is_(None))
+                .group_by(records.c.kind, records.c.source)
+                .order_by(records.c.kind, records.c.source)
+            )
+            return [tuple(row) for row in conn.execute(query)]
+
+    def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            found = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).mappings().all()
+            counts = conn.execute(
+                select(run_counts).where(run_counts.c.run_id.in_([r["id"] for r in found]))
+            ).mappings().all()
+        return [
+            {**run, "counts": {c["kind"]: {k: c[k] for k in ("read", "written", "unchanged", "quarantined")} for c in counts if c["run_id"] == run["id"]}}
+            for run in found
+        ]
+
+    def quarantined(self, limit: int | None = None) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            query = select(quarantine).order_by(quarantine.c.last_seen_at.desc(), quarantine.c.id.desc())
+            return [dict(row) for row in conn.execute(query.limit(limit) if limit else query).mappings()]
+
+    def quarantine_size(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(quarantine)).scalar_one()
+
+    def stored_records(self, kind: str, source: str | None = None) -> Iterator[tuple[str, str]]:
+        """(source_id, payload) of live records of one kind, streamed."""
+        query = select(records.c.source_id, records.c.payload).where(records.c.kind == kind, records.c.deleted_at.is_(None))
+        if source is not None:
+            query = query.where(records.c.source == source)
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=5000).execute(query.order_by(records.c.id)):
+                yield row[0], row[1]
+
+    def checksum(self) -> str:
+        """A digest of every state table; equal digests mean an input left the state exactly as it was."""
+        digest = hashlib.sha256()
+        with self.engine.connect() as conn:
+            for table in STATE_TABLES:
+                digest.update(table.name.encode())
+                order = [c for c in table.primary_key.columns] or list(table.columns)
+                for row in conn.execution_options(yield_per=5000).execute(select(table).order_by(*order)):
+                    digest.update(repr(tuple(row)).encode())
+        return digest.hexdigest()
+
+    def integrity(self) -> str:
+        if not self.is_sqlite:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return "ok"
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql("PRAGMA integrity_check").fetchall()[0][0]
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+
+def _sqlite_engine(database: str, busy_timeout_s: float) -> Engine:
+    if not database or database == ":memory:":
+        raise StoreError("the SQLite store needs a file path; set data_dir or store.url")
+    path = Path(database).expanduser()
+    _prepare_private_file(path)
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": busy_timeout_s})
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin, so we can BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=FULL")  # the ledger must survive power loss, not only crashes
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn: Connection) -> None:
+        # Take the write lock up front: a deferred transaction that later upgrades can fail with SQLITE_BUSY.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _prepare_private_file(path: Path) -> None:
+    """Data directory 0700, database file 0600 (SQLite gives -wal and -shm the database file's mode)."""
+    directory = path.parent
+    fs_type = _filesystem_type(directory if directory.exists() else directory.parent)
+    if fs_type in NETWORK_FILESYSTEMS:
+        raise StoreError(f"{directory}: on a network filesystem ({fs_type}); SQLite's WAL needs a local disk — choose a local data_dir")
+    old_umask = os.umask(0o077)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+        for suffix in ("", "-wal", "-shm"):
+            sidecar = Path(f"{path}{suffix}")
+            if suffix == "":
+                os.close(os.open(sidecar, os.O_CREAT | os.O_RDWR, 0o600))
+            if sidecar.exists():
+                os.chmod(sidecar, 0o600)
+    except PermissionError as exc:
+        raise StoreError(f"{directory}: cannot create the store here ({exc.strerror}) — choose another data_dir") from None
+    finally:
+        os.umask(old_umask)
+
+
+def _filesystem_type(path: Path) -> str | None:
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    resolved = str(path.resolve())
+    best = ("", None)
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3 and resolved.startswith(parts[1]) and len(parts[1]) > len(best[0]):
+            best = (parts[1], parts[2])
+    return best[1]
+
+
+def _bind(name: str, type_: Any = None) -> Any:
+    from sqlalchemy import bindparam
+
+    return bindparam(name, type_=type_)
+
+
+def _occurred_at(record: Record) -> datetime | None:
+    for name in ("created_at", "occurred_at", "submitted_at", "scored_at"):
+        value = getattr(record, name, None)
+        if value is not None:
+            return value
+    return getattr(record, "updated_at", None)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _short(exc: Exception) -> str:
+    return str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+
+
+def _explain_operational(exc: OperationalError) -> str:
+    message = _short(exc)
+    if "locked" in message or "busy" in message:
+        return "the store is locked by another retention process — wait for it to finish, then run this again"
+    if "full" in message:
+        return "the disk holding the store is full; nothing was saved — free some space and run this again"
+    if "readonly" in message or "read-only" in message:
+        return "the store is read-only — check the permissions of the data directory"
+    return f"the store could not be written ({message})"
