@@ -271,7 +271,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         try:
-            with self.engine.begin() as conn:
+            with self.engine.connect().execution_options(write=True) as conn, conn.begin():
                 yield conn
         except OperationalError as exc:
             raise StoreError(f"{self._where()}: {_explain_operational(exc)}") from None
@@ -545,9 +545,10 @@ def _sqlite_engine(database: str, busy_timeout_s: float) -> Engine:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(conn: Connection) -> None:
-        # Take the write lock up front: a deferred transaction that later upgrades can fail with SQLITE_BUSY.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin(conn: Connection) -> None:
+        # Writers take the lock up front: a deferred transaction that later upgrades can fail with SQLITE_BUSY.
+        # Readers never block anyone in WAL mode.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
     return engine
 
