@@ -91,8 +91,8 @@ class InvalidRecord(ValueError):
 
 
 def _preview(value: Any, limit: int = 60) -> str:
-    text = repr(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 5]}…' ({len(str(value)):,} chars)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}…'"
 
 
 # --- sources and destinations ---------------------------------------------------------------------------------

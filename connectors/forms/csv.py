@@ -518,8 +518,11 @@ def _check_decodes(path: Path, encoding: str) -> None:
 def _raise_decode_error(path: Path, encoding: str, chunk: bytes, start: int, offset: int, newlines: int) -> None:
     line = newlines + chunk[:start].count(b"\n") + 1
     sample = chunk[max(0, start - 2000) : start + 2000]
-    guess = charset_normalizer.from_bytes(sample).best()
-    suspect = guess.encoding if guess is not None and guess.encoding not in ("utf_8", "ascii") else "cp1252"
+    candidates = charset_normalizer.from_bytes(sample)
+    # Western spreadsheet exports are cp1252 far more often than its look-alikes; say so when it fits too.
+    fits_cp1252 = any("cp1252" in (match.encoding, *match.could_be_from_charset) for match in candidates)
+    best = candidates.best()
+    suspect = "cp1252" if fits_cp1252 or best is None or best.encoding in ("utf_8", "ascii") else best.encoding
     label = {"utf-8-sig": "UTF-8", "utf-8": "UTF-8"}.get(encoding, encoding)
     raise InputError(
         f"{path.name} line {line}: byte 0x{chunk[start]:02X} at offset {offset + start:,} is not valid {label}; "
@@ -562,6 +565,6 @@ def _original(header: str) -> str:
 
 def _preview(value: Any, limit: int = 60) -> str:
     text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 5]}…' ({len(str(value)):,} characters)"
+    return text if len(text) <= limit else f"{text[: limit - 5]}…'"
 
 

@@ -1,0 +1,119 @@
+"""Shared fixtures: a fresh workspace per test, the CLI as a user runs it, and both store backends."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from sync.cli import app
+from sync.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+FIXTURES = Path(__file__).parent / "fixtures"
+POSTGRES_URL = os.environ.get("RETENTION_TEST_POSTGRES_URL", "")
+
+SETTINGS = """\
+data_dir = ".retention"
+timezone = "UTC"
+currency = "USD"
+"""
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Workspace:
+    root: Path
+    store_url: str  # "" means the default SQLite file in .retention
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> CliResult:
+        """Run `retention ARGS` in this workspace, as a user would from its directory."""
+        environment = {"RETENTION_SETTINGS": str(self.root / "settings.toml")}
+        if self.store_url:
+            environment["RETENTION_STORE__URL"] = self.store_url
+        environment.update(env or {})
+        result = CliRunner().invoke(app, list(args), env=environment, catch_exceptions=False)
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    def open_store(self) -> Store:
+        return Store.open(self.store_url or f"sqlite:///{self.root / '.retention' / 'retention.db'}")
+
+    def checksum(self) -> str:
+        store = self.open_store()
+        try:
+            return store.checksum()
+        finally:
+            store.close()
+
+    def run_count(self) -> int:
+        store = self.open_store()
+        try:
+            return len(store.recent_runs(10_000))
+        finally:
+            store.close()
+
+
+def fresh_postgres_url() -> str:
+    """A new, empty schema on the test server, so every test starts from nothing."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param(
+        "postgres",
+        id="postgres",
+        marks=[pytest.mark.postgres, pytest.mark.skipif(not POSTGRES_URL, reason="RETENTION_TEST_POSTGRES_URL is not set (no PostgreSQL server)")],
+    ),
+]
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """A directory with settings.toml, as `retention init` leaves it, using the SQLite store."""
+    (tmp_path / "settings.toml").write_text(SETTINGS)
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("RETENTION_") and name != "RETENTION_TEST_POSTGRES_URL":
+            monkeypatch.delenv(name)
+    return Workspace(tmp_path, "")
+
+
+@pytest.fixture(params=BACKENDS)
+def any_workspace(request: pytest.FixtureRequest, workspace: Workspace) -> Workspace:
+    """The same workspace, once with SQLite and once with PostgreSQL (where a server is available)."""
+    if request.param == "postgres":
+        workspace.store_url = fresh_postgres_url()
+    return workspace
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return fresh_postgres_url()
+    return f"sqlite:///{tmp_path / 'data' / 'retention.db'}"
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} is absent: the real-data tests need ../shared/data beside the repository")
+    return path
