@@ -44,7 +44,7 @@ class Workspace:
         if self.store_url:
             environment["RETENTION_STORE__URL"] = self.store_url
         environment.update(env or {})
-        result = CliRunner().invoke(app, list(args), env=environment, catch_exceptions=False)
+        result = CliRunner().invoke(app, list(args), env=environment, catch_exceptions=False, prog_name="retention")
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     def open_store(self) -> Store:

@@ -47,6 +47,7 @@ class ImportPlan:
     mapping: dict[str, int] = field(default_factory=dict)  # canonical field -> column
     answer_columns: dict[int, m.AnswerType] = field(default_factory=dict)
     profile: str | None = None
+    header_rows: int = 1
     date_order: str = "auto"
     data_rows: int = 0
     notices: list[str] = field(default_factory=list)
@@ -122,6 +123,9 @@ class CsvImport:
             self.plan.notices.append(f"{self.label}: the file has no rows; nothing to import")
             return self.plan
         _, header = first
+        if m.detect_profile(self.kind, {m.header_key(h) for h in header}) == m.SURVEYMONKEY:
+            header = _merge_surveymonkey_headers(header, next(rows, (0, []))[1])
+            self.plan.header_rows = 2
         self._set_headers(header, rows)
         self._scan(rows)
         return self.plan
@@ -250,7 +254,8 @@ class CsvImport:
         rejected: list[Rejected] = []
         done = 0
         rows = self._rows()
-        next(rows)  # the header
+        for _ in range(plan.header_rows):
+            next(rows)
         for line, cells in rows:
             if _is_blank(cells):
                 continue
@@ -425,11 +430,12 @@ class CsvImport:
             email = None  # kept without a respondent: it still counts for overall sentiment and NPS
         answers = {}
         for column, answer_type in self.plan.answer_columns.items():
-            cell = cells[column].strip()
-            if not cell:
+            cell = cells[column]
+            if not cell.strip():
                 continue
             question_id = m.slug(self.plan.headers[column])
-            value = m.parse_answer_value(cell, answer_type, f"answers.{question_id}")
+            # Free text is kept exactly as written; scores and choices are trimmed.
+            value = m.parse_answer_value(cell if answer_type.kind == "text" else cell.strip(), answer_type, f"answers.{question_id}")
             scale = answer_type.scale if answer_type.kind == "rating" else (None, None)
             answers[question_id] = Answer(
                 question_id=question_id, answer_kind=answer_type.kind, value=value,
@@ -474,6 +480,17 @@ class CsvImport:
                     f"{self.label} line {line}: {detail} — fix the quoting in the export and import it again",
                     path=str(self.path), line=line,
                 ) from None
+
+
+def _merge_surveymonkey_headers(top: list[str], sub: list[str]) -> list[str]:
+    """SurveyMonkey exports two header rows: questions on the first (blank where a question spans several
+    columns), then 'Response', 'Open-Ended Response' or the choice/row label under each column."""
+    merged, question = [], ""
+    for index, label in enumerate(top):
+        question = label.strip() or question
+        detail = sub[index].strip() if index < len(sub) else ""
+        merged.append(question if detail in ("", "Response", "Open-Ended Response") else f"{question} - {detail}")
+    return merged
 
 
 def _detect_encoding(path: Path, explicit: str | None) -> str:

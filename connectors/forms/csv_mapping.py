@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
 
@@ -104,6 +104,8 @@ class Profile:
     utc_columns: bool = False  # its unlabelled timestamps are UTC (Stripe labels them "(UTC)")
 
 
+# SurveyMonkey writes a second header row; the reader needs to know it by name.
+SURVEYMONKEY = Profile("surveymonkey", ("responses",), frozenset({"respondent id", "collector id"}), {})
 PROFILES = (
     Profile("shopify", ("orders",), frozenset({"financial status", "lineitem name"}), {"id": "name"}),
     Profile("shopify", ("contacts",), frozenset({"accepts email marketing", "total spent"}), {}),
@@ -118,7 +120,7 @@ PROFILES = (
     Profile("brevo", ("contacts",), frozenset({"email", "added time", "modified time"}), {}),
     Profile("constant-contact", ("contacts",), frozenset({"email address", "email permission status"}), {}),
     Profile("typeform", ("responses",), frozenset({"#", "submit date (utc)", "network id"}), {}, utc_columns=True),
-    Profile("surveymonkey", ("responses",), frozenset({"respondent id", "collector id"}), {}),
+    SURVEYMONKEY,
     Profile("google-forms", ("responses",), frozenset({"timestamp"}), {}),
 )
 
@@ -288,10 +290,6 @@ def _localise(naive: datetime, field_name: str, original: str, zone: ZoneInfo | 
     return early.astimezone(UTC)
 
 
-def day_start(value: date, zone: ZoneInfo) -> datetime:
-    return _localise(datetime.combine(value, time()), "date", value.isoformat(), zone)
-
-
 def slug(text: str, limit: int = 80) -> str:
     """A question id from a CSV header: the label is the only identity a CSV export gives a question."""
     cleaned = re.sub(r"[^\w]+", "_", text.strip().lower(), flags=re.UNICODE).strip("_")
@@ -377,6 +375,8 @@ def type_answer_column(header: str, stats: ColumnStats, override: str | None) ->
         high = next(size for size in (5, 7, 10) if stats.high <= size)
         return AnswerType("rating", (0 if stats.low == 0 else 1, high), "values")
     distinct = len(stats.distinct or ())
+    if distinct == 1 and header.endswith(f" - {next(iter(stats.distinct))}"):
+        return AnswerType("choice", None, "header")  # a multiple-choice column holding its own label when ticked
     if distinct and distinct <= 12 and stats.filled >= 2 * distinct and stats.longest <= 60:
         return AnswerType("choice", None, "values")
     return AnswerType("text", None, "values")
@@ -389,7 +389,3 @@ def parse_answer_value(cell: str, answer_type: AnswerType, field_name: str) -> i
         except ValueError:
             raise InvalidRecord(field_name, cell, f"is not a whole number for a {answer_type.kind} question") from None
     return cell
-
-
-def days(value: int) -> timedelta:
-    return timedelta(days=value)
