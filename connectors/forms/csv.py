@@ -3,7 +3,7 @@
 Policy for partly bad files (README, "Importing CSV files"):
 - File-level problems reject the whole file and nothing is stored: an encoding that is not UTF-8/UTF-16 (unless
   ``--encoding`` names it), an unclosed quote, a column we need appearing twice, no column to identify records,
-  dates that read both ways, or more bad rows than ``csv.max_bad_row_fraction``.
+  dates that read both ways, or more bad rows than ``csv.max_bad_row_fraction`` (and more than 10).
 - Row-level problems quarantine that row with its line number and reason, and the rest is imported: ragged rows,
   invalid emails, values that do not parse, rows missing a required value.
 - Rows that share an identity (the id column, or the email for contacts without one) merge into one record:
@@ -33,6 +33,9 @@ from connectors.records import Answer, Contact, EmailAddress, Order, SurveyRespo
 KINDS = {"contacts": "contact", "orders": "order", "responses": "survey_response"}
 PAGE_SIZE = 2_000
 CHUNK_BYTES = 1 << 20
+# A file is rejected whole only when its bad rows exceed csv.max_bad_row_fraction *and* this many: a few bad
+# rows in a small file are the user's to fix one by one, not a sign that the whole mapping is wrong.
+MIN_BAD_ROWS_TO_REJECT = 10
 MAX_FIELD_CHARS = 64 * 1024 * 1024  # parse anything up to this; per-value limits are applied to the record
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -282,8 +285,8 @@ class CsvImport:
         for lines, merged in pending.values():  # a group whose other rows were ragged
             self._build_merged(lines, merged, occurrences, records, rejected)
         self.rejected_rows += len(rejected)
-        bad_limit = self.max_bad_row_fraction * plan.data_rows
-        if self.rejected_rows > bad_limit and self.rejected_rows > 0:
+        bad_limit = max(self.max_bad_row_fraction * plan.data_rows, MIN_BAD_ROWS_TO_REJECT)
+        if self.rejected_rows > bad_limit:
             first = rejected[0] if rejected else None
             raise InputError(
                 f"{self.label}: {self.rejected_rows:,} of {plan.data_rows:,} rows could not be imported, more than "
