@@ -131,3 +131,10 @@ def test_a_canary_credential_never_reaches_output_logs_or_the_store(workspace: W
     assert CANARY not in logged and logged.count("[redacted]") == 2
     for path in (workspace.root / ".retention").iterdir():
         assert CANARY.encode() not in path.read_bytes(), path
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd ", "source "))]
+    assert len(ci_lines) == 1
+    assert f"```sh\n{ci_lines[0]}\n```" in readme
