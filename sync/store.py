@@ -40,6 +40,8 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 
@@ -283,12 +285,14 @@ class Store:
         latest: dict[tuple[str, str, str], Record] = {}
         for record in batch:
             latest[(record.kind, record.source, record.source_id)] = record
+        if not latest:
+            return
         now = _now()
-        rows = {
-            key: {
-                "kind": key[0],
-                "source": key[1],
-                "source_id": key[2],
+        rows = [
+            {
+                "kind": kind,
+                "source": source,
+                "source_id": source_id,
                 "match_email": record.match_email,
                 "occurred_at": _occurred_at(record),
                 "payload": (payload := to_payload(record)),
@@ -296,54 +300,34 @@ class Store:
                 "first_seen_at": now,
                 "changed_at": now,
             }
-            for key, record in latest.items()
-        }
-        known = self._known_hashes(conn, list(rows))
-        new_rows = [row for key, row in rows.items() if key not in known]
-        changed_rows = [row for key, row in rows.items() if key in known and known[key] != row["payload_hash"]]
-        for key, row in rows.items():
+            for (kind, source, source_id), record in latest.items()
+        ]
+        # One statement per batch, resolved through the unique index: a conflicting row is rewritten only when
+        # its content differs (or it was a tombstone), and only written rows come back.
+        statement = (sqlite_insert if self.is_sqlite else postgresql_insert)(records)
+        statement = statement.on_conflict_do_update(
+            index_elements=[records.c.kind, records.c.source, records.c.source_id],
+            set_={
+                "match_email": statement.excluded.match_email,
+                "occurred_at": statement.excluded.occurred_at,
+                "payload": statement.excluded.payload,
+                "payload_hash": statement.excluded.payload_hash,
+                "changed_at": statement.excluded.changed_at,
+                "deleted_at": None,
+            },
+            where=(records.c.payload_hash != statement.excluded.payload_hash) | records.c.deleted_at.is_not(None),
+        ).returning(records.c.kind, records.c.source, records.c.source_id)
+        written = {tuple(row) for row in conn.execute(statement, rows)}
+        for key in latest:
             kind_counts = counts[key[0]]
             kind_counts.read += 1
-            if key in known and known[key] == row["payload_hash"]:
-                kind_counts.unchanged += 1
-            else:
+            if key in written:
                 kind_counts.written += 1
-        if new_rows:
-            conn.execute(insert(records), new_rows)
-        if changed_rows:
-            conn.execute(
-                update(records)
-                .where(
-                    and_(
-                        records.c.kind == _bind("b_kind"),
-                        records.c.source == _bind("b_source"),
-                        records.c.source_id == _bind("b_source_id"),
-                    )
-                )
-                .values(
-                    match_email=_bind("match_email"),
-                    occurred_at=_bind("occurred_at", UtcDateTime),
-                    payload=_bind("payload"),
-                    payload_hash=_bind("payload_hash"),
-                    changed_at=_bind("changed_at", UtcDateTime),
-                    deleted_at=None,
-                ),
-                [{**row, "b_kind": row["kind"], "b_source": row["source"], "b_source_id": row["source_id"]} for row in changed_rows],
-            )
-        contacts = [latest[(row["kind"], row["source"], row["source_id"])] for row in new_rows + changed_rows if row["kind"] == "contact"]
+            else:
+                kind_counts.unchanged += 1
+        contacts = [latest[key] for key in written if key[0] == "contact"]
         if contacts:
             self._link_identities(conn, contacts, now)
-
-    def _known_hashes(self, conn: Connection, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
-        known: dict[tuple[str, str, str], str] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            query = select(records.c.kind, records.c.source, records.c.source_id, records.c.payload_hash).where(
-                tuple_(records.c.kind, records.c.source, records.c.source_id).in_(chunk)
-            )
-            for kind, source, source_id, payload_hash in conn.execute(query):
-                known[(kind, source, source_id)] = payload_hash
-        return known
 
     def _link_identities(self, conn: Connection, contacts: list[Contact], now: datetime) -> None:
         conn.execute(
@@ -587,12 +571,6 @@ def _filesystem_type(path: Path) -> str | None:
         if len(parts) >= 3 and resolved.startswith(parts[1]) and len(parts[1]) > len(best[0]):
             best = (parts[1], parts[2])
     return best[1]
-
-
-def _bind(name: str, type_: Any = None) -> Any:
-    from sqlalchemy import bindparam
-
-    return bindparam(name, type_=type_)
 
 
 def _occurred_at(record: Record) -> datetime | None:
