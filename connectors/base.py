@@ -87,10 +87,11 @@ class InvalidRecord(ValueError):
         self.field_name = field_name
         self.value = value
         self.reason = reason
-        super().__init__(f"{field_name} {_preview(value)} {reason}")
+        super().__init__(f"{field_name} {preview(value)} {reason}")
 
 
-def _preview(value: Any, limit: int = 60) -> str:
+def preview(value: Any, limit: int = 60) -> str:
+    """A value short enough to quote in a one-line message."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 5]}…'"
 

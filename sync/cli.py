@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from connectors.base import CheckResult, ConfigError, InputError, RetentionError, registered_checks
+from connectors.base import CheckResult, ConfigError, RetentionError, registered_checks
 from connectors.forms.csv import KINDS, CsvImport
 from sync.engine import run_source_once
 from sync.export import write_csv

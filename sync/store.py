@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,18 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
     and_,
     create_engine,
     delete,
@@ -37,7 +26,6 @@ from sqlalchemy import (
     insert,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -47,144 +35,22 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 
 from connectors.base import Rejected, StoreError
 from connectors.records import Contact, Record, to_payload
+from sync.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    STATE_TABLES,
+    cursors,
+    identities,
+    ledger,
+    quarantine,
+    records,
+    run_counts,
+    runs,
+    schema_version,
+)
 
 UTC = timezone.utc
-SCHEMA_VERSION = 1
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs"}
-
-
-class UtcDateTime(TypeDecorator):
-    """Aware UTC datetimes in and out, on SQLite (which has no time zones) and PostgreSQL alike."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime reached the store")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-metadata = MetaData()
-
-schema_version = Table(
-    "schema_version",
-    metadata,
-    Column("version", Integer, primary_key=True),
-    Column("applied_at", UtcDateTime, nullable=False),
-)
-
-records = Table(
-    "records",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("kind", String(32), nullable=False),
-    Column("source", String(200), nullable=False),
-    Column("source_id", String(500), nullable=False),
-    Column("match_email", String(320)),
-    Column("occurred_at", UtcDateTime),
-    Column("payload", Text, nullable=False),
-    Column("payload_hash", String(64), nullable=False),
-    Column("first_seen_at", UtcDateTime, nullable=False),
-    Column("changed_at", UtcDateTime, nullable=False),
-    Column("deleted_at", UtcDateTime),  # tombstone: the source archived or deleted it
-    UniqueConstraint("kind", "source", "source_id", name="uq_records_key"),
-)
-Index("ix_records_match_email", records.c.match_email)
-Index("ix_records_kind_occurred", records.c.kind, records.c.occurred_at)
-
-identities = Table(
-    "identities",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("email", String(320), nullable=False),  # normalised
-    Column("source", String(200), nullable=False),
-    Column("source_id", String(500), nullable=False),
-    Column("is_primary", Boolean, nullable=False),
-    Column("alias_of", String(500)),  # for a merged-away id: the survivor's source_id in the same source
-    Column("first_seen_at", UtcDateTime, nullable=False),
-    UniqueConstraint("source", "source_id", "email", name="uq_identities_link"),
-)
-Index("ix_identities_email", identities.c.email)
-
-cursors = Table(
-    "cursors",
-    metadata,
-    Column("source", String(200), primary_key=True),
-    Column("stream", String(100), primary_key=True),
-    Column("value", Text, nullable=False),
-    Column("updated_at", UtcDateTime, nullable=False),
-)
-
-ledger = Table(
-    "ledger",
-    metadata,
-    Column("target", String(100), primary_key=True),
-    Column("object_id", String(500), primary_key=True),
-    Column("field", String(200), primary_key=True),
-    Column("confirmed_value", Text),  # what the target is known to hold because we wrote it
-    Column("confirmed_at", UtcDateTime),
-    Column("pending_value", Text),  # intent recorded before the call, cleared when confirmed
-    Column("pending_run_id", Integer, ForeignKey("runs.id")),
-)
-
-runs = Table(
-    "runs",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("command", String(50), nullable=False),  # import, sync, ...
-    Column("detail", Text, nullable=False),  # e.g. the file imported; never a secret
-    Column("started_at", UtcDateTime, nullable=False),
-    Column("ended_at", UtcDateTime),
-    Column("status", String(20), nullable=False),  # running, succeeded, partial, failed
-)
-
-run_counts = Table(
-    "run_counts",
-    metadata,
-    Column("run_id", Integer, ForeignKey("runs.id"), primary_key=True),
-    Column("kind", String(32), primary_key=True),
-    Column("read", Integer, nullable=False, default=0),
-    Column("written", Integer, nullable=False, default=0),
-    Column("unchanged", Integer, nullable=False, default=0),
-    Column("quarantined", Integer, nullable=False, default=0),
-)
-
-quarantine = Table(
-    "quarantine",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("source", String(200), nullable=False),
-    Column("kind", String(32), nullable=False),
-    Column("record_ref", String(500), nullable=False),  # "orders.csv line 17" or a vendor id
-    Column("fingerprint", String(64), nullable=False),  # same bad input seen again = same row
-    Column("reason", Text, nullable=False),
-    Column("raw", Text, nullable=False),
-    Column("first_seen_at", UtcDateTime, nullable=False),
-    Column("last_seen_at", UtcDateTime, nullable=False),
-    Column("last_run_id", Integer, ForeignKey("runs.id")),
-    UniqueConstraint("source", "kind", "fingerprint", name="uq_quarantine_input"),
-)
-
-# The state a rejected input must leave untouched; run history is an append-only log and is not part of it.
-STATE_TABLES = (records, identities, cursors, ledger, quarantine)
-
-
-def _migrate_to_1(conn: Connection) -> None:
-    # Version 1 is the tables above. A later version appends a function that alters them, and freezes the
-    # version-1 definitions here first so that old stores still upgrade step by step.
-    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t is not schema_version])
-
-
-MIGRATIONS = {1: _migrate_to_1}
 
 
 @dataclass
@@ -330,11 +196,11 @@ class Store:
             self._link_identities(conn, contacts, now)
 
     def _link_identities(self, conn: Connection, contacts: list[Contact], now: datetime) -> None:
-        conn.execute(
-            delete(identities).where(
-                tuple_(identities.c.source, identities.c.source_id).in_([(c.source, c.source_id) for c in contacts])
-            )
-        )
+        ids_by_source: dict[str, list[str]] = {}
+        for contact in contacts:
+            ids_by_source.setdefault(contact.source, []).append(contact.source_id)
+        for source, source_ids in ids_by_source.items():  # source = and source_id IN: an index range
+            conn.execute(delete(identities).where(identities.c.source == source, identities.c.source_id.in_(source_ids)))
         links = []
         for contact in contacts:
             emails = ([contact.email] if contact.email else []) + list(contact.additional_emails)
@@ -511,6 +377,8 @@ class Store:
 
 
 def _sqlite_engine(database: str, busy_timeout_s: float) -> Engine:
+    if sqlite3.sqlite_version_info < (3, 35):
+        raise StoreError(f"this Python's SQLite is {sqlite3.sqlite_version}; the store needs 3.35 or newer — use Python 3.11 from python.org or your distribution")
     if not database or database == ":memory:":
         raise StoreError("the SQLite store needs a file path; set data_dir or store.url")
     path = Path(database).expanduser()

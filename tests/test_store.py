@@ -15,7 +15,7 @@ from sqlalchemy import insert, text
 
 from connectors.base import StoreError
 from connectors.records import Contact, EmailAddress, Order, from_payload
-from sync import store as store_module
+from sync import schema
 from sync.store import RunCounts, Store
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -126,25 +126,25 @@ def test_cursors_and_the_ledger_keep_what_was_committed(store_url: str) -> None:
 def test_a_store_at_schema_version_1_upgrades_to_the_current_schema(store_url: str) -> None:
     store = Store(Store.open(store_url).engine)
     with store.engine.begin() as conn:  # start again from nothing, then build version 1 only
-        store_module.metadata.drop_all(conn)
+        schema.metadata.drop_all(conn)
     store._migrate(target=1)
     with store.engine.begin() as conn:
-        conn.execute(insert(store_module.cursors).values(source="csv", stream="orders", value="v1", updated_at=NOW))
+        conn.execute(insert(schema.cursors).values(source="csv", stream="orders", value="v1", updated_at=NOW))
 
     upgraded = Store.open(store_url)
 
-    assert upgraded.version() == store_module.SCHEMA_VERSION
+    assert upgraded.version() == schema.SCHEMA_VERSION
     assert upgraded.cursor("csv", "orders") == "v1"
     with upgraded.engine.connect() as conn:
         tables = set(conn.dialect.get_table_names(conn))
-    assert {t.name for t in store_module.metadata.sorted_tables} <= tables
+    assert {t.name for t in schema.metadata.sorted_tables} <= tables
     upgraded.close()
 
 
 def test_a_store_from_a_newer_version_is_refused_with_one_line(store_url: str) -> None:
     store = Store.open(store_url)
     with store.engine.begin() as conn:
-        conn.execute(insert(store_module.schema_version).values(version=store_module.SCHEMA_VERSION + 1, applied_at=NOW))
+        conn.execute(insert(schema.schema_version).values(version=schema.SCHEMA_VERSION + 1, applied_at=NOW))
     store.close()
 
     with pytest.raises(StoreError, match=r"made by a newer retention-sync .* upgrade retention-sync"):

@@ -14,9 +14,6 @@ Cells are stored literally: a value that looks like a spreadsheet formula is dat
 
 from __future__ import annotations
 
-import codecs
-import csv
-import hashlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,11 +21,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import charset_normalizer
-
-from connectors.base import InputError, InvalidRecord, Page, Rejected, Stream
+from connectors.base import InputError, InvalidRecord, Page, Rejected, Stream, preview
+from connectors.forms import csv_file
 from connectors.forms import csv_mapping as m
-from connectors.records import Answer, Contact, EmailAddress, Order, SurveyResponse
+from connectors.forms.csv_records import RowMapper, clean_id
 
 KINDS = {"contacts": "contact", "orders": "order", "responses": "survey_response"}
 PAGE_SIZE = 2_000
@@ -116,10 +112,9 @@ class CsvImport:
         if self.path.stat().st_size == 0:
             self.plan.notices.append(f"{self.label}: the file is empty; nothing to import")
             return self.plan
-        self.plan.encoding = _detect_encoding(self.path, self._explicit_encoding)
-        _check_decodes(self.path, self.plan.encoding)
-        with self._open() as handle:
-            self.plan.delimiter = _detect_delimiter(handle.read(65_536))
+        self.plan.encoding = csv_file.detect_encoding(self.path, self._explicit_encoding)
+        csv_file.check_decodes(self.path, self.plan.encoding)
+        self.plan.delimiter = csv_file.detect_delimiter(csv_file.read_head(self.path, self.plan.encoding))
         rows = self._rows()
         first = next(rows, None)
         if first is None:
@@ -127,7 +122,7 @@ class CsvImport:
             return self.plan
         _, header = first
         if m.detect_profile(self.kind, {m.header_key(h) for h in header}) == m.SURVEYMONKEY:
-            header = _merge_surveymonkey_headers(header, next(rows, (0, []))[1])
+            header = m.merge_surveymonkey_headers(header, next(rows, (0, []))[1])
             self.plan.header_rows = 2
         self._set_headers(header, rows)
         self._scan(rows)
@@ -239,7 +234,7 @@ class CsvImport:
         """The row's identity as pass one sees it (cheap), or None for log-style files where rows never merge."""
         for field_name in ("id", "email") if self.kind == "contacts" else ("id",):
             column = self.plan.mapping.get(field_name)
-            if column is not None and column < len(cells) and (value := _clean_id(cells[column])):
+            if column is not None and column < len(cells) and (value := clean_id(cells[column])):
                 return hash((field_name, value.lower()))
         return None
 
@@ -250,6 +245,11 @@ class CsvImport:
         plan = self.plan
         if not plan.headers or plan.data_rows == 0:
             return
+        self._mapper = RowMapper(
+            kind=self.kind, source=self.name, headers=plan.headers, mapping=plan.mapping,
+            answer_columns=plan.answer_columns, zone=self.zone, date_order=plan.date_order,
+            utc_columns=self._utc_columns, currency=self.currency, form_id=self.form_id,
+        )
         pending: dict[int, tuple[list[int], dict[int, str]]] = {}
         remaining = dict(plan.duplicate_keys)
         occurrences: dict[str, int] = {}
@@ -266,7 +266,7 @@ class CsvImport:
             problem = self._row_problem(cells)
             key = self._key_hint(cells)
             if problem:
-                rejected.append(Rejected(f"{self.label} line {line}", problem, self._raw(cells)))
+                rejected.append(Rejected(f"{self.label} line {line}", problem, self._mapper.raw(cells)))
             elif key in remaining:
                 lines, merged = pending.setdefault(key, ([], {}))
                 lines.append(line)
@@ -310,6 +310,9 @@ class CsvImport:
                 return f"column {self.plan.headers[index]!r} holds {len(cell):,} characters, more than csv.max_text_chars ({self.max_text_chars:,})"
         return None
 
+    def _rows(self) -> Iterator[tuple[int, list[str]]]:
+        return csv_file.iter_rows(self.path, self.plan.encoding, self.plan.delimiter)
+
     def _build_merged(self, lines: list[int], merged: dict[int, str], occurrences: dict[str, int], records: list, rejected: list) -> None:
         full = [merged.get(i, "") for i in range(len(self.plan.headers))]
         self._build(lines, full, occurrences, records, rejected)
@@ -317,274 +320,15 @@ class CsvImport:
     def _build(self, lines: list[int], cells: list[str], occurrences: dict[str, int], records: list, rejected: list) -> None:
         ref = f"{self.label} line {lines[0]}" + (f" (merged with line{'s' if len(lines) > 2 else ''} {', '.join(map(str, lines[1:]))})" if len(lines) > 1 else "")
         try:
-            builder = {"contacts": self._contact, "orders": self._order, "responses": self._response}[self.kind]
-            records.append(builder(cells, occurrences))
+            records.append(self._mapper.build(cells, occurrences))
         except InvalidRecord as exc:
-            column = self._column_name(exc.field_name)
-            rejected.append(Rejected(ref, f"{column} {_preview(exc.value)} {exc.reason}", self._raw(cells)))
-
-    def _column_name(self, field_name: str) -> str:
-        column = self.plan.mapping.get(field_name)
-        return f"column {self.plan.headers[column]!r}" if column is not None else field_name
-
-    def _cell(self, cells: list[str], field_name: str) -> str:
-        column = self.plan.mapping.get(field_name)
-        return cells[column].strip() if column is not None else ""
-
-    def _time(self, cells: list[str], field_name: str) -> Any:
-        value = self._cell(cells, field_name)
-        if not value:
-            return None
-        return m.parse_timestamp(value, field_name, self.zone, self.plan.date_order, self._utc_columns)
-
-    def _properties(self, cells: list[str]) -> dict[str, str]:
-        used = set(self.plan.mapping.values())
-        return {h: cells[i] for i, h in enumerate(self.plan.headers) if i not in used and h and cells[i].strip()}
-
-    def _row_id(self, cells: list[str], occurrences: dict[str, int]) -> str:
-        """The id column, or for logs without one: the row's content and how often it has occurred so far."""
-        explicit = _clean_id(self._cell(cells, "id"))
-        if explicit:
-            return explicit
-        digest = hashlib.sha256("\x1f".join(c.strip() for c in cells).encode()).hexdigest()[:20]
-        occurrences[digest] = occurrences.get(digest, 0) + 1
-        return f"row-{digest}-{occurrences[digest]}"
-
-    def _email(self, cells: list[str], field_name: str = "email") -> EmailAddress | None:
-        typed = self._cell(cells, field_name)
-        return EmailAddress.parse(typed, field_name) if typed else None
-
-    def _contact(self, cells: list[str], occurrences: dict[str, int]) -> Contact:
-        email = self._email(cells)
-        source_id = _clean_id(self._cell(cells, "id")) or (email.normalised if email else "")
-        if not source_id:
-            raise InvalidRecord("email", "", "is empty and the row has no id; a contact needs one of them")
-        first, last = self._cell(cells, "first_name"), self._cell(cells, "last_name")
-        full = self._cell(cells, "full_name")
-        if full and not (first or last):
-            first, _, last = full.partition(" ")
-        extra = [p for p in _split_list(self._cell(cells, "additional_emails"))]
-        return Contact(
-            source=self.name,
-            source_id=source_id,
-            email=email,
-            additional_emails=tuple(EmailAddress.parse(p, "additional_emails") for p in extra),
-            first_name=first or None,
-            last_name=last or None,
-            phone=_clean_id(self._cell(cells, "phone")) or None,
-            company_name=self._cell(cells, "company") or None,
-            lifecycle_stage=self._cell(cells, "lifecycle_stage") or None,
-            is_unsubscribed=self._unsubscribed(cells),
-            created_at=self._time(cells, "created_at"),
-            updated_at=self._time(cells, "updated_at"),
-            properties=self._properties(cells),
-        )
-
-    def _unsubscribed(self, cells: list[str]) -> bool | None:
-        opted_out = self._cell(cells, "unsubscribed")
-        if opted_out:
-            return m.parse_bool(opted_out, "unsubscribed")
-        consent = self._cell(cells, "subscribed").lower()
-        if consent in ("unsubscribed", "opted out", "opt-out", "cleaned", "blocklisted"):
-            return True
-        return False if consent in ("yes", "true", "subscribed", "opted in", "1") else None
-
-    def _order(self, cells: list[str], occurrences: dict[str, int]) -> Order:
-        amount_text = self._cell(cells, "amount")
-        if not amount_text:
-            raise InvalidRecord("amount", "", "is empty; an order needs its amount")
-        amount = m.parse_decimal(amount_text, "amount")
-        status_text = self._cell(cells, "status")
-        status_column = self.plan.mapping.get("status")
-        is_stage = status_column is not None and "stage" in m.header_key(self.plan.headers[status_column])
-        status = m.parse_status(status_text, "status", is_stage) if status_text else "won"
-        refunded = self._cell(cells, "refunded_amount")
-        if refunded and amount > 0 and m.parse_decimal(refunded, "refunded_amount") >= amount:
-            status = "refunded"
-        if self._cell(cells, "cancelled_at") and status != "refunded":
-            status = "lost"
-        created_at = self._time(cells, "created_at")
-        if created_at is None:
-            raise InvalidRecord("created_at", "", "is empty; an order needs the date it was placed")
-        closed_at = self._time(cells, "closed_at") or self._time(cells, "cancelled_at")
-        if closed_at is None and status == "won" and "closed_at" not in self.plan.mapping:
-            closed_at = created_at  # a purchase log: the order closed when it was placed
-        return Order(
-            source=self.name,
-            source_id=self._row_id(cells, occurrences),
-            amount=amount,
-            currency=self._cell(cells, "currency") or self.currency,
-            status=status,
-            created_at=created_at,
-            closed_at=closed_at,
-            customer_email=self._email(cells),
-            customer_source_id=_clean_id(self._cell(cells, "customer_id")) or None,
-            title=self._cell(cells, "title") or None,
-            properties=self._properties(cells),
-        )
-
-    def _response(self, cells: list[str], occurrences: dict[str, int]) -> SurveyResponse:
-        submitted_at = self._time(cells, "submitted_at")
-        if submitted_at is None:
-            raise InvalidRecord("submitted_at", "", "is empty; a response needs the time it was submitted")
-        try:
-            email = self._email(cells)
-        except InvalidRecord:
-            email = None  # kept without a respondent: it still counts for overall sentiment and NPS
-        answers = {}
-        for column, answer_type in self.plan.answer_columns.items():
-            cell = cells[column]
-            if not cell.strip():
-                continue
-            question_id = m.slug(self.plan.headers[column])
-            # Free text is kept exactly as written; scores and choices are trimmed.
-            value = m.parse_answer_value(cell if answer_type.kind == "text" else cell.strip(), answer_type, f"answers.{question_id}")
-            scale = answer_type.scale if answer_type.kind == "rating" else (None, None)
-            answers[question_id] = Answer(
-                question_id=question_id, answer_kind=answer_type.kind, value=value,
-                scale_min=scale[0], scale_max=scale[1], question_text=self.plan.headers[column],
-            )
-        return SurveyResponse(
-            source=self.name,
-            source_id=self._row_id(cells, occurrences),
-            form_id=self._cell(cells, "form_id") or self.form_id,
-            submitted_at=submitted_at,
-            respondent_email=email,
-            answers=answers,
-            raw=self._raw(cells, limit=None),
-        )
-
-    def _raw(self, cells: list[str], limit: int | None = 2_000) -> dict[str, str]:
-        headers = self.plan.headers or [f"column {i + 1}" for i in range(len(cells))]
-        raw = {}
-        for index, cell in enumerate(cells):
-            name = headers[index] if index < len(headers) else f"column {index + 1}"
-            raw[name] = cell if limit is None or len(cell) <= limit else f"{cell[:limit]}… [{len(cell):,} characters]"
-        return raw
-
-    # --- reading ----------------------------------------------------------------------------------------------
-
-    def _open(self) -> Any:
-        return open(self.path, encoding=self.plan.encoding, newline="", errors="strict")
-
-    def _rows(self) -> Iterator[tuple[int, list[str]]]:
-        """(line where the row starts, cells), streamed. An unclosed quote is a file-level error."""
-        csv.field_size_limit(MAX_FIELD_CHARS)
-        with self._open() as handle:
-            reader = csv.reader(handle, delimiter=self.plan.delimiter, strict=True)
-            line = 1
-            try:
-                for cells in reader:
-                    yield line, cells
-                    line = reader.line_num + 1
-            except csv.Error as exc:
-                detail = "a quoted cell starting here is never closed" if "end of data" in str(exc) else str(exc)
-                raise InputError(
-                    f"{self.label} line {line}: {detail} — fix the quoting in the export and import it again",
-                    path=str(self.path), line=line,
-                ) from None
-
-
-def _merge_surveymonkey_headers(top: list[str], sub: list[str]) -> list[str]:
-    """SurveyMonkey exports two header rows: questions on the first (blank where a question spans several
-    columns), then 'Response', 'Open-Ended Response' or the choice/row label under each column."""
-    merged, question = [], ""
-    for index, label in enumerate(top):
-        question = label.strip() or question
-        detail = sub[index].strip() if index < len(sub) else ""
-        merged.append(question if detail in ("", "Response", "Open-Ended Response") else f"{question} - {detail}")
-    return merged
-
-
-def _detect_encoding(path: Path, explicit: str | None) -> str:
-    if explicit:
-        try:
-            return codecs.lookup(explicit).name
-        except LookupError:
-            raise InputError(f"--encoding {explicit}: not an encoding this tool knows (try utf-8, cp1252, latin-1, utf-16)") from None
-    with path.open("rb") as handle:
-        head = handle.read(4096)
-    if head.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig"
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    even_nuls, odd_nuls = head[0::2].count(0), head[1::2].count(0)
-    if len(head) >= 8 and odd_nuls > len(head) * 0.4 and even_nuls == 0:
-        return "utf-16-le"
-    if len(head) >= 8 and even_nuls > len(head) * 0.4 and odd_nuls == 0:
-        return "utf-16-be"
-    return "utf-8"
-
-
-def _check_decodes(path: Path, encoding: str) -> None:
-    """Decode the whole file once, in chunks; the first bad byte is reported with its line and offset."""
-    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    offset = 0
-    newlines = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                _raise_decode_error(path, encoding, chunk, exc.start, offset, newlines)
-            newlines += chunk.count(b"\n")
-            offset += len(chunk)
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise InputError(f"{path.name}: the file ends in the middle of a character ({encoding}) — it looks truncated", path=str(path)) from None
-
-
-def _raise_decode_error(path: Path, encoding: str, chunk: bytes, start: int, offset: int, newlines: int) -> None:
-    line = newlines + chunk[:start].count(b"\n") + 1
-    sample = chunk[max(0, start - 2000) : start + 2000]
-    candidates = charset_normalizer.from_bytes(sample)
-    # Western spreadsheet exports are cp1252 far more often than its look-alikes; say so when it fits too.
-    fits_cp1252 = any("cp1252" in (match.encoding, *match.could_be_from_charset) for match in candidates)
-    best = candidates.best()
-    suspect = "cp1252" if fits_cp1252 or best is None or best.encoding in ("utf_8", "ascii") else best.encoding
-    label = {"utf-8-sig": "UTF-8", "utf-8": "UTF-8"}.get(encoding, encoding)
-    raise InputError(
-        f"{path.name} line {line}: byte 0x{chunk[start]:02X} at offset {offset + start:,} is not valid {label}; "
-        f"the file looks like {suspect} — re-export it as UTF-8, or run again with --encoding {suspect}",
-        path=str(path), line=line,
-    )
-
-
-def _detect_delimiter(sample: str) -> str:
-    """The delimiter that splits the header line most often, counted outside quotes: ',' ';' tab or '|'."""
-    header = sample.split("\n", 1)[0]
-    counts = {d: 0 for d in ",;\t|"}
-    inside = False
-    for char in header:
-        if char == '"':
-            inside = not inside
-        elif not inside and char in counts:
-            counts[char] += 1
-    best = max(counts, key=lambda d: (counts[d], d == ","))
-    return best if counts[best] else ","
+            column = self._mapper.column_name(exc.field_name)
+            rejected.append(Rejected(ref, f"{column} {preview(exc.value)} {exc.reason}", self._mapper.raw(cells)))
 
 
 def _is_blank(cells: list[str]) -> bool:
     return not any(cell.strip() for cell in cells)
 
 
-def _clean_id(value: str) -> str:
-    """Spreadsheet exports prefix numbers with an apostrophe to keep them text ('9013808660771): drop it."""
-    value = value.strip()
-    return value[1:] if value.startswith("'") and value[1:].lstrip("+").isdigit() else value
-
-
-def _split_list(value: str) -> list[str]:
-    return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
-
-
 def _original(header: str) -> str:
     return header.rsplit(" (", 1)[0] if header.endswith(")") else header
-
-
-def _preview(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 5]}…'"
-
-

@@ -389,3 +389,14 @@ def parse_answer_value(cell: str, answer_type: AnswerType, field_name: str) -> i
         except ValueError:
             raise InvalidRecord(field_name, cell, f"is not a whole number for a {answer_type.kind} question") from None
     return cell
+
+
+def merge_surveymonkey_headers(top: list[str], sub: list[str]) -> list[str]:
+    """SurveyMonkey exports two header rows: questions on the first (blank where a question spans several
+    columns), then 'Response', 'Open-Ended Response' or the choice/row label under each column."""
+    merged, question = [], ""
+    for index, label in enumerate(top):
+        question = label.strip() or question
+        detail = sub[index].strip() if index < len(sub) else ""
+        merged.append(question if detail in ("", "Response", "Open-Ended Response") else f"{question} - {detail}")
+    return merged
