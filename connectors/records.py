@@ -7,7 +7,6 @@ so callers can quarantine exactly that record. Every timestamp is timezone-aware
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -16,6 +15,7 @@ from enum import Enum
 from functools import lru_cache
 from typing import Any, ClassVar
 
+import orjson
 from email_validator import EmailNotValidError, validate_email
 
 from connectors.base import InvalidRecord
@@ -362,28 +362,16 @@ def _is_int_between(value: Any, low: int, high: int) -> bool:
 # --- payloads: how records are stored ------------------------------------------------------------------------
 
 
-def _encode(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
+def _encode_other(value: Any) -> str:
     if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, EmailAddress):
-        return {"typed": value.typed, "normalised": value.normalised}
-    if isinstance(value, Answer):
-        return {name: _encode(getattr(value, name)) for name in Answer.__slots__}
-    if isinstance(value, tuple):
-        return [_encode(item) for item in value]
-    if isinstance(value, Mapping):
-        return {str(key): _encode(item) for key, item in value.items()}
-    return value
+        return str(value)  # exact, never through float
+    raise TypeError(f"{type(value).__name__} cannot be stored in a record payload")
 
 
 def to_payload(record: Record) -> str:
-    """The record as canonical JSON (sorted keys), so equal records have equal bytes and equal hashes."""
-    body = {name: _encode(getattr(record, name)) for name in record.__slots__}
-    return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """The record as canonical JSON: fields in their declared order, mapping keys sorted, times in RFC 3339.
+    Equal records give equal bytes, and so equal hashes, which is how the store tells unchanged from changed."""
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=_encode_other).decode()
 
 
 def _email(value: Any) -> EmailAddress | None:
@@ -396,7 +384,7 @@ def _time(value: Any) -> datetime | None:
 
 def from_payload(kind: str, payload: str) -> Record:
     """Rebuild a record stored by ``to_payload``."""
-    data = json.loads(payload)
+    data = orjson.loads(payload)
     record_type = RECORD_TYPES[kind]
     for name in ("created_at", "updated_at", "closed_at", "occurred_at", "submitted_at", "scored_at"):
         if name in data:

@@ -48,6 +48,15 @@ class UtcDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def sqlite_datetime(value: datetime | None) -> str | None:
+    """What UtcDateTime stores in SQLite (SQLAlchemy's own SQLite format, in UTC), for the driver-level fast path."""
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:  # records hold UTC already; anything else is converted first
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
 metadata = MetaData()
 
 schema_version = Table(
@@ -74,7 +83,6 @@ records = Table(
     UniqueConstraint("kind", "source", "source_id", name="uq_records_key"),
 )
 Index("ix_records_match_email", records.c.match_email)
-Index("ix_records_kind_occurred", records.c.kind, records.c.occurred_at)
 
 identities = Table(
     "identities",

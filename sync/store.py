@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from operator import itemgetter
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    null,
     select,
     text,
     update,
@@ -47,6 +49,7 @@ from sync.schema import (
     run_counts,
     runs,
     schema_version,
+    sqlite_datetime,
 )
 
 UTC = timezone.utc
@@ -75,6 +78,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self._sqlite_upsert: tuple[str, Any] | None = None
 
     # --- opening -------------------------------------------------------------------------------------------
 
@@ -154,36 +158,19 @@ class Store:
         if not latest:
             return
         now = _now()
-        rows = [
-            {
-                "kind": kind,
-                "source": source,
-                "source_id": source_id,
-                "match_email": record.match_email,
-                "occurred_at": _occurred_at(record),
-                "payload": (payload := to_payload(record)),
+        # SQLite rows go to the driver as they are (see _write_sqlite), so their times are stored strings.
+        as_stored = sqlite_datetime if self.is_sqlite else _unchanged
+        stored_now = as_stored(now)
+        rows = {}
+        for key, record in latest.items():
+            payload = to_payload(record)
+            rows[key] = {
+                "kind": key[0], "source": key[1], "source_id": key[2], "match_email": record.match_email,
+                "occurred_at": as_stored(_occurred_at(record)), "payload": payload,
                 "payload_hash": hashlib.sha256(payload.encode()).hexdigest(),
-                "first_seen_at": now,
-                "changed_at": now,
+                "first_seen_at": stored_now, "changed_at": stored_now,
             }
-            for (kind, source, source_id), record in latest.items()
-        ]
-        # One statement per batch, resolved through the unique index: a conflicting row is rewritten only when
-        # its content differs (or it was a tombstone), and only written rows come back.
-        statement = (sqlite_insert if self.is_sqlite else postgresql_insert)(records)
-        statement = statement.on_conflict_do_update(
-            index_elements=[records.c.kind, records.c.source, records.c.source_id],
-            set_={
-                "match_email": statement.excluded.match_email,
-                "occurred_at": statement.excluded.occurred_at,
-                "payload": statement.excluded.payload,
-                "payload_hash": statement.excluded.payload_hash,
-                "changed_at": statement.excluded.changed_at,
-                "deleted_at": None,
-            },
-            where=(records.c.payload_hash != statement.excluded.payload_hash) | records.c.deleted_at.is_not(None),
-        ).returning(records.c.kind, records.c.source, records.c.source_id)
-        written = {tuple(row) for row in conn.execute(statement, rows)}
+        written = self._write_sqlite(conn, rows) if self.is_sqlite else self._write_postgres(conn, rows)
         for key in latest:
             kind_counts = counts[key[0]]
             kind_counts.read += 1
@@ -194,6 +181,50 @@ class Store:
         contacts = [latest[key] for key in written if key[0] == "contact"]
         if contacts:
             self._link_identities(conn, contacts, now)
+
+    def _upsert_statement(self) -> Any:
+        """INSERT, or on a key conflict UPDATE everything but first_seen_at, clearing any tombstone."""
+        statement = (sqlite_insert if self.is_sqlite else postgresql_insert)(records)
+        return statement.on_conflict_do_update(
+            index_elements=[records.c.kind, records.c.source, records.c.source_id],
+            set_={name: statement.excluded[name] for name in ("match_email", "occurred_at", "payload", "payload_hash", "changed_at")}
+            | {"deleted_at": null()},
+            where=(records.c.payload_hash != statement.excluded.payload_hash) | records.c.deleted_at.is_not(None),
+        )
+
+    def _write_postgres(self, conn: Connection, rows: dict[tuple[str, str, str], dict[str, Any]]) -> set[tuple[str, str, str]]:
+        """One statement resolved through the unique index; the conflict clause skips identical rows and only
+        written rows come back. (Looking hashes up first is slow here: the prepared plan for a long IN list
+        on a table without statistics yet is a scan.)"""
+        returning = self._upsert_statement().returning(records.c.kind, records.c.source, records.c.source_id)
+        return {tuple(row) for row in conn.execute(returning, list(rows.values()))}
+
+    def _write_sqlite(self, conn: Connection, rows: dict[tuple[str, str, str], dict[str, Any]]) -> set[tuple[str, str, str]]:
+        """Look the stored hashes up (an index range per source), then send only new or changed rows, as one
+        executemany straight to the driver with SQL compiled once: SQLAlchemy's per-row parameter handling
+        costs more than SQLite's own work, and SQLite's upsert with RETURNING would go row by row."""
+        known = self._known_hashes(conn, rows)
+        changed = [row for key, row in rows.items() if known.get(key) != row["payload_hash"]]
+        if changed:
+            if self._sqlite_upsert is None:
+                compiled = self._upsert_statement().compile(dialect=self.engine.dialect, column_keys=list(changed[0]))
+                self._sqlite_upsert = (str(compiled), itemgetter(*compiled.positiontup))
+            sql, as_parameters = self._sqlite_upsert
+            conn.exec_driver_sql(sql, list(map(as_parameters, changed)))
+        return {(row["kind"], row["source"], row["source_id"]) for row in changed}
+
+    def _known_hashes(self, conn: Connection, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+        ids_by_stream: dict[tuple[str, str], list[str]] = {}
+        for kind, source, source_id in keys:
+            ids_by_stream.setdefault((kind, source), []).append(source_id)
+        known: dict[tuple[str, str, str], str] = {}
+        for (kind, source), source_ids in ids_by_stream.items():
+            for start in range(0, len(source_ids), 1000):
+                query = select(records.c.source_id, records.c.payload_hash).where(
+                    records.c.kind == kind, records.c.source == source, records.c.source_id.in_(source_ids[start : start + 1000])
+                )
+                known.update(((kind, source, source_id), payload_hash) for source_id, payload_hash in conn.execute(query))
+        return known
 
     def _link_identities(self, conn: Connection, contacts: list[Contact], now: datetime) -> None:
         ids_by_source: dict[str, list[str]] = {}
@@ -394,6 +425,7 @@ def _sqlite_engine(database: str, busy_timeout_s: float) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=FULL")  # the ledger must survive power loss, not only crashes
+        cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: past ~500k records the default 2 MB thrashes the indexes
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -439,6 +471,10 @@ def _filesystem_type(path: Path) -> str | None:
         if len(parts) >= 3 and resolved.startswith(parts[1]) and len(parts[1]) > len(best[0]):
             best = (parts[1], parts[2])
     return best[1]
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 def _occurred_at(record: Record) -> datetime | None:

@@ -28,11 +28,9 @@ from connectors.forms.csv_records import RowMapper, clean_id
 
 KINDS = {"contacts": "contact", "orders": "order", "responses": "survey_response"}
 PAGE_SIZE = 2_000
-CHUNK_BYTES = 1 << 20
 # A file is rejected whole only when its bad rows exceed csv.max_bad_row_fraction *and* this many: a few bad
 # rows in a small file are the user's to fix one by one, not a sign that the whole mapping is wrong.
 MIN_BAD_ROWS_TO_REJECT = 10
-MAX_FIELD_CHARS = 64 * 1024 * 1024  # parse anything up to this; per-value limits are applied to the record
 ProgressCallback = Callable[[str, int, int], None]
 
 
@@ -124,11 +122,11 @@ class CsvImport:
         if m.detect_profile(self.kind, {m.header_key(h) for h in header}) == m.SURVEYMONKEY:
             header = m.merge_surveymonkey_headers(header, next(rows, (0, []))[1])
             self.plan.header_rows = 2
-        self._set_headers(header, rows)
+        self._set_headers(header)
         self._scan(rows)
         return self.plan
 
-    def _set_headers(self, header: list[str], rows: Iterator[tuple[int, list[str]]]) -> None:
+    def _set_headers(self, header: list[str]) -> None:
         headers = [cell.replace("\x00", "").strip() for cell in header]
         keys = [m.header_key(h) for h in headers]
         profile = m.detect_profile(self.kind, set(keys))
