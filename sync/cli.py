@@ -206,17 +206,26 @@ def import_command(
 
 
 @app.command()
-def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
-    """Show what the store holds: records per type and source, the last runs, and the quarantine."""
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    checksum: Annotated[bool, typer.Option("--checksum", help="Also print a digest of the stored state (reads every record).")] = False,
+) -> None:
+    """Show what the store holds: records per type and source, the last runs, and the quarantine.
+
+    Example: retention status --checksum   (the digest is equal before and after anything that changed nothing)
+    """
     context: Context = ctx.obj
     store = context.open_store()
     try:
         counts, runs, quarantined = store.record_counts(), store.recent_runs(5), store.quarantine_size()
+        state_checksum = store.checksum() if checksum else None
         if as_json:
             out.print(json.dumps({
                 "store": _store_label(context.settings), "schema_version": store.version(),
                 "records": [{"kind": k, "source": s, "count": n} for k, s, n in counts],
-                "runs": runs, "quarantined": quarantined, "state_checksum": store.checksum(),
+                "runs": runs, "quarantined": quarantined,
+                **({"state_checksum": state_checksum} if checksum else {}),
             }, default=_json_default))
             return
     finally:
@@ -235,6 +244,8 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
             )
             out.print(f"  #{run['id']} {run['started_at']:%Y-%m-%d %H:%M} UTC {run['command']} {run['detail']}: {run['status']}; {totals}")
     out.print(f"Quarantine: {quarantined:,} record{'s' if quarantined != 1 else ''}" + (" (see `retention quarantine`)" if quarantined else ""))
+    if state_checksum:
+        out.print(f"State checksum: {state_checksum}")
 
 
 @app.command()

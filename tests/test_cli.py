@@ -79,6 +79,19 @@ def test_status_shows_records_runs_and_quarantine(workspace: Workspace) -> None:
     assert machine["quarantined"] == 3 and machine["schema_version"] == 1
 
 
+def test_status_checksum_is_equal_after_a_rejected_import_and_different_after_a_real_one(workspace: Workspace) -> None:
+    workspace.run("import", str(FIXTURES / "bad_csv" / "utf8_bom_contacts.csv"), "--kind", "contacts")
+    before = json.loads(workspace.run("status", "--json", "--checksum").stdout)["state_checksum"]
+
+    workspace.run("import", str(FIXTURES / "bad_csv" / "unclosed_quote_contacts.csv"), "--kind", "contacts")
+    after_rejected = workspace.run("status", "--checksum")
+    workspace.run("import", str(FIXTURES / "bad_csv" / "nul_byte_contacts.csv"), "--kind", "contacts")
+    after_import = json.loads(workspace.run("status", "--json", "--checksum").stdout)["state_checksum"]
+
+    assert f"State checksum: {before}" in after_rejected.stdout
+    assert after_import != before
+
+
 def test_quarantine_lists_where_and_why(workspace: Workspace) -> None:
     workspace.run("import", str(FIXTURES / "bad_csv" / "ragged_rows_contacts.csv"), "--kind", "contacts")
 
