@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keyring
 import pytest
+from keyring.backend import KeyringBackend
 
-from sync.settings import load_settings
+from sync.settings import load_settings, read_secret
 from tests.conftest import REPO, Workspace
 
 
@@ -63,3 +65,36 @@ def test_relative_data_dir_is_relative_to_the_settings_file(tmp_path: Path, monk
     monkeypatch.chdir(tmp_path)
 
     assert load_settings(tmp_path / "conf" / "settings.toml").data_dir == tmp_path / "conf" / "state"
+
+
+class MemoryKeyring(KeyringBackend):
+    """An OS keyring stand-in: the keyring library's own backend interface, holding passwords in memory."""
+
+    priority = 1
+
+    def __init__(self) -> None:
+        self.passwords: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.passwords.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.passwords[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.passwords.pop((service, username), None)
+
+
+def test_secrets_come_from_the_environment_first_then_the_os_keyring(monkeypatch: pytest.MonkeyPatch) -> None:
+    previous = keyring.get_keyring()
+    memory = MemoryKeyring()
+    memory.set_password("retention-sync", "hubspot_token", "from-keyring")
+    keyring.set_keyring(memory)
+    try:
+        monkeypatch.delenv("RETENTION_HUBSPOT_TOKEN", raising=False)
+        assert read_secret("hubspot_token") == "from-keyring"
+        monkeypatch.setenv("RETENTION_HUBSPOT_TOKEN", "from-environment")
+        assert read_secret("hubspot_token") == "from-environment"
+        assert read_secret("mailchimp_api_key") is None
+    finally:
+        keyring.set_keyring(previous)
