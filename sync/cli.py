@@ -144,7 +144,7 @@ def import_command(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="The CSV export to import.")],
     kind: Annotated[str, typer.Option("--kind", help="What the rows are: contacts, orders or responses.")],
-    maps: Annotated[list[str], typer.Option("--map", metavar="COLUMN=FIELD", help="Use COLUMN for FIELD (repeatable), e.g. --map 'E-Mail Adresse=email'.")] = [],
+    maps: Annotated[Optional[list[str]], typer.Option("--map", metavar="COLUMN=FIELD", help="Use COLUMN for FIELD (repeatable), e.g. --map 'E-Mail Adresse=email'.")] = None,
     encoding: Annotated[Optional[str], typer.Option(help="The file's encoding when it is not UTF-8 or UTF-16, e.g. cp1252.")] = None,
     date_order: Annotated[Optional[str], typer.Option("--date-order", help="DMY or MDY, for dates like 03/05/2024.")] = None,
     source: Annotated[Optional[str], typer.Option(help="Name these records' source (default: csv:<tool>, detected).")] = None,
@@ -162,12 +162,13 @@ def import_command(
     settings = context.settings
     if date_order is not None and date_order.upper() not in ("DMY", "MDY"):
         raise ConfigError(f"--date-order must be DMY or MDY (got {date_order!r})")
-    overrides = _parse_maps(maps)
+    overrides = _parse_maps(maps or [])
+    chosen_order = date_order or settings.csv.date_order
     with _progress(as_json) as progress:
         task = progress.add_task("checking", total=None)
         source_csv = CsvImport(
             path, kind, zone=settings.zone, currency=settings.currency,
-            date_order=(date_order or settings.csv.date_order).upper() if (date_order or settings.csv.date_order) != "auto" else "auto",
+            date_order=chosen_order if chosen_order == "auto" else chosen_order.upper(),
             max_text_chars=settings.csv.max_text_chars, max_bad_row_fraction=settings.csv.max_bad_row_fraction,
             overrides=overrides, encoding=encoding, source_name=source, form_id=form,
             on_progress=lambda phase, done, total: progress.update(task, description=phase, completed=done, total=total or None),

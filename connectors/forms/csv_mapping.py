@@ -6,7 +6,7 @@ Pure functions and tables; no file access. ``connectors/forms/csv.py`` reads the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
@@ -331,7 +331,7 @@ class ColumnStats:
     integers: int = 0
     low: int | None = None
     high: int | None = None
-    distinct: set[str] | None = None
+    distinct: set[str] = field(default_factory=set)  # up to 51 values: enough to tell a choice from text
     longest: int = 0
 
     def add(self, cell: str) -> None:
@@ -339,8 +339,6 @@ class ColumnStats:
             return
         self.filled += 1
         self.longest = max(self.longest, len(cell))
-        if self.distinct is None:
-            self.distinct = set()
         if len(self.distinct) <= 50:
             self.distinct.add(cell)
         if re.fullmatch(r"-?\d{1,3}", cell):
@@ -374,7 +372,7 @@ def type_answer_column(header: str, stats: ColumnStats, override: str | None) ->
                 return AnswerType("rating", (low, high), "header")
         high = next(size for size in (5, 7, 10) if stats.high <= size)
         return AnswerType("rating", (0 if stats.low == 0 else 1, high), "values")
-    distinct = len(stats.distinct or ())
+    distinct = len(stats.distinct)
     if distinct == 1 and header.endswith(f" - {next(iter(stats.distinct))}"):
         return AnswerType("choice", None, "header")  # a multiple-choice column holding its own label when ticked
     if distinct and distinct <= 12 and stats.filled >= 2 * distinct and stats.longest <= 60:
