@@ -77,6 +77,14 @@ class BetaGeoModel:
         x, t_x, big_t = _arrays(frequency, recency, age)
         return 1.0 / (1.0 + self._dropout_odds(x, t_x, big_t))
 
+    def probability_no_purchase(self, horizon: float, frequency: ArrayLike, recency: ArrayLike, age: ArrayLike) -> np.ndarray:
+        """P(no purchase in the next ``horizon``): dropped out already, or alive and simply not buying."""
+        r, alpha, _, _ = self._params()
+        x, t_x, big_t = _arrays(frequency, recency, age)
+        alive = self.probability_alive(x, t_x, big_t)
+        quiet_if_alive = ((alpha + big_t) / (alpha + big_t + horizon)) ** (r + x)  # E[exp(-rate * horizon)]
+        return 1.0 - alive + alive * quiet_if_alive
+
     def expected_purchases(self, horizon: float, frequency: ArrayLike, recency: ArrayLike, age: ArrayLike) -> np.ndarray:
         """Expected number of purchases in the next ``horizon`` (same unit as recency and age)."""
         r, alpha, a, b = self._params()
