@@ -25,6 +25,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from scoring.churn import ChurnModel
 from scoring.clv import BetaGeoModel, GammaGammaModel
 from scoring.evaluation import churn_metrics, value_metrics
 from scoring.features import rfm_summary
@@ -59,6 +60,27 @@ def churn_table(orders: pd.DataFrame, summary: pd.DataFrame) -> tuple[list[tuple
         ("BG/NBD P(no purchase in 39 weeks)", churn_metrics(churned, bg_nbd.probability_no_purchase(HORIZON_WEEKS, weekly["frequency"], weekly["recency"], weekly["age"]))),
         ("logistic regression on RFM (5-fold)", churn_metrics(churned, logistic_probability)),
     ], churned.mean()
+
+
+def churn_90_day_table(orders: pd.DataFrame) -> tuple[list[tuple[str, dict[str, float]]], float, str]:
+    """The README's 90-day variant (holdout cut at 1997-12-29): the learnt model can be trained here, because
+    the 39-week calibration window holds earlier 90-day windows to learn labels from."""
+    horizon_days = 90
+    summary = rfm_summary(orders, CUT)
+    window = orders[(orders["at"] >= CUT) & (orders["at"] < CUT + pd.Timedelta(days=horizon_days))]
+    churned = (~summary.index.isin(window["customer"])).astype(int)
+    bg_nbd = BetaGeoModel().fit(summary["frequency"], summary["recency"], summary["age"])
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=SEED)
+    logistic = make_pipeline(StandardScaler(), LogisticRegression(C=1.0))
+    logistic_probability = cross_val_predict(logistic, rfm_matrix(summary), churned, cv=folds, method="predict_proba")[:, 1]
+    model = ChurnModel(horizon_days=horizon_days, random_state=SEED).fit(orders, CUT)
+    learnt = model.predict_proba(orders, CUT).reindex(summary.index)
+    return [
+        ("recency (days since last purchase)", churn_metrics(churned, summary["days_since_last"], is_probability=False)),
+        ("BG/NBD P(no purchase in 90 days)", churn_metrics(churned, bg_nbd.probability_no_purchase(horizon_days, summary["frequency"], summary["recency"], summary["age"]))),
+        ("logistic regression on RFM (5-fold)", churn_metrics(churned, logistic_probability)),
+        ("shipped model (scoring.churn)", churn_metrics(churned, learnt)),
+    ], churned.mean(), model.method_
 
 
 def clv_table(orders: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, dict[str, float]]]:
@@ -96,8 +118,19 @@ def main() -> None:
         ("method", "ROC-AUC", "PR-AUC", "Brier", "ECE", "top-10% precision", "top-10% recall", "lift"),
         [(name, *(f"{m[k]:.3f}" if not np.isnan(m[k]) else "-" for k in ("roc_auc", "pr_auc", "brier", "ece", "top10_precision", "top10_recall", "lift"))) for name, m in churn_rows],
     )
-    print("Targets for the shipped model (issue 8): ROC-AUC >= best of recency and BG/NBD + 0.02, >= the RFM"
-          " logistic regression, ECE <= 0.03. The shipped churn model is not built yet.")
+    print("The shipped model cannot be trained for this horizon: 39 weeks of history hold no earlier 39-week window.")
+    rows_90, rate_90, method = churn_90_day_table(orders)
+    print_table(
+        f"Churn, 90-day variant (label: no purchase 1997-10-01..1997-12-29; churn rate {rate_90:.1%})",
+        ("method", "ROC-AUC", "PR-AUC", "Brier", "ECE", "top-10% precision", "top-10% recall", "lift"),
+        [(name, *(f"{m[k]:.3f}" if not np.isnan(m[k]) else "-" for k in ("roc_auc", "pr_auc", "brier", "ece", "top10_precision", "top10_recall", "lift"))) for name, m in rows_90],
+    )
+    best_baseline = max(rows_90[0][1]["roc_auc"], rows_90[1][1]["roc_auc"]) + 0.02
+    shipped = rows_90[3][1]
+    print(f"shipped model: {method}")
+    print(f"targets (issue 8): ROC-AUC >= {best_baseline:.3f} (best of recency and BG/NBD + 0.02): "
+          f"{'PASS' if shipped['roc_auc'] >= best_baseline else 'MISS'}; >= RFM logistic {rows_90[2][1]['roc_auc']:.3f}: "
+          f"{'PASS' if shipped['roc_auc'] >= rows_90[2][1]['roc_auc'] else 'MISS'}; ECE <= 0.03: {'PASS' if shipped['ece'] <= 0.03 else 'MISS'}")
     print_table(
         "Lifetime value (39-week holdout spend)",
         ("method", "Spearman", "MAE"),

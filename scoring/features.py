@@ -36,6 +36,7 @@ def rfm_summary(orders: pd.DataFrame, as_of: pd.Timestamp, unit: pd.Timedelta = 
     - ``days_since_last``: time since the last purchase, in days
     - ``mean_gap_days``, ``gap_spread_days``: the customer's usual time between purchases and its spread
     - ``gap_ratio``: the current gap relative to the usual one (NaN with fewer than two purchases)
+    - ``purchases_last_30d``, ``_90d``, ``_180d``: purchase days in those last days (trend)
     """
     days = purchase_days(orders, as_of)
     grouped = days.groupby("customer", sort=True)
@@ -62,6 +63,11 @@ def rfm_summary(orders: pd.DataFrame, as_of: pd.Timestamp, unit: pd.Timedelta = 
         }
     )
     summary["gap_ratio"] = summary["days_since_last"] / summary["mean_gap_days"]
+    # Recent activity, for trends: purchase days in the last 30, 90 and 180 days before as_of.
+    days_before = (as_of.floor("D") - days["day"]) / DAY
+    for window in (30, 90, 180):
+        recent = days["customer"].where(days_before <= window)
+        summary[f"purchases_last_{window}d"] = recent.value_counts().reindex(summary.index, fill_value=0)
     summary.index.name = "customer"
     return summary
 
