@@ -35,6 +35,7 @@ from scoring.features import rfm_summary
 
 MODEL_VERSION = "churn-1"
 MIN_HORIZON_DAYS, MAX_HORIZON_DAYS = 30, 365
+PROBABILITY_FLOOR = 0.005
 # Purchase history only. Protected attributes (gender, age, ethnicity) are never model inputs.
 FEATURES = ("days_since_last", "log_frequency", "log_total", "log_monetary", "log_first_value", "age_days",
             "mean_gap_days", "gap_spread_days", "gap_ratio", "purchases_last_30d", "purchases_last_90d",
@@ -148,4 +149,6 @@ class ChurnModel:
             )
         else:
             probability = self.calibrated_.predict_proba(model_features(summary))[:, 1]
+        # Isotonic calibration can say 0 or 1 outright; no purchase history makes anything certain.
+        probability = np.clip(probability, PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
         return pd.Series(probability, index=summary.index, name="churn_probability")

@@ -8,12 +8,13 @@ import re
 import sys
 import traceback
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import metadata as package_metadata
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import pandas as pd
 import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
@@ -21,8 +22,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from connectors.base import CheckResult, ConfigError, RetentionError, registered_checks
+from connectors.base import CheckResult, ConfigError, InputError, RetentionError, registered_checks
 from connectors.forms.csv import KINDS, CsvImport
+from connectors.records import OrderStatus, from_payload
+from scoring.scores import ScoringParameters, score_customers
 from sync.engine import run_source_once
 from sync.export import write_csv
 from sync.redact import configure_logging, redact
@@ -250,6 +253,53 @@ def status(
 
 
 @app.command()
+def score(
+    ctx: typer.Context,
+    orders: Annotated[Optional[Path], typer.Option(help="Score the orders in this CSV export instead of the store.")] = None,
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Score as of this date (YYYY-MM-DD): orders on or before it count, nothing after. Default: today.")] = None,
+    horizon_days: Annotated[Optional[int], typer.Option("--horizon-days", help="Days without an order that count as churned (default: from settings, else the purchase cycle).")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write one row per customer to this CSV file.")] = None,
+) -> None:
+    """Churn risk with reasons, segment and 12-month value for every customer who has ordered.
+
+    Only completed orders count (won deals, paid orders); refunded, lost and open ones do not.
+
+    Example: retention score --orders orders_export.csv --as-of 2024-03-31 --out scores.csv
+    """
+    context: Context = ctx.obj
+    settings = context.settings
+    cutoff = _as_of_timestamp(as_of, settings)
+    if horizon_days is not None and not 1 <= horizon_days <= 730:
+        raise ConfigError(f"--horizon-days must be between 1 and 730 (got {horizon_days})")
+    frame, currencies, skipped = _orders_frame(context, orders)
+    if skipped:
+        err.print(f"{orders.name}: {skipped:,} rows could not be read and were left out (`retention import` shows why)")
+    if len(currencies) > 1:
+        err.print(f"orders are in several currencies ({', '.join(sorted(currencies))}); lifetime value adds them as if they were one")
+    parameters = ScoringParameters(
+        horizon_days=horizon_days or settings.scoring.horizon_days or None, medium_risk=settings.scoring.medium_risk,
+        high_risk=settings.scoring.high_risk, random_seed=settings.scoring.random_seed,
+    )
+    try:
+        table, model = score_customers(frame, cutoff, parameters)
+    except ValueError as exc:
+        raise InputError(f"nothing to score: {exc}") from None
+    bands = table["risk_band"].value_counts()
+    out.print(
+        f"Scored {len(table):,} customers as of {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d} (churn = no order in the next "
+        f"{model.horizon_days_} days; model: {model.method_}): "
+        + ", ".join(f"{bands.get(band, 0):,} {band}" for band in ("high", "medium", "low", "new"))
+    )
+    if out_file is not None:
+        written = write_csv(out_file, ["customer", *table.columns], ([customer, *row] for customer, row in zip(table.index, table.itertuples(index=False))))
+        out.print(f"Wrote {written:,} rows to {out_file}")
+        return
+    riskiest = table[table["risk_band"] != "new"].sort_values("churn_probability", ascending=False, kind="stable").head(10)
+    for customer, row in riskiest.iterrows():
+        out.print(f"  {customer}  {row['churn_probability']:.0%} {row['risk_band']}  {row['segment']}  — {row['reasons']}")
+
+
+@app.command()
 def quarantine(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(help="Show at most this many.")] = 20,
@@ -311,6 +361,46 @@ def doctor(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
+
+
+def _as_of_timestamp(as_of: str | None, settings: Settings) -> pd.Timestamp:
+    """The end of the as-of day in the business's time zone (exclusive), in UTC; now when no date is given."""
+    if as_of is None:
+        return pd.Timestamp.now(tz="UTC")
+    try:
+        day = datetime.strptime(as_of, "%Y-%m-%d")
+    except ValueError:
+        raise ConfigError(f"--as-of must be a date like 2024-03-31 (got {as_of!r})") from None
+    return pd.Timestamp(day + timedelta(days=1)).tz_localize(settings.zone).tz_convert("UTC")
+
+
+def _orders_frame(context: Context, path: Path | None) -> tuple[pd.DataFrame, set[str], int]:
+    """Completed orders as (customer, at, amount), from a CSV export or from the store; also their currencies and
+    how many CSV rows could not be read."""
+    settings = context.settings
+    if path is not None:
+        source = CsvImport(path, "orders", zone=settings.zone, currency=settings.currency, date_order=settings.csv.date_order,
+                           max_text_chars=settings.csv.max_text_chars, max_bad_row_fraction=settings.csv.max_bad_row_fraction)
+        source.prepare()
+        pages = list(source.read())
+        found = [record for page in pages for record in page.records]
+        skipped = sum(len(page.rejected) for page in pages)
+    else:
+        store = context.open_store()
+        try:
+            found = [from_payload("order", payload) for _, payload in store.stored_records("order")]
+        finally:
+            store.close()
+        skipped = 0
+    completed = [order for order in found if order.status is OrderStatus.WON]
+    frame = pd.DataFrame(
+        {
+            "customer": [order.match_email or order.customer_source_id for order in completed],
+            "at": pd.to_datetime([order.created_at for order in completed], utc=True),
+            "amount": [float(order.amount) for order in completed],
+        }
+    )
+    return frame, {order.currency for order in completed}, skipped
 
 
 def _parse_maps(maps: list[str]) -> dict[str, str]:

@@ -59,6 +59,13 @@ class MailchimpSettings(_Section):
     batch_size: int = Field(500, ge=1, le=500)  # Mailchimp: static segment add/remove takes at most 500 emails
 
 
+class ScoringSettings(_Section):
+    horizon_days: int = Field(0, ge=0, le=730)  # days without an order that count as churned; 0 = from the purchase cycle
+    medium_risk: float = Field(0.4, gt=0.0, lt=1.0)
+    high_risk: float = Field(0.7, gt=0.0, lt=1.0)
+    random_seed: int = Field(7, ge=0)
+
+
 class Settings(BaseSettings):
     """Everything the tool is told. Built once by ``load_settings`` and passed down."""
 
@@ -74,6 +81,7 @@ class Settings(BaseSettings):
     csv: CsvSettings = CsvSettings()
     hubspot: HubSpotSettings = HubSpotSettings()
     mailchimp: MailchimpSettings = MailchimpSettings()
+    scoring: ScoringSettings = ScoringSettings()
 
     # Where these settings came from, for messages; not a setting.
     source_file: Path | None = Field(None, exclude=True)

@@ -1,0 +1,93 @@
+"""`retention score`: scores per customer from an orders export or from the store, never reading the future."""
+
+from __future__ import annotations
+
+import csv
+import random
+from datetime import date, timedelta
+from pathlib import Path
+
+from tests.conftest import Workspace, shared_file
+
+AS_OF = date(2024, 6, 30)
+
+
+def write_orders(path: Path, extra_rows: list[list[str]] | None = None, seed: int = 5) -> None:
+    """Two years of a small shop: 120 customers, each buying at their own pace, some stopping."""
+    rng = random.Random(seed)
+    rows = []
+    for customer in range(120):
+        day = date(2023, 1, 1) + timedelta(days=rng.randrange(200))
+        pace, stop = rng.choice((15, 30, 60, 120)), date(2023, 1, 1) + timedelta(days=rng.randrange(200, 800))
+        number = 0
+        while day <= min(stop, AS_OF):
+            rows.append([f"O{customer}-{number}", f"buyer{customer}@example.com", f"{rng.randrange(500, 9000) / 100:.2f}", day.isoformat()])
+            day += timedelta(days=max(1, int(rng.expovariate(1 / pace))))
+            number += 1
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Order ID", "Email", "Total", "Created at"])
+        writer.writerows(rows + (extra_rows or []))
+
+
+def read_scores(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_scores_every_customer_with_band_reasons_segment_and_value(workspace: Workspace) -> None:
+    write_orders(workspace.root / "orders.csv")
+
+    result = workspace.run("score", "--orders", str(workspace.root / "orders.csv"), "--as-of", AS_OF.isoformat(), "--out", str(workspace.root / "scores.csv"))
+
+    assert result.exit_code == 0, result.stderr
+    assert "Scored 120 customers as of 2024-06-30" in result.stdout
+    rows = read_scores(workspace.root / "scores.csv")
+    assert len(rows) == 120
+    assert list(rows[0]) == ["customer", "churn_probability", "risk_band", "reasons", "segment", "clv_12_months", "orders", "last_order"]
+    for row in rows:
+        assert 0.005 <= float(row["churn_probability"]) <= 0.995
+        assert row["risk_band"] in {"low", "medium", "high", "new"}
+        assert row["reasons"], "every customer gets at least one reason"
+        assert row["last_order"] <= AS_OF.isoformat()
+
+
+def test_orders_after_the_as_of_date_change_nothing(workspace: Workspace) -> None:
+    write_orders(workspace.root / "orders.csv")
+    later = [["LATE-1", "buyer3@example.com", "999.00", "2024-07-01"], ["LATE-2", "newbie@example.com", "5.00", "2024-08-15"]]
+    write_orders(workspace.root / "with_later.csv", extra_rows=later)
+
+    for name in ("orders", "with_later"):
+        workspace.run("score", "--orders", str(workspace.root / f"{name}.csv"), "--as-of", AS_OF.isoformat(), "--out", str(workspace.root / f"{name}.scores.csv"))
+
+    assert (workspace.root / "orders.scores.csv").read_bytes() == (workspace.root / "with_later.scores.csv").read_bytes()
+
+
+def test_scoring_twice_gives_identical_files(workspace: Workspace) -> None:
+    write_orders(workspace.root / "orders.csv")
+    for run in ("a", "b"):
+        workspace.run("score", "--orders", str(workspace.root / "orders.csv"), "--as-of", AS_OF.isoformat(), "--out", str(workspace.root / f"{run}.csv"))
+    assert (workspace.root / "a.csv").read_bytes() == (workspace.root / "b.csv").read_bytes()
+
+
+def test_scoring_the_store_gives_the_same_scores_as_the_export(workspace: Workspace) -> None:
+    path = shared_file("cdnow_master.csv")
+    workspace.run("import", str(path), "--kind", "orders")
+
+    from_store = workspace.run("score", "--as-of", "1997-09-30", "--out", str(workspace.root / "store.csv"))
+    from_file = workspace.run("score", "--orders", str(path), "--as-of", "1997-09-30", "--out", str(workspace.root / "file.csv"))
+
+    assert from_store.exit_code == 0 and from_file.exit_code == 0, from_store.stderr + from_file.stderr
+    assert "Scored 23,570 customers" in from_store.stdout
+    assert (workspace.root / "store.csv").read_bytes() == (workspace.root / "file.csv").read_bytes()
+
+
+def test_too_few_customers_or_a_bad_date_is_one_line(workspace: Workspace) -> None:
+    few = workspace.root / "few.csv"
+    few.write_text("Order ID,Email,Total,Created at\n1,a@example.com,5,2024-01-01\n2,b@example.com,6,2024-02-01\n")
+
+    too_few = workspace.run("score", "--orders", str(few), "--as-of", "2024-06-30")
+    bad_date = workspace.run("score", "--orders", str(few), "--as-of", "30/06/2024")
+
+    assert too_few.exit_code == 3 and too_few.stderr.strip() == "retention: nothing to score: only 2 customers have completed orders by then; scoring needs at least 20"
+    assert bad_date.exit_code == 2 and "--as-of must be a date like 2024-03-31 (got '30/06/2024')" in bad_date.stderr
