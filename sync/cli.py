@@ -296,7 +296,7 @@ def score(
         return
     riskiest = table[table["risk_band"] != "new"].sort_values("churn_probability", ascending=False, kind="stable").head(10)
     for customer, row in riskiest.iterrows():
-        out.print(f"  {customer}  {row['churn_probability']:.0%} {row['risk_band']}  {row['segment']}  — {row['reasons']}")
+        out.print(f"  {customer}  {row['churn_probability']:.1%} {row['risk_band']}  {row['segment']}  — {row['reasons']}")
 
 
 @app.command()
