@@ -97,6 +97,24 @@ def clv_table(orders: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, di
     ]
 
 
+def sentiment_table() -> list[tuple[str, dict[str, float]]]:
+    """The baselines the shipped sentiment method must beat by 5 points: positive when the score is above 0."""
+    from sklearn.metrics import accuracy_score, f1_score
+    from textblob import TextBlob
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    vader = SentimentIntensityAnalyzer()
+    rows = []
+    for name in ("amazon_cells_labelled.txt", "yelp_labelled.txt"):
+        # One "sentence<TAB>label" per line, no quoting: split on the last tab (../shared/data/README.md).
+        pairs = [line.rstrip("\n").rsplit("\t", 1) for line in (DATA / name).open(encoding="utf-8") if line.strip()]
+        truth = [int(label) for _, label in pairs]
+        for method, predict in (("TextBlob", lambda t: TextBlob(t).sentiment.polarity), ("VADER", lambda t: vader.polarity_scores(t)["compound"])):
+            predicted = [int(predict(text) > 0) for text, _ in pairs]
+            rows.append((f"{name.split('_')[0]}: {method}", {"accuracy": accuracy_score(truth, predicted), "macro_f1": f1_score(truth, predicted, average="macro")}))
+    return rows
+
+
 def print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     print(f"\n{title}")
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
@@ -135,6 +153,11 @@ def main() -> None:
         "Lifetime value (39-week holdout spend)",
         ("method", "Spearman", "MAE"),
         [(name, f"{m['spearman']:.3f}", f"{m['mae']:.2f}") for name, m in clv_table(orders, summary)],
+    )
+    print_table(
+        "Sentiment (binary labelled sentences; the shipped method is not built yet)",
+        ("data: method", "accuracy", "macro-F1"),
+        [(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}") for name, m in sentiment_table()],
     )
     print(f"\n({time.perf_counter() - started:.1f} s)")
 

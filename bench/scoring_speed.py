@@ -1,0 +1,82 @@
+"""Scoring speed and memory: everyone rescored end to end, as `retention score` does, at growing sizes.
+
+Target (issue 8): 1M customers (10 orders each) scored end to end in under 120 s on 2 cores, peak RSS under
+4 GB, and cost growing linearly. Each size runs in a fresh child process so its peak RSS is its own. Orders are
+generated with a fixed seed: each customer buys at their own pace from a random start and may stop.
+
+Run: python bench/scoring_speed.py   or   python bench/scoring_speed.py --sizes 10000,100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from scoring.scores import ScoringParameters, score_customers
+
+TARGET_SECONDS_AT_1M = 120
+TARGET_PEAK_RSS_MB = 4096
+ORDERS_PER_CUSTOMER = 10
+START = pd.Timestamp("2023-01-01", tz="UTC")
+AS_OF = pd.Timestamp("2025-01-01", tz="UTC")
+
+
+def generate_orders(customers: int, seed: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, 500, size=customers)  # day of the first order
+    pace = rng.choice([7, 15, 30, 60, 120], size=customers)  # usual days between orders
+    gaps = rng.exponential(pace[:, None], size=(customers, ORDERS_PER_CUSTOMER)).astype(int) + 1
+    gaps[:, 0] = 0
+    days = first[:, None] + np.cumsum(gaps, axis=1)
+    at = START + pd.to_timedelta(days.ravel(), unit="D")
+    return pd.DataFrame({
+        "customer": np.repeat(np.arange(customers), ORDERS_PER_CUSTOMER),
+        "at": at,
+        "amount": np.round(rng.gamma(2.0, 20.0, size=customers * ORDERS_PER_CUSTOMER), 2),
+    })
+
+
+def run_child(customers: int) -> None:
+    orders = generate_orders(customers)
+    started = time.perf_counter()
+    table, model = score_customers(orders, AS_OF, ScoringParameters(None, 0.4, 0.7, 7))
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"customers": customers, "scored": len(table), "seconds": seconds, "rss_mb": peak_mb, "method": model.method_}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="customer counts, comma-separated (default: %(default)s)")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        run_child(args.one)
+        return
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        print(f"scoring {size:,} customers…", file=sys.stderr, flush=True)
+        done = subprocess.run([sys.executable, __file__, "--one", str(size)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    header = ("customers", "orders", "seconds", "µs per customer", "peak RSS MB", "target", "model")
+    lines = [header]
+    for row in rows:
+        within = row["rss_mb"] < TARGET_PEAK_RSS_MB and (row["customers"] < 1_000_000 or row["seconds"] < TARGET_SECONDS_AT_1M)
+        lines.append((f"{row['customers']:,}", f"{row['customers'] * ORDERS_PER_CUSTOMER:,}", f"{row['seconds']:.1f}",
+                      f"{row['seconds'] / row['customers'] * 1e6:.0f}", f"{row['rss_mb']:.0f}",
+                      f"1M < {TARGET_SECONDS_AT_1M} s, RSS < {TARGET_PEAK_RSS_MB} MB: {'PASS' if within else 'MISS'}", row["method"]))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print(" | ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    print("Sentiment speed (200k texts) is not measured yet: the sentiment method is not built.")
+
+
+if __name__ == "__main__":
+    main()
