@@ -152,3 +152,33 @@ class ChurnModel:
         # Isotonic calibration can say 0 or 1 outright; no purchase history makes anything certain.
         probability = np.clip(probability, PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
         return pd.Series(probability, index=summary.index, name="churn_probability")
+
+
+@dataclass(frozen=True)
+class Backtest:
+    horizon_days: int
+    scored_at: pd.Timestamp
+    model_method: str
+    metrics: dict[str, dict[str, float]]  # "model", "recency", "BG/NBD" -> churn_metrics
+
+
+def backtest(orders: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int | None, random_state: int = 7) -> Backtest:
+    """Out of time: fit as of one horizon before ``as_of``, score then, and compare with what happened since,
+    beside the recency and BG/NBD baselines."""
+    from scoring.evaluation import churn_metrics  # evaluation is only needed here
+
+    horizon = horizon_days or horizon_from_history(orders, as_of)
+    then = (as_of - pd.Timedelta(days=horizon)).floor("D")
+    model = ChurnModel(horizon, random_state=random_state).fit(orders, then)
+    probability = model.predict_proba(orders, then)
+    summary = rfm_summary(orders, then).reindex(probability.index)
+    since = orders[(orders["at"] >= then) & (orders["at"] < as_of)]
+    churned = (~probability.index.isin(since["customer"])).astype(int)
+    if churned.min() == churned.max():
+        raise ValueError("every customer did the same thing since the backtest date; nothing to compare")
+    bg_nbd = BetaGeoModel().fit(summary["frequency"], summary["recency"], summary["age"])
+    return Backtest(horizon, then, model.method_, {
+        "model": churn_metrics(churned, probability),
+        "recency": churn_metrics(churned, summary["days_since_last"], is_probability=False),
+        "BG/NBD": churn_metrics(churned, bg_nbd.probability_no_purchase(horizon, summary["frequency"], summary["recency"], summary["age"])),
+    })

@@ -42,10 +42,13 @@ class BetaGeoModel:
         x, t_x, big_t = _arrays(frequency, recency, age)
 
         def negative_log_likelihood(log_params: np.ndarray) -> float:
-            r, alpha, a, b = np.exp(log_params)
-            return -self._log_likelihood(r, alpha, a, b, x, t_x, big_t).mean() + self.penalizer * np.sum(log_params**2)
+            with np.errstate(all="ignore"):  # the optimiser probes extreme values; those just score as impossible
+                r, alpha, a, b = np.exp(log_params)
+                value = -self._log_likelihood(r, alpha, a, b, x, t_x, big_t).mean() + self.penalizer * np.sum(log_params**2)
+            return float(value) if np.isfinite(value) else np.inf
 
-        result = minimize(negative_log_likelihood, x0=np.zeros(4), method="L-BFGS-B")
+        with np.errstate(all="ignore"):  # finite differences at impossible points give inf - inf; harmless
+            result = minimize(negative_log_likelihood, x0=np.zeros(4), method="L-BFGS-B")
         if not result.success and not np.isfinite(result.fun):
             raise RuntimeError(f"BG/NBD did not converge: {result.message}")
         self.params_ = dict(zip(("r", "alpha", "a", "b"), np.exp(result.x)))
@@ -109,13 +112,16 @@ class GammaGammaModel:
             raise ValueError("Gamma-Gamma needs at least 10 customers with repeat purchases")
 
         def negative_log_likelihood(log_params: np.ndarray) -> float:
-            p, q, gamma = np.exp(log_params)
-            px = p * x
-            ll = (gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(gamma) + (px - 1) * np.log(m)
-                  + px * np.log(x) - (px + q) * np.log(x * m + gamma))
-            return -ll.mean() + self.penalizer * np.sum(log_params**2)
+            with np.errstate(all="ignore"):
+                p, q, gamma = np.exp(log_params)
+                px = p * x
+                ll = (gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(gamma) + (px - 1) * np.log(m)
+                      + px * np.log(x) - (px + q) * np.log(x * m + gamma))
+                value = -ll.mean() + self.penalizer * np.sum(log_params**2)
+            return float(value) if np.isfinite(value) else np.inf
 
-        result = minimize(negative_log_likelihood, x0=np.log([1.0, 2.0, float(np.mean(m))]), method="L-BFGS-B")
+        with np.errstate(all="ignore"):
+            result = minimize(negative_log_likelihood, x0=np.log([1.0, 2.0, float(np.mean(m))]), method="L-BFGS-B")
         self.params_ = dict(zip(("p", "q", "gamma"), np.exp(result.x)))
         self.log_likelihood_ = -result.fun * len(x)
         return self

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import numpy as np
 import pandas as pd
 import typer
 from typer.core import TyperGroup
@@ -24,7 +25,9 @@ from rich.table import Table
 
 from connectors.base import CheckResult, ConfigError, InputError, RetentionError, registered_checks
 from connectors.forms.csv import KINDS, CsvImport
-from connectors.records import OrderStatus, from_payload
+from connectors.records import OrderStatus, from_payload, normalise_email
+from scoring.churn import backtest
+from scoring.features import rfm_summary
 from scoring.scores import ScoringParameters, score_customers
 from sync.engine import run_source_once
 from sync.export import write_csv
@@ -259,6 +262,8 @@ def score(
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Score as of this date (YYYY-MM-DD): orders on or before it count, nothing after. Default: today.")] = None,
     horizon_days: Annotated[Optional[int], typer.Option("--horizon-days", help="Days without an order that count as churned (default: from settings, else the purchase cycle).")] = None,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write one row per customer to this CSV file.")] = None,
+    explain: Annotated[Optional[str], typer.Option(metavar="EMAIL", help="Show one customer's score and the history behind it.")] = None,
+    run_backtest: Annotated[bool, typer.Option("--backtest", help="Check the model on the past: score as of one horizon ago, compare with what happened.")] = False,
 ) -> None:
     """Churn risk with reasons, segment and 12-month value for every customer who has ordered.
 
@@ -280,6 +285,9 @@ def score(
         horizon_days=horizon_days or settings.scoring.horizon_days or None, medium_risk=settings.scoring.medium_risk,
         high_risk=settings.scoring.high_risk, random_seed=settings.scoring.random_seed,
     )
+    if run_backtest:
+        _print_backtest(frame, cutoff, parameters)
+        return
     try:
         table, model = score_customers(frame, cutoff, parameters)
     except ValueError as exc:
@@ -290,6 +298,9 @@ def score(
         f"{model.horizon_days_} days; model: {model.method_}): "
         + ", ".join(f"{bands.get(band, 0):,} {band}" for band in ("high", "medium", "low", "new"))
     )
+    if explain is not None:
+        _print_explanation(explain, table, frame, cutoff)
+        return
     if out_file is not None:
         written = write_csv(out_file, ["customer", *table.columns], ([customer, *row] for customer, row in zip(table.index, table.itertuples(index=False))))
         out.print(f"Wrote {written:,} rows to {out_file}")
@@ -361,6 +372,38 @@ def doctor(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
+
+
+def _print_backtest(frame: pd.DataFrame, cutoff: pd.Timestamp, parameters: ScoringParameters) -> None:
+    try:
+        result = backtest(frame, cutoff, parameters.horizon_days, parameters.random_seed)
+    except ValueError as exc:
+        raise InputError(f"cannot backtest: {exc}") from None
+    out.print(
+        f"Backtest: scored as of {result.scored_at:%Y-%m-%d}, compared with orders up to {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d} "
+        f"(churn = no order in {result.horizon_days} days); model: {result.model_method}"
+    )
+    table = Table("method", "ROC-AUC", "PR-AUC", "Brier", "calib. error", "top10% prec.", "top10% recall", "lift", box=None, pad_edge=False)
+    for method, m in result.metrics.items():
+        table.add_row(method, *(("-" if np.isnan(m[k]) else f"{m[k]:.3f}") for k in ("roc_auc", "pr_auc", "brier", "ece", "top10_precision", "top10_recall", "lift")))
+    out.print(table)
+
+
+def _print_explanation(who: str, table: pd.DataFrame, frame: pd.DataFrame, cutoff: pd.Timestamp) -> None:
+    try:
+        key = normalise_email(who) if "@" in who else who.strip()
+    except ValueError:
+        key = who.strip()
+    if key not in table.index:
+        raise InputError(f"{who}: not among the {len(table):,} customers with completed orders by {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d}")
+    row = table.loc[key]
+    summary = rfm_summary(frame[frame["at"] < cutoff], cutoff).loc[key]
+    usual = "" if np.isnan(summary["mean_gap_days"]) else f"; usually orders every {summary['mean_gap_days']:.0f} days"
+    out.print(f"{key}: {row['churn_probability']:.1%} chance of no order soon — {row['risk_band']} risk, segment {row['segment']}")
+    out.print(f"  why: {row['reasons']}")
+    out.print(f"  history: {row['orders']} orders, {summary['total']:,.2f} in all, last on {row['last_order']}{usual}")
+    value = "unknown (too few repeat customers to model spend)" if np.isnan(row["clv_12_months"]) else f"{row['clv_12_months']:,.2f}"
+    out.print(f"  expected spend in the next 12 months: {value}")
 
 
 def _as_of_timestamp(as_of: str | None, settings: Settings) -> pd.Timestamp:

@@ -91,3 +91,29 @@ def test_too_few_customers_or_a_bad_date_is_one_line(workspace: Workspace) -> No
 
     assert too_few.exit_code == 3 and too_few.stderr.strip() == "retention: nothing to score: only 2 customers have completed orders by then; scoring needs at least 20"
     assert bad_date.exit_code == 2 and "--as-of must be a date like 2024-03-31 (got '30/06/2024')" in bad_date.stderr
+
+
+def test_backtest_compares_the_model_with_the_baselines_on_the_past(workspace: Workspace) -> None:
+    write_orders(workspace.root / "orders.csv")
+
+    result = workspace.run("score", "--orders", str(workspace.root / "orders.csv"), "--as-of", AS_OF.isoformat(), "--horizon-days", "60", "--backtest")
+
+    assert result.exit_code == 0, result.stderr
+    assert "Backtest: scored as of 2024-05-02, compared with orders up to 2024-06-30 (churn = no order in 60 days)" in result.stdout
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.startswith(("model ", "recency ", "BG/NBD "))}
+    assert set(rows) == {"model", "recency", "BG/NBD"}
+    assert all(0.5 <= float(values[0]) <= 1.0 for values in rows.values()), "ROC-AUC of each method"
+
+
+def test_explain_shows_one_customer_and_the_history_behind_the_score(workspace: Workspace) -> None:
+    write_orders(workspace.root / "orders.csv")
+    orders = str(workspace.root / "orders.csv")
+
+    known = workspace.run("score", "--orders", orders, "--as-of", AS_OF.isoformat(), "--explain", "Buyer7@Example.com")
+    unknown = workspace.run("score", "--orders", orders, "--as-of", AS_OF.isoformat(), "--explain", "nobody@example.com")
+
+    assert known.exit_code == 0, known.stderr
+    assert "buyer7@example.com: " in known.stdout and "  why: " in known.stdout and "  history: " in known.stdout
+    assert "expected spend in the next 12 months: " in known.stdout
+    assert unknown.exit_code == 3
+    assert unknown.stderr.strip() == "retention: nobody@example.com: not among the 120 customers with completed orders by 2024-06-30"
