@@ -29,6 +29,7 @@ from scoring.churn import ChurnModel
 from scoring.clv import BetaGeoModel, GammaGammaModel
 from scoring.evaluation import churn_metrics, value_metrics
 from scoring.features import rfm_summary
+from scoring.sentiment import SentimentModel
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CUT = pd.Timestamp("1997-10-01", tz="UTC")
@@ -104,14 +105,23 @@ def sentiment_table() -> list[tuple[str, dict[str, float]]]:
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     vader = SentimentIntensityAnalyzer()
-    rows = []
-    for name in ("amazon_cells_labelled.txt", "yelp_labelled.txt"):
+    data = {}
+    for name in ("amazon", "yelp"):
         # One "sentence<TAB>label" per line, no quoting: split on the last tab (../shared/data/README.md).
-        pairs = [line.rstrip("\n").rsplit("\t", 1) for line in (DATA / name).open(encoding="utf-8") if line.strip()]
-        truth = [int(label) for _, label in pairs]
-        for method, predict in (("TextBlob", lambda t: TextBlob(t).sentiment.polarity), ("VADER", lambda t: vader.polarity_scores(t)["compound"])):
-            predicted = [int(predict(text) > 0) for text, _ in pairs]
-            rows.append((f"{name.split('_')[0]}: {method}", {"accuracy": accuracy_score(truth, predicted), "macro_f1": f1_score(truth, predicted, average="macro")}))
+        pairs = [line.rstrip("\n").rsplit("\t", 1) for line in (DATA / f"{name}_{'cells_' if name == 'amazon' else ''}labelled.txt").open(encoding="utf-8") if line.strip()]
+        data[name] = ([text for text, _ in pairs], [int(label) for _, label in pairs])
+    rows = []
+    for name, other in (("amazon", "yelp"), ("yelp", "amazon")):
+        texts, truth = data[name]
+        methods = {
+            "TextBlob": [TextBlob(t).sentiment.polarity for t in texts],
+            "VADER": [vader.polarity_scores(t)["compound"] for t in texts],
+            "shipped, default": list(SentimentModel().score(texts)),
+            f"shipped, calibrated on {other} (never on {name})": list(SentimentModel().fit(*data[other]).score(texts)),
+        }
+        for method, scores in methods.items():
+            predicted = [int(score > 0) for score in scores]
+            rows.append((f"{name}: {method}", {"accuracy": accuracy_score(truth, predicted), "macro_f1": f1_score(truth, predicted, average="macro")}))
     return rows
 
 
@@ -155,7 +165,7 @@ def main() -> None:
         [(name, f"{m['spearman']:.3f}", f"{m['mae']:.2f}") for name, m in clv_table(orders, summary)],
     )
     print_table(
-        "Sentiment (binary labelled sentences; the shipped method is not built yet)",
+        "Sentiment (binary labelled sentences; target: 5 points above the better of TextBlob and VADER)",
         ("data: method", "accuracy", "macro-F1"),
         [(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}") for name, m in sentiment_table()],
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
+from itertools import islice
 import logging
 import re
 import sys
@@ -24,11 +26,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from connectors.base import CheckResult, ConfigError, InputError, RetentionError, registered_checks
+from connectors.forms import csv_file
 from connectors.forms.csv import KINDS, CsvImport
 from connectors.records import OrderStatus, from_payload, normalise_email
 from scoring.churn import backtest
 from scoring.features import rfm_summary
 from scoring.scores import ScoringParameters, score_customers
+from scoring.sentiment import SentimentModel, sentiment_label
 from sync.engine import run_source_once
 from sync.export import write_csv
 from sync.redact import configure_logging, redact
@@ -311,6 +315,47 @@ def score(
 
 
 @app.command()
+def sentiment(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A survey export (CSV).")],
+    column: Annotated[str, typer.Option(help="The column holding the free-text answers.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the same rows with sentiment and sentiment_score added.")],
+    nps: Annotated[Optional[str], typer.Option(metavar="COLUMN", help="An NPS column (0-10): answers scored 9-10 and 0-6 teach the method your customers' words.")] = None,
+    encoding: Annotated[Optional[str], typer.Option(help="The file's encoding when it is not UTF-8 or UTF-16.")] = None,
+) -> None:
+    """Label every free-text answer positive, neutral or negative, with a score from -1 to 1.
+
+    Example: retention sentiment "Customer survey.csv" --column "What could we do better?" --out labelled.csv
+    """
+    encoding_name = csv_file.detect_encoding(path, encoding) if path.is_file() else None
+    if encoding_name is None:
+        raise InputError(f"{path}: no such file")
+    csv_file.check_decodes(path, encoding_name)
+    delimiter = csv_file.detect_delimiter(csv_file.read_head(path, encoding_name))
+    rows = csv_file.iter_rows(path, encoding_name, delimiter)
+    _, header = next(rows, (0, []))
+    text_at = _column_index(path, header, column, "--column")
+    model = SentimentModel()
+    if nps is not None:
+        nps_at = _column_index(path, header, nps, "--nps")
+        rated = [(cells[text_at], int(cells[nps_at])) for _, cells in islice(csv_file.iter_rows(path, encoding_name, delimiter), 1, None)
+                 if len(cells) > max(text_at, nps_at) and cells[text_at].strip() and cells[nps_at].strip().isdigit()]
+        known = [(text, score >= 9) for text, score in rated if score >= 9 or score <= 6]
+        model.fit([text for text, _ in known], [positive for _, positive in known])
+        how = "calibrated on" if hasattr(model, "calibration_") else "too few to calibrate on (the default method is used):"
+        out.print(f"{how} {len(known):,} answers with an NPS of 9-10 or 0-6")
+
+    def labelled() -> Iterator[list[str]]:
+        for chunk in _chunks((cells for _, cells in rows), 2_000):
+            scores = model.score([cells[text_at] if len(cells) > text_at else "" for cells in chunk])
+            for cells, value in zip(chunk, scores):
+                yield [*cells, sentiment_label(value), f"{value:.3f}"]
+
+    written = write_csv(out_file, [*header, "sentiment", "sentiment_score"], labelled())
+    out.print(f"Wrote {written:,} answers to {out_file}")
+
+
+@app.command()
 def quarantine(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(help="Show at most this many.")] = 20,
@@ -404,6 +449,19 @@ def _print_explanation(who: str, table: pd.DataFrame, frame: pd.DataFrame, cutof
     out.print(f"  history: {row['orders']} orders, {summary['total']:,.2f} in all, last on {row['last_order']}{usual}")
     value = "unknown (too few repeat customers to model spend)" if np.isnan(row["clv_12_months"]) else f"{row['clv_12_months']:,.2f}"
     out.print(f"  expected spend in the next 12 months: {value}")
+
+
+def _column_index(path: Path, header: list[str], wanted: str, option: str) -> int:
+    keys = [h.strip().lower() for h in header]
+    if wanted.strip().lower() not in keys:
+        raise InputError(f"{option} {wanted}: {path.name} has no such column; its columns are: {', '.join(header)}")
+    return keys.index(wanted.strip().lower())
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def _as_of_timestamp(as_of: str | None, settings: Settings) -> pd.Timestamp:
