@@ -268,6 +268,7 @@ def score(
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write one row per customer to this CSV file.")] = None,
     explain: Annotated[Optional[str], typer.Option(metavar="EMAIL", help="Show one customer's score and the history behind it.")] = None,
     run_backtest: Annotated[bool, typer.Option("--backtest", help="Check the model on the past: score as of one horizon ago, compare with what happened.")] = False,
+    audit: Annotated[Optional[str], typer.Option(metavar="FIELD", help="Show risk by the groups of FIELD (a column of the orders export, or a contact field), flagging large gaps.")] = None,
 ) -> None:
     """Churn risk with reasons, segment and 12-month value for every customer who has ordered.
 
@@ -280,7 +281,7 @@ def score(
     cutoff = _as_of_timestamp(as_of, settings)
     if horizon_days is not None and not 1 <= horizon_days <= 730:
         raise ConfigError(f"--horizon-days must be between 1 and 730 (got {horizon_days})")
-    frame, currencies, skipped = _orders_frame(context, orders)
+    frame, currencies, skipped = _orders_frame(context, orders, audit)
     if skipped:
         err.print(f"{orders.name}: {skipped:,} rows could not be read and were left out (`retention import` shows why)")
     if len(currencies) > 1:
@@ -304,6 +305,9 @@ def score(
     )
     if explain is not None:
         _print_explanation(explain, table, frame, cutoff)
+        return
+    if audit is not None:
+        _print_audit(audit, table, frame)
         return
     if out_file is not None:
         written = write_csv(out_file, ["customer", *table.columns], ([customer, *row] for customer, row in zip(table.index, table.itertuples(index=False))))
@@ -475,9 +479,9 @@ def _as_of_timestamp(as_of: str | None, settings: Settings) -> pd.Timestamp:
     return pd.Timestamp(day + timedelta(days=1)).tz_localize(settings.zone).tz_convert("UTC")
 
 
-def _orders_frame(context: Context, path: Path | None) -> tuple[pd.DataFrame, set[str], int]:
+def _orders_frame(context: Context, path: Path | None, audit_field: str | None = None) -> tuple[pd.DataFrame, set[str], int]:
     """Completed orders as (customer, at, amount), from a CSV export or from the store; also their currencies and
-    how many CSV rows could not be read."""
+    how many CSV rows could not be read. With ``audit_field``, a column ``audit`` holds that field per customer."""
     settings = context.settings
     if path is not None:
         source = CsvImport(path, "orders", zone=settings.zone, currency=settings.currency, date_order=settings.csv.date_order,
@@ -501,7 +505,61 @@ def _orders_frame(context: Context, path: Path | None) -> tuple[pd.DataFrame, se
             "amount": [float(order.amount) for order in completed],
         }
     )
+    if audit_field is not None:
+        frame["audit"] = _audit_values(context, path, audit_field, completed)
     return frame, {order.currency for order in completed}, skipped
+
+
+def _audit_values(context: Context, path: Path | None, field: str, completed: list[Any]) -> list[str | None]:
+    """The field per order: the order's own column, else (store only) the customer's contact field of that name."""
+    wanted = field.strip().lower()
+
+    def lookup(properties: dict[str, str]) -> str | None:
+        return next((value for key, value in properties.items() if key.strip().lower() == wanted), None)
+
+    values = [lookup(dict(order.properties)) for order in completed]
+    if path is None and not any(values):
+        store = context.open_store()
+        try:
+            contacts = [from_payload("contact", payload) for _, payload in store.stored_records("contact")]
+        finally:
+            store.close()
+        by_customer = {}
+        for contact in contacts:
+            value = lookup(dict(contact.properties)) or (str(getattr(contact, wanted)) if getattr(contact, wanted, None) else None)
+            for key in (contact.match_email, contact.source_id):
+                if key and value:
+                    by_customer[key] = value
+        values = [by_customer.get(order.match_email or order.customer_source_id) for order in completed]
+    if not any(values):
+        where = path.name if path is not None else "the store's orders and contacts"
+        raise InputError(f"--audit {field}: no values for {field!r} in {where}; name a column of the export or a contact field")
+    return values
+
+
+AUDIT_GAP = 0.10  # a group whose average risk differs from everyone's by this much is flagged
+
+
+def _print_audit(field: str, table: pd.DataFrame, frame: pd.DataFrame) -> None:
+    group = frame.dropna(subset=["audit"]).sort_values("at").groupby("customer")["audit"].last()  # latest value
+    joined = table.join(group.rename("group"), how="inner")
+    overall = joined["churn_probability"].mean()
+    out.print(f"Risk by {field} ({len(joined):,} customers with a value; average churn probability {overall:.1%}):")
+    summary = joined.groupby("group").agg(customers=("churn_probability", "size"), average=("churn_probability", "mean"),
+                                          high=("risk_band", lambda bands: (bands == "high").mean()))
+    report = Table(field, "customers", "average risk", "high risk", "", box=None, pad_edge=False)
+    flagged = []
+    for name, row in summary.sort_values("customers", ascending=False).iterrows():
+        is_gap = abs(row["average"] - overall) >= AUDIT_GAP and row["customers"] >= 20
+        if is_gap:
+            flagged.append(str(name))
+        report.add_row(str(name), f"{int(row['customers']):,}", f"{row['average']:.1%}", f"{row['high']:.1%}", "GAP" if is_gap else "")
+    out.print(report)
+    if flagged:
+        out.print(f"Large gaps (average risk {AUDIT_GAP:.0%} or more from everyone's, groups of 20+): {', '.join(flagged)}. "
+                  f"{field} is not a model input; the gap comes from how these customers buy — check it is not a proxy for something it should not be.")
+    else:
+        out.print(f"No group's average risk is {AUDIT_GAP:.0%} or more from everyone's.")
 
 
 def _parse_maps(maps: list[str]) -> dict[str, str]:

@@ -117,3 +117,36 @@ def test_explain_shows_one_customer_and_the_history_behind_the_score(workspace: 
     assert "expected spend in the next 12 months: " in known.stdout
     assert unknown.exit_code == 3
     assert unknown.stderr.strip() == "retention: nobody@example.com: not among the 120 customers with completed orders by 2024-06-30"
+
+
+def write_orders_with_country(path: Path, seed: int = 3) -> None:
+    """German customers order every ~20 days, French and American ones every ~90: a gap the audit must show."""
+    rng = random.Random(seed)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Order ID", "Email", "Total", "Created at", "Shipping Country", "Channel"])
+        number = 0
+        for customer in range(300):
+            country, channel = rng.choice(["DE", "FR", "US"]), rng.choice(["web", "shop"])
+            pace = 20 if country == "DE" else 90
+            day = date(2023, 1, 1) + timedelta(days=rng.randrange(60))
+            while day <= AS_OF:
+                writer.writerow([number, f"c{customer}@example.com", "20.00", day.isoformat(), country, channel])
+                number += 1
+                day += timedelta(days=max(1, int(rng.expovariate(1 / pace))))
+
+
+def test_audit_shows_risk_by_a_field_and_flags_large_gaps(workspace: Workspace) -> None:
+    orders = workspace.root / "orders.csv"
+    write_orders_with_country(orders)
+
+    by_country = workspace.run("score", "--orders", str(orders), "--as-of", AS_OF.isoformat(), "--audit", "Shipping Country")
+    by_channel = workspace.run("score", "--orders", str(orders), "--as-of", AS_OF.isoformat(), "--audit", "channel")
+    unknown = workspace.run("score", "--orders", str(orders), "--as-of", AS_OF.isoformat(), "--audit", "gender")
+
+    assert by_country.exit_code == 0, by_country.stderr
+    flagged = [line.split()[0] for line in by_country.stdout.splitlines() if line.rstrip().endswith("GAP")]
+    assert "DE" in flagged and "Large gaps" in by_country.stdout
+    assert by_channel.exit_code == 0 and "No group's average risk is 10% or more from everyone's." in by_channel.stdout
+    assert unknown.exit_code == 3
+    assert unknown.stderr.strip() == "retention: --audit gender: no values for 'gender' in orders.csv; name a column of the export or a contact field"
