@@ -126,6 +126,7 @@ class RiskBand(str, Enum):
     LOW = "low"
     MEDIUM = "medium"
     HIGH = "high"
+    NEW = "new"  # too little history to judge: no number is claimed
 
 
 def _check_identity(source: str, source_id: str) -> None:

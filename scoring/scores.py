@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 
-from scoring.churn import ChurnModel
+from connectors.records import Score
+from scoring.churn import FEATURES, MODEL_VERSION, ChurnModel
 from scoring.clv import LifetimeValueModel
 from scoring.explain import reasons, risk_bands
 from scoring.features import rfm_summary
@@ -56,3 +62,44 @@ def score_customers(orders: pd.DataFrame, as_of: pd.Timestamp, parameters: Scori
     table.loc[too_new, "reasons"] = "first order " + summary.loc[too_new, "days_since_last"].astype(int).astype(str) + " days ago: too early to judge"
     table.index.name = "customer"
     return table, churn
+
+
+def as_score_records(table: pd.DataFrame, scored_at: pd.Timestamp, currency: str | None, model_version: str) -> list[Score]:
+    """The table as canonical Score records (source "scoring", id = the customer key), ready for the store.
+
+    ``scored_at`` is the reference time, not the clock: scoring the same data as of the same date gives the same
+    records, so the store writes nothing and nothing is re-sent."""
+    records = []
+    for customer, row in table.iterrows():
+        value = None if pd.isna(row["clv_12_months"]) else Decimal(f"{row['clv_12_months']:.2f}")
+        records.append(Score(
+            source="scoring", source_id=str(customer), churn_probability=float(row["churn_probability"]),
+            risk_band=row["risk_band"], scored_at=scored_at.to_pydatetime(), top_reasons=tuple(row["reasons"].split("; ")),
+            segment=row["segment"], clv=value, clv_currency=currency if value is not None else None, model_version=model_version,
+        ))
+    return records
+
+
+def save_model(model: ChurnModel, directory: Path, as_of: pd.Timestamp, customers: int) -> Path:
+    """The fitted model and what it is (version, method, horizon, window, backtest, features), 0600."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    model_path = directory / "churn-model.joblib"
+    metadata = {
+        "version": MODEL_VERSION,
+        "method": model.method_,
+        "horizon_days": model.horizon_days_,
+        "training_window": [model.training_window_[0].isoformat(), model.training_window_[1].isoformat()],
+        "as_of": as_of.isoformat(),
+        "customers": customers,
+        "features": list(FEATURES),
+        "backtest": {
+            "roc_auc": model.backtest_.get("roc_auc", {}),
+            "validated_at": str(model.backtest_.get("validated_at", "")),
+            "trained_on": [str(cutoff) for cutoff in model.backtest_.get("trained_on", [])],
+        },
+    }
+    for path, write in ((model_path, lambda handle: joblib.dump(model, handle)),
+                        (directory / "churn-model.json", lambda handle: handle.write(json.dumps(metadata, indent=2).encode()))):
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+            write(handle)
+    return model_path

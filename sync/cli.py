@@ -10,7 +10,7 @@ import re
 import sys
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from importlib import metadata as package_metadata
 from importlib import resources
 from pathlib import Path
@@ -31,13 +31,14 @@ from connectors.forms.csv import KINDS, CsvImport
 from connectors.records import OrderStatus, from_payload, normalise_email
 from scoring.churn import backtest
 from scoring.features import rfm_summary
-from scoring.scores import ScoringParameters, score_customers
+from scoring.churn import MODEL_VERSION
+from scoring.scores import ScoringParameters, as_score_records, save_model, score_customers
 from scoring.sentiment import SentimentModel, sentiment_label
 from sync.engine import run_source_once
 from sync.export import write_csv
 from sync.redact import configure_logging, redact
 from sync.settings import Settings, load_settings, read_secret
-from sync.store import Store
+from sync.store import RunCounts, Store
 
 EXIT_CODES = """Exit codes: 0 success · 1 internal error (a bug: rerun with --debug and report it) · 2 usage or settings
 error · 3 the input file was rejected (nothing was imported) · 4 the local store cannot be used · 5 a connected tool
@@ -309,6 +310,8 @@ def score(
     if audit is not None:
         _print_audit(audit, table, frame)
         return
+    if orders is None:  # scores of the store go back into it, for the sync to write out
+        _store_scores(context, table, model, cutoff, currencies)
     if out_file is not None:
         written = write_csv(out_file, ["customer", *table.columns], ([customer, *row] for customer, row in zip(table.index, table.itertuples(index=False))))
         out.print(f"Wrote {written:,} rows to {out_file}")
@@ -421,6 +424,25 @@ def doctor(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
+
+
+def _store_scores(context: Context, table: pd.DataFrame, model: Any, cutoff: pd.Timestamp, currencies: set[str]) -> None:
+    settings = context.settings
+    currency = settings.currency if len(currencies) != 1 else next(iter(currencies))
+    records = as_score_records(table, cutoff, currency, MODEL_VERSION)
+    store = context.open_store()
+    try:
+        counts = RunCounts()
+        with store.transaction() as conn:
+            run_id = store.begin_run(conn, "score", f"{len(records):,} customers as of {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d}", datetime.now(timezone.utc))
+            for start in range(0, len(records), 2_000):
+                store.upsert_records(conn, records[start : start + 2_000], counts)
+            store.finish_run(conn, run_id, "succeeded", counts)
+    finally:
+        store.close()
+    saved = save_model(model, settings.data_dir / "models", cutoff, len(records))
+    stored = counts["score"]
+    out.print(f"Stored {stored.written:,} new or changed scores ({stored.unchanged:,} unchanged, run #{run_id}); model saved to {saved}")
 
 
 def _print_backtest(frame: pd.DataFrame, cutoff: pd.Timestamp, parameters: ScoringParameters) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
 from datetime import date, timedelta
 from pathlib import Path
@@ -150,3 +151,21 @@ def test_audit_shows_risk_by_a_field_and_flags_large_gaps(workspace: Workspace) 
     assert by_channel.exit_code == 0 and "No group's average risk is 10% or more from everyone's." in by_channel.stdout
     assert unknown.exit_code == 3
     assert unknown.stderr.strip() == "retention: --audit gender: no values for 'gender' in orders.csv; name a column of the export or a contact field"
+
+
+def test_scoring_the_store_keeps_the_scores_and_rescoring_the_same_day_writes_nothing(workspace: Workspace) -> None:
+    write_orders(workspace.root / "orders.csv")
+    workspace.run("import", str(workspace.root / "orders.csv"), "--kind", "orders")
+
+    first = workspace.run("score", "--as-of", AS_OF.isoformat())
+    again = workspace.run("score", "--as-of", AS_OF.isoformat())
+
+    assert first.exit_code == 0, first.stderr
+    assert "Stored 120 new or changed scores (0 unchanged" in first.stdout
+    assert "Stored 0 new or changed scores (120 unchanged" in again.stdout
+    status = json.loads(workspace.run("status", "--json").stdout)
+    assert {"kind": "score", "source": "scoring", "count": 120} in status["records"]
+    models = workspace.root / ".retention" / "models"
+    metadata = json.loads((models / "churn-model.json").read_text())
+    assert metadata["version"] == "churn-1" and metadata["customers"] == 120 and "days_since_last" in metadata["features"]
+    assert all((path.stat().st_mode & 0o777) == 0o600 for path in models.iterdir())
