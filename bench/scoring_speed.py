@@ -1,7 +1,7 @@
 """Scoring speed and memory: everyone rescored end to end, as `retention score` does, at growing sizes.
 
 Target (issue 8): 1M customers (10 orders each) scored end to end in under 120 s on 2 cores, peak RSS under
-4 GB, and cost growing linearly. Each size runs in a fresh child process so its peak RSS is its own. Orders are
+4 GB, and cost growing linearly; plus the time to label 200k free-text answers. Each size runs in a fresh child process so its peak RSS is its own. Orders are
 generated with a fixed seed: each customer buys at their own pace from a random start and may stop.
 
 Run: python bench/scoring_speed.py   or   python bench/scoring_speed.py --sizes 10000,100000
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from scoring.scores import ScoringParameters, score_customers
+from scoring.sentiment import SentimentModel
 
 TARGET_SECONDS_AT_1M = 120
 TARGET_PEAK_RSS_MB = 4096
@@ -52,13 +53,33 @@ def run_child(customers: int) -> None:
     print(json.dumps({"customers": customers, "scored": len(table), "seconds": seconds, "rss_mb": peak_mb, "method": model.method_}))
 
 
+SENTIMENT_TEXTS = 200_000
+PHRASES = ("the tea was lovely", "delivery took two weeks", "not bad at all", "the box was crushed 😡", "great service 👍",
+           "I would not order again", "ok", "More green teas please", "the kettle stopped working after a month", "")
+
+
+def run_sentiment_child() -> None:
+    rng = np.random.default_rng(7)
+    picks = rng.integers(0, len(PHRASES), size=(SENTIMENT_TEXTS, 2))
+    texts = [f"{PHRASES[a]}, {PHRASES[b]}" for a, b in picks]
+    started = time.perf_counter()
+    scores = SentimentModel().score(texts)
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"texts": len(scores), "seconds": seconds, "rss_mb": peak_mb}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000", help="customer counts, comma-separated (default: %(default)s)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sentiment-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         run_child(args.one)
+        return
+    if args.sentiment_child:
+        run_sentiment_child()
         return
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
@@ -75,7 +96,11 @@ def main() -> None:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         print(" | ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
-    print("Sentiment speed (200k texts) is not measured yet: the sentiment method is not built.")
+    print(f"scoring the sentiment of {SENTIMENT_TEXTS:,} texts…", file=sys.stderr, flush=True)
+    done = subprocess.run([sys.executable, __file__, "--sentiment-child"], capture_output=True, text=True, check=True)
+    sentiment = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"sentiment: {sentiment['texts']:,} texts in {sentiment['seconds']:.1f} s "
+          f"({sentiment['texts'] / sentiment['seconds']:,.0f} texts/s), peak RSS {sentiment['rss_mb']:.0f} MB (default method, VADER)")
 
 
 if __name__ == "__main__":

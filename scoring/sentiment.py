@@ -64,10 +64,10 @@ class SentimentModel:
         texts = list(texts)
         if not texts:
             return np.zeros(0)
-        features = self._features(texts)
         if hasattr(self, "calibration_"):
-            return 2 * self.calibration_.predict_proba(features)[:, 1] - 1
-        return features[:, 0]
+            return 2 * self.calibration_.predict_proba(self._features(texts))[:, 1] - 1
+        # Uncalibrated, only VADER's score is used: TextBlob is not run at all.
+        return np.asarray([self._vader.polarity_scores(_words_for_emoji(text or ""))["compound"] for text in texts])
 
     def label(self, texts: Iterable[str]) -> list[str]:
         return [sentiment_label(value) for value in self.score(texts)]
