@@ -26,6 +26,9 @@ from sync.export import write_csv
 from sync.settings import Settings
 from sync.store import RunCounts
 
+# Contact fields --audit may name besides the columns an import kept (never anything else on the object).
+CONTACT_FIELDS = {"first_name", "last_name", "company_name", "lifecycle_stage", "is_unsubscribed", "phone"}
+
 
 @app.command()
 def score(
@@ -251,7 +254,9 @@ def _audit_values(context: Context, path: Path | None, field: str, completed: li
             store.close()
         by_customer = {}
         for contact in contacts:
-            value = lookup(dict(contact.properties)) or (str(getattr(contact, wanted)) if getattr(contact, wanted, None) else None)
+            # A named contact field (company_name, lifecycle_stage…), or one of the columns the import kept.
+            field_value = getattr(contact, wanted) if wanted in CONTACT_FIELDS else None
+            value = lookup(dict(contact.properties)) or (str(field_value) if field_value not in (None, "") else None)
             for key in (contact.match_email, contact.source_id):
                 if key and value:
                     by_customer[key] = value

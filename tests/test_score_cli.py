@@ -169,3 +169,20 @@ def test_scoring_the_store_keeps_the_scores_and_rescoring_the_same_day_writes_no
     metadata = json.loads((models / "churn-model.json").read_text())
     assert metadata["version"] == "churn-1" and metadata["customers"] == 120 and "days_since_last" in metadata["features"]
     assert all((path.stat().st_mode & 0o777) == 0o600 for path in models.iterdir())
+
+
+def test_audit_on_the_store_uses_contact_fields_and_ignores_anything_else(workspace: Workspace) -> None:
+    write_orders(workspace.root / "orders.csv")
+    contacts = workspace.root / "contacts.csv"
+    contacts.write_text("Email,Company,Region\n" + "".join(f"buyer{i}@example.com,Shop {i % 3},{'north' if i % 2 else 'south'}\n" for i in range(120)))
+    workspace.run("import", str(workspace.root / "orders.csv"), "--kind", "orders")
+    workspace.run("import", str(contacts), "--kind", "contacts")
+
+    by_company = workspace.run("score", "--as-of", AS_OF.isoformat(), "--audit", "company_name")
+    by_region = workspace.run("score", "--as-of", AS_OF.isoformat(), "--audit", "Region")
+    internal = workspace.run("score", "--as-of", AS_OF.isoformat(), "--audit", "__class__")
+
+    assert by_company.exit_code == 0, by_company.stderr
+    assert "Risk by company_name (120 customers with a value" in by_company.stdout and "Shop 0" in by_company.stdout
+    assert by_region.exit_code == 0 and "north" in by_region.stdout and "south" in by_region.stdout
+    assert internal.exit_code == 3 and "no values for '__class__'" in internal.stderr
