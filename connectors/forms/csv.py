@@ -15,11 +15,14 @@ Cells are stored literally: a value that looks like a spreadsheet formula is dat
 from __future__ import annotations
 
 import re
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import numpy as np
 
 from connectors.base import InputError, InvalidRecord, Page, Rejected, Stream, preview
 from connectors.forms import csv_file
@@ -175,7 +178,7 @@ class CsvImport:
         answer_columns = self._answer_column_indexes()
         stats = {column: m.ColumnStats() for column in answer_columns}
         evidence: dict[str, int] = {}
-        key_counts: dict[int, int] = {}
+        key_hashes = array("q")  # 8 bytes a row: pass one must not grow with the size of the ids
         for line, cells in rows:
             if _is_blank(cells):
                 continue
@@ -188,10 +191,12 @@ class CsvImport:
                     stats[column].add(cells[column].strip())
             key = self._key_hint(cells)
             if key is not None:
-                key_counts[key] = key_counts.get(key, 0) + 1
+                key_hashes.append(key)
             if plan.data_rows % 50_000 == 0:
                 self.on_progress("checking", plan.data_rows, 0)
-        plan.duplicate_keys = {key: count for key, count in key_counts.items() if count > 1}
+        hashes, counts = np.unique(np.frombuffer(key_hashes, dtype=np.int64), return_counts=True)
+        repeated = counts > 1
+        plan.duplicate_keys = dict(zip(hashes[repeated].tolist(), counts[repeated].tolist()))
         self._decide_date_order(evidence)
         for column in answer_columns:
             override = self.overrides.get(plan.headers[column]) or self.overrides.get(_original(plan.headers[column]))
