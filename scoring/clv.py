@@ -25,7 +25,7 @@ from scipy.special import gammaln, hyp2f1
 
 
 class NotFitted(RuntimeError):
-    pass
+    """A prediction was asked of a model that has not been fitted: a programming error, not a user's."""
 
 
 def _arrays(*values: ArrayLike) -> list[np.ndarray]:
