@@ -33,7 +33,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from scoring.clv import BetaGeoModel
-from scoring.features import rfm_summary
+from scoring.features import rfm_summary, survey_summary
 
 MODEL_VERSION = "churn-1"
 MIN_HORIZON_DAYS, MAX_HORIZON_DAYS = 30, 365
@@ -42,6 +42,10 @@ PROBABILITY_FLOOR = 0.005
 FEATURES = ("days_since_last", "log_frequency", "log_total", "log_monetary", "log_first_value", "age_days",
             "mean_gap_days", "gap_spread_days", "gap_ratio", "purchases_last_30d", "purchases_last_90d",
             "purchases_last_180d")
+
+
+class NothingToCompare(ValueError):
+    """A backtest where everyone churned, or no one did: no measure of ranking exists."""
 
 
 def horizon_from_history(orders: pd.DataFrame, as_of: pd.Timestamp) -> int:
@@ -53,8 +57,12 @@ def horizon_from_history(orders: pd.DataFrame, as_of: pd.Timestamp) -> int:
     return int(np.clip(round(2 * gaps.median()), MIN_HORIZON_DAYS, MAX_HORIZON_DAYS))
 
 
-def model_features(summary: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(
+SURVEY_FEATURES = ("latest_nps", "nps_change", "recent_sentiment")
+
+
+def model_features(summary: pd.DataFrame, survey: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The model's inputs; with ``survey`` (scoring.features.survey_summary), NPS and sentiment join them."""
+    frame = pd.DataFrame(
         {
             "days_since_last": summary["days_since_last"],
             "log_frequency": np.log1p(summary["frequency"]),
@@ -71,6 +79,9 @@ def model_features(summary: pd.DataFrame) -> pd.DataFrame:
         },
         index=summary.index,
     )[list(FEATURES)]
+    if survey is not None:
+        frame = frame.join(survey[list(SURVEY_FEATURES)], how="left")
+    return frame
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,9 @@ class Snapshot:
     churned: pd.Series  # 1 = no order in [cutoff, cutoff + horizon)
 
 
-def labelled_snapshots(orders: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, count: int) -> list[Snapshot]:
+def labelled_snapshots(
+    orders: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, count: int, responses: pd.DataFrame | None = None
+) -> list[Snapshot]:
     """Newest first. Cut-offs step back by half a horizon and stop where no customer had bought yet."""
     known = orders[orders["at"] < as_of]
     horizon = pd.Timedelta(days=horizon_days)
@@ -91,7 +104,8 @@ def labelled_snapshots(orders: pd.DataFrame, as_of: pd.Timestamp, horizon_days: 
         summary = rfm_summary(known, cutoff)
         window = known[(known["at"] >= cutoff) & (known["at"] < cutoff + horizon)]
         churned = pd.Series((~summary.index.isin(window["customer"])).astype(int), index=summary.index)
-        snapshots.append(Snapshot(cutoff, model_features(summary), churned))
+        survey = survey_summary(responses, cutoff) if responses is not None else None
+        snapshots.append(Snapshot(cutoff, model_features(summary, survey), churned))
         cutoff = (cutoff - horizon / 2).floor("D")
     return snapshots
 
@@ -99,7 +113,9 @@ def labelled_snapshots(orders: pd.DataFrame, as_of: pd.Timestamp, horizon_days: 
 def _candidates(random_state: int) -> dict[str, object]:
     return {
         "logistic regression": make_pipeline(
-            SimpleImputer(strategy="median", add_indicator=True), StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)
+            # keep_empty_features: a survey column with no answers yet in some window stays (as 0), no warning
+            SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True), StandardScaler(),
+            LogisticRegression(C=1.0, max_iter=2000),
         ),
         "gradient boosting": HistGradientBoostingClassifier(
             max_iter=200, learning_rate=0.05, max_leaf_nodes=15, l2_regularization=1.0, random_state=random_state
@@ -115,9 +131,12 @@ class ChurnModel:
         self.snapshots = snapshots
         self.random_state = random_state
 
-    def fit(self, orders: pd.DataFrame, as_of: pd.Timestamp) -> ChurnModel:
+    def fit(self, orders: pd.DataFrame, as_of: pd.Timestamp, responses: pd.DataFrame | None = None) -> ChurnModel:
+        """``responses`` (optional): survey answers as scoring.features.RESPONSE_COLUMNS, used when any came
+        before ``as_of``."""
         self.horizon_days_ = self.horizon_days or horizon_from_history(orders, as_of)
-        history = labelled_snapshots(orders, as_of, self.horizon_days_, self.snapshots)
+        self.uses_survey_ = responses is not None and bool((responses["at"] < as_of).any())
+        history = labelled_snapshots(orders, as_of, self.horizon_days_, self.snapshots, responses if self.uses_survey_ else None)
         self.training_window_ = (orders["at"].min(), as_of)
         if len(history) < 2:
             self.method_ = "BG/NBD (too little history to learn churn from this business's own data)"
@@ -128,6 +147,11 @@ class ChurnModel:
         newest, older = history[0], history[1:]
         train_x = pd.concat([s.features for s in older])
         train_y = pd.concat([s.churned for s in older])
+        # A survey column with no value at all in the training windows (say, no one had answered twice yet)
+        # teaches nothing and breaks gradient boosting's binning: the model leaves it out, and remembers so.
+        self.features_ = [column for column in train_x.columns if column in FEATURES or train_x[column].notna().any()]
+        train_x = train_x[self.features_]
+        newest = Snapshot(newest.cutoff, newest.features[self.features_], newest.churned)
         scores = {}
         fitted = {}
         for name, estimator in _candidates(self.random_state).items():
@@ -148,16 +172,17 @@ class ChurnModel:
         self.method_ = f"{best}, learnt from windows up to {newest.cutoff:%Y-%m-%d} and calibrated on half of that one"
         return self
 
-    def predict_proba(self, orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.Series:
+    def predict_proba(self, orders: pd.DataFrame, as_of: pd.Timestamp, responses: pd.DataFrame | None = None) -> pd.Series:
         """P(no order in the next ``horizon_days_``) for every customer who bought before ``as_of``."""
         summary = rfm_summary(orders, as_of)
+        survey = survey_summary(responses, as_of) if self.uses_survey_ and responses is not None else None
         if hasattr(self, "fallback_"):
             days_per_unit = 1.0  # the fallback was fitted in days
             probability = self.fallback_.probability_no_purchase(
                 self.horizon_days_ / days_per_unit, summary["frequency"], summary["recency"], summary["age"]
             )
         else:
-            probability = self.calibrated_.predict_proba(model_features(summary))[:, 1]
+            probability = self.calibrated_.predict_proba(model_features(summary, survey)[self.features_])[:, 1]
         # Isotonic calibration can say 0 or 1 outright; no purchase history makes anything certain.
         probability = np.clip(probability, PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
         return pd.Series(probability, index=summary.index, name="churn_probability")
@@ -184,7 +209,7 @@ def backtest(orders: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int | None
     since = orders[(orders["at"] >= then) & (orders["at"] < as_of)]
     churned = (~probability.index.isin(since["customer"])).astype(int)
     if churned.min() == churned.max():
-        raise ValueError("every customer did the same thing since the backtest date; nothing to compare")
+        raise NothingToCompare("every customer did the same thing since the backtest date; nothing to compare")
     bg_nbd = BetaGeoModel().fit(summary["frequency"], summary["recency"], summary["age"])
     return Backtest(horizon, then, model.method_, {
         "model": churn_metrics(churned, probability),

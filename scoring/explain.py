@@ -62,6 +62,23 @@ def reasons(summary: pd.DataFrame, horizon_days: int) -> pd.Series:
             "ordering on their usual rhythm (last order " + _days(summary["days_since_last"]) + " ago)",
         ),
     }
+    if "latest_nps" in summary:  # survey answers, when the business has them
+        nps = summary["latest_nps"]
+        candidates["nps_fell"] = (
+            summary["nps_change"] <= -2,
+            -summary["nps_change"] / 2,
+            "NPS fell from " + (nps - summary["nps_change"]).map("{:.0f}".format) + " to " + nps.map("{:.0f}".format),
+        )
+        candidates["detractor"] = (
+            (nps <= 6) & ~(summary["nps_change"] <= -2),
+            (7 - nps) / 3,
+            "gave an NPS of " + nps.map("{:.0f}".format) + " (would not recommend)",
+        )
+        candidates["negative_words"] = (
+            summary["recent_sentiment"] <= -0.05,
+            -summary["recent_sentiment"] * 2,
+            pd.Series("recent survey answers read negative", index=summary.index),
+        )
     applies = pd.DataFrame({name: spec[0].fillna(False) for name, spec in candidates.items()})
     applies["history"] = ~applies.drop(columns="history").any(axis=1)
     severity = pd.DataFrame({name: spec[1].where(applies[name]) for name, spec in candidates.items()})

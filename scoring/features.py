@@ -78,3 +78,28 @@ def _check_orders(orders: pd.DataFrame) -> None:
         raise ValueError(f"orders frame lacks {', '.join(missing)}")
     if getattr(orders["at"].dt, "tz", None) is None:
         raise ValueError("orders 'at' must be timezone-aware UTC")
+
+
+#: Survey answers, one row per response: who answered, when (tz-aware UTC), the NPS given (NaN if the form had
+#: none) and the sentiment of its free text from -1 to 1 (NaN if it had none).
+RESPONSE_COLUMNS = ("customer", "at", "nps", "sentiment")
+RECENT_ANSWER_DAYS = 180
+
+
+def survey_summary(responses: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Per customer who answered before ``as_of``: ``latest_nps``, ``nps_change`` (latest minus the one before,
+    NaN with fewer than two) and ``recent_sentiment`` (mean over the last 180 days' answers with text)."""
+    missing = [column for column in RESPONSE_COLUMNS if column not in responses.columns]
+    if missing:
+        raise ValueError(f"responses frame lacks {', '.join(missing)}")
+    before = responses.loc[responses["at"] < as_of, list(RESPONSE_COLUMNS)].sort_values(["customer", "at"], kind="stable")
+    scored = before.dropna(subset=["nps"]).assign(previous_nps=lambda frame: frame.groupby("customer")["nps"].shift(1))
+    latest = scored.groupby("customer").tail(1).set_index("customer")
+    recent = before[(as_of - before["at"]) <= pd.Timedelta(days=RECENT_ANSWER_DAYS)]
+    summary = pd.DataFrame({
+        "latest_nps": latest["nps"],
+        "nps_change": latest["nps"] - latest["previous_nps"],
+        "recent_sentiment": recent.groupby("customer")["sentiment"].mean(),
+    })
+    summary.index.name = "customer"
+    return summary

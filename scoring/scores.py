@@ -16,11 +16,15 @@ from connectors.records import Score
 from scoring.churn import FEATURES, MODEL_VERSION, ChurnModel
 from scoring.clv import LifetimeValueModel
 from scoring.explain import reasons, risk_bands
-from scoring.features import rfm_summary
+from scoring.features import rfm_summary, survey_summary
 from scoring.segments import RfmSegmenter
 
 CLV_HORIZON_DAYS = 365
 MIN_CUSTOMERS = 20
+
+
+class NotEnoughCustomers(ValueError):
+    """Too few customers for any model here to say something honest."""
 
 
 @dataclass(frozen=True)
@@ -31,16 +35,21 @@ class ScoringParameters:
     random_seed: int
 
 
-def score_customers(orders: pd.DataFrame, as_of: pd.Timestamp, parameters: ScoringParameters) -> tuple[pd.DataFrame, ChurnModel]:
-    """Scores for every customer with an order before ``as_of``; nothing on or after ``as_of`` is read."""
+def score_customers(
+    orders: pd.DataFrame, as_of: pd.Timestamp, parameters: ScoringParameters, responses: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, ChurnModel]:
+    """Scores for every customer with an order before ``as_of``; nothing on or after ``as_of`` is read.
+    ``responses`` (optional) adds NPS and sentiment to the model and the reasons."""
     known = orders[orders["at"] < as_of]
     customers = known["customer"].nunique()
     if customers < MIN_CUSTOMERS:
         # Every model here learns from the customer base as a whole; a handful of customers makes any number a guess.
-        raise ValueError(f"only {customers} customers have completed orders by then; scoring needs at least {MIN_CUSTOMERS}")
-    churn = ChurnModel(parameters.horizon_days, random_state=parameters.random_seed).fit(known, as_of)
-    probability = churn.predict_proba(known, as_of)
+        raise NotEnoughCustomers(f"only {customers} customers have completed orders by then; scoring needs at least {MIN_CUSTOMERS}")
+    churn = ChurnModel(parameters.horizon_days, random_state=parameters.random_seed).fit(known, as_of, responses)
+    probability = churn.predict_proba(known, as_of, responses)
     summary = rfm_summary(known, as_of)
+    if churn.uses_survey_:
+        summary = summary.join(survey_summary(responses, as_of), how="left")
     try:
         value = LifetimeValueModel().fit(summary).predict(summary, CLV_HORIZON_DAYS)
     except ValueError:  # fewer than 10 repeat customers: no honest spend model

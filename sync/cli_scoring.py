@@ -17,9 +17,9 @@ from connectors.base import ConfigError, InputError
 from connectors.forms import csv_file
 from connectors.forms.csv import CsvImport
 from connectors.records import OrderStatus, from_payload, normalise_email
-from scoring.churn import MODEL_VERSION, backtest
+from scoring.churn import MODEL_VERSION, NothingToCompare, backtest
 from scoring.features import rfm_summary
-from scoring.scores import ScoringParameters, as_score_records, save_model, score_customers
+from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, save_model, score_customers
 from scoring.sentiment import SentimentModel, sentiment_label
 from sync.cli import Context, app, err, out
 from sync.export import write_csv
@@ -64,9 +64,10 @@ def score(
     if run_backtest:
         _print_backtest(frame, cutoff, parameters)
         return
+    responses = _responses_frame(context) if orders is None else None
     try:
-        table, model = score_customers(frame, cutoff, parameters)
-    except ValueError as exc:
+        table, model = score_customers(frame, cutoff, parameters, responses)
+    except NotEnoughCustomers as exc:
         raise InputError(f"nothing to score: {exc}") from None
     bands = table["risk_band"].value_counts()
     out.print(
@@ -154,7 +155,7 @@ def _store_scores(context: Context, table: pd.DataFrame, model: Any, cutoff: pd.
 def _print_backtest(frame: pd.DataFrame, cutoff: pd.Timestamp, parameters: ScoringParameters) -> None:
     try:
         result = backtest(frame, cutoff, parameters.horizon_days, parameters.random_seed)
-    except ValueError as exc:
+    except (NothingToCompare, NotEnoughCustomers) as exc:
         raise InputError(f"cannot backtest: {exc}") from None
     out.print(
         f"Backtest: scored as of {result.scored_at:%Y-%m-%d}, compared with orders up to {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d} "
@@ -236,6 +237,27 @@ def _orders_frame(context: Context, path: Path | None, audit_field: str | None =
     if audit_field is not None:
         frame["audit"] = _audit_values(context, path, audit_field, completed)
     return frame, {order.currency for order in completed}, skipped
+
+
+def _responses_frame(context: Context) -> pd.DataFrame | None:
+    """Survey answers in the store with a known respondent: (customer, at, nps, sentiment of the free text)."""
+    store = context.open_store()
+    try:
+        found = [from_payload("survey_response", payload) for _, payload in store.stored_records("survey_response")]
+    finally:
+        store.close()
+    linked = [response for response in found if response.match_email]
+    if not linked:
+        return None
+    nps = [next((float(a.value) for a in r.answers.values() if a.answer_kind.value == "nps"), np.nan) for r in linked]
+    texts = [". ".join(a.value for a in r.answers.values() if a.answer_kind.value == "text") for r in linked]
+    sentiment = SentimentModel().score(texts)
+    return pd.DataFrame({
+        "customer": [r.match_email for r in linked],
+        "at": pd.to_datetime([r.submitted_at for r in linked], utc=True),
+        "nps": nps,
+        "sentiment": np.where([bool(text.strip()) for text in texts], sentiment, np.nan),
+    })
 
 
 def _audit_values(context: Context, path: Path | None, field: str, completed: list[Any]) -> list[str | None]:

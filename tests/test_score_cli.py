@@ -186,3 +186,30 @@ def test_audit_on_the_store_uses_contact_fields_and_ignores_anything_else(worksp
     assert "Risk by company_name (120 customers with a value" in by_company.stdout and "Shop 0" in by_company.stdout
     assert by_region.exit_code == 0 and "north" in by_region.stdout and "south" in by_region.stdout
     assert internal.exit_code == 3 and "no values for '__class__'" in internal.stderr
+
+
+def write_survey(path: Path, extra_rows: list[list[str]] | None = None) -> None:
+    rows = [["2024-01-10 10:00:00", "buyer7@example.com", "9", "Lovely tea, always on time"],
+            ["2024-05-20 10:00:00", "buyer7@example.com", "3", "The last two boxes arrived crushed. Disappointed."]]
+    rows += [[f"2024-03-{1 + i % 28:02d} 09:00:00", f"buyer{i}@example.com", str(7 + i % 4), "Good"] for i in range(20, 60)]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Timestamp", "Email Address", "How likely are you to recommend us to a friend?", "Comments"])
+        writer.writerows(rows + (extra_rows or []))
+
+
+def test_survey_answers_in_the_store_feed_the_scores_and_their_reasons(workspace: Workspace) -> None:
+    write_orders(workspace.root / "orders.csv")
+    write_survey(workspace.root / "survey.csv")
+    write_survey(workspace.root / "survey_later.csv", extra_rows=[["2024-08-01 10:00:00", "buyer8@example.com", "0", "Awful"]])
+    workspace.run("import", str(workspace.root / "orders.csv"), "--kind", "orders")
+    workspace.run("import", str(workspace.root / "survey.csv"), "--kind", "responses", "--form", "nps")
+
+    first = workspace.run("score", "--as-of", AS_OF.isoformat(), "--out", str(workspace.root / "before.csv"))
+    explained = workspace.run("score", "--as-of", AS_OF.isoformat(), "--explain", "buyer7@example.com")
+    workspace.run("import", str(workspace.root / "survey_later.csv"), "--kind", "responses", "--form", "nps")
+    later = workspace.run("score", "--as-of", AS_OF.isoformat(), "--out", str(workspace.root / "after.csv"))
+
+    assert first.exit_code == 0 and later.exit_code == 0, first.stderr + later.stderr
+    assert "NPS fell from 9 to 3" in explained.stdout
+    assert (workspace.root / "before.csv").read_bytes() == (workspace.root / "after.csv").read_bytes(), "an answer after --as-of changes nothing"
