@@ -69,7 +69,8 @@ class RetentionGroup(TyperGroup):
 app = typer.Typer(
     cls=RetentionGroup,
     help="retention-sync: churn risk, segments, lifetime value and sentiment for your customers, from the tools "
-    "you already use.\n\nStart with `retention init`, then `retention import YOUR-EXPORT.csv --kind contacts`.\n\n"
+    "you already use.\n\nStart with `retention init`, then `retention import YOUR-EXPORT.csv --kind orders`, then "
+    "`retention score --out scores.csv`.\n\n"
     + EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
