@@ -290,7 +290,7 @@ def doctor(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
     if settings is not None:
         try:
             store = context.open_store()
-            results.append(CheckResult("store", True, f"{_store_label(settings)}: integrity {store.integrity()}, schema {store.version()}"))
+            results.append(CheckResult("store", True, f"{_store_label(settings)}: integrity {store.integrity_at_open}, schema {store.version()}"))
             store.close()
         except RetentionError as exc:
             results.append(CheckResult("store", False, str(exc)))

@@ -100,15 +100,16 @@ class Store:
         self.engine.dispose()
 
     def _check_integrity(self) -> None:
-        if not self.is_sqlite:
+        """Refuse a damaged store at open; the verdict is kept, so `doctor` need not check a second time."""
+        self.integrity_at_open = "ok"
+        if not self.is_sqlite:  # an unreachable server is reported by the first transaction, with its own words
             return
         try:
-            with self.engine.connect() as conn:
-                verdict = [row[0] for row in conn.exec_driver_sql("PRAGMA integrity_check").fetchall()]
+            verdict = self.integrity()
         except DatabaseError as exc:
             raise StoreError(f"{self._where()}: not a readable store ({_short(exc)}) — move it aside or restore a backup") from None
-        if verdict != ["ok"]:
-            raise StoreError(f"{self._where()}: the store is damaged ({verdict[0]}) — restore a backup or move it aside")
+        if verdict != "ok":
+            raise StoreError(f"{self._where()}: the store is damaged ({verdict}) — restore a backup or move it aside")
 
     def _migrate(self, target: int = SCHEMA_VERSION) -> None:
         with self.transaction() as conn:
@@ -396,11 +397,11 @@ class Store:
         return digest.hexdigest()
 
     def integrity(self) -> str:
-        if not self.is_sqlite:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            return "ok"
+        """"ok", or SQLite's first complaint (PostgreSQL checks its own pages: there, answering is the check)."""
         with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                conn.execute(text("SELECT 1"))
+                return "ok"
             return conn.exec_driver_sql("PRAGMA integrity_check").fetchall()[0][0]
 
 
