@@ -174,13 +174,13 @@ class ChurnModel:
 
     def predict_proba(self, orders: pd.DataFrame, as_of: pd.Timestamp, responses: pd.DataFrame | None = None) -> pd.Series:
         """P(no order in the next ``horizon_days_``) for every customer who bought before ``as_of``."""
-        summary = rfm_summary(orders, as_of)
         survey = survey_summary(responses, as_of) if self.uses_survey_ and responses is not None else None
-        if hasattr(self, "fallback_"):
-            days_per_unit = 1.0  # the fallback was fitted in days
-            probability = self.fallback_.probability_no_purchase(
-                self.horizon_days_ / days_per_unit, summary["frequency"], summary["recency"], summary["age"]
-            )
+        return self.predict_summary(rfm_summary(orders, as_of), survey)
+
+    def predict_summary(self, summary: pd.DataFrame, survey: pd.DataFrame | None = None) -> pd.Series:
+        """The same, from a summary (and survey summary) the caller has already built."""
+        if hasattr(self, "fallback_"):  # fitted in days, like the summary
+            probability = self.fallback_.probability_no_purchase(self.horizon_days_, summary["frequency"], summary["recency"], summary["age"])
         else:
             probability = self.calibrated_.predict_proba(model_features(summary, survey)[self.features_])[:, 1]
         # Isotonic calibration can say 0 or 1 outright; no purchase history makes anything certain.

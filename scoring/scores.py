@@ -46,10 +46,11 @@ def score_customers(
         # Every model here learns from the customer base as a whole; a handful of customers makes any number a guess.
         raise NotEnoughCustomers(f"only {customers} customers have completed orders by then; scoring needs at least {MIN_CUSTOMERS}")
     churn = ChurnModel(parameters.horizon_days, random_state=parameters.random_seed).fit(known, as_of, responses)
-    probability = churn.predict_proba(known, as_of, responses)
     summary = rfm_summary(known, as_of)
-    if churn.uses_survey_:
-        summary = summary.join(survey_summary(responses, as_of), how="left")
+    survey = survey_summary(responses, as_of) if churn.uses_survey_ else None
+    probability = churn.predict_summary(summary, survey)
+    if survey is not None:  # for the reasons
+        summary = summary.join(survey, how="left")
     try:
         value = LifetimeValueModel().fit(summary).predict(summary, CLV_HORIZON_DAYS)
     except ValueError:  # fewer than 10 repeat customers: no honest spend model
