@@ -30,6 +30,7 @@ from scoring.clv import BetaGeoModel, GammaGammaModel
 from scoring.evaluation import churn_metrics, value_metrics
 from scoring.features import rfm_summary
 from scoring.sentiment import SentimentModel
+from tables import print_table
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CUT = pd.Timestamp("1997-10-01", tz="UTC")
@@ -125,11 +126,13 @@ def sentiment_table() -> list[tuple[str, dict[str, float]]]:
     return rows
 
 
-def print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    print(f"\n{title}")
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+CHURN_HEADER = ("method", "ROC-AUC", "PR-AUC", "Brier", "ECE", "top-10% precision", "top-10% recall", "lift")
+_CHURN_MEASURES = ("roc_auc", "pr_auc", "brier", "ece", "top10_precision", "top10_recall", "lift")
+
+
+def churn_cells(rows: list[tuple[str, dict[str, float]]]) -> list[tuple[str, ...]]:
+    """A row of three-decimal figures per method; '-' where a ranking has no probability to judge."""
+    return [(name, *("-" if np.isnan(m[k]) else f"{m[k]:.3f}" for k in _CHURN_MEASURES)) for name, m in rows]
 
 
 def main() -> None:
@@ -141,34 +144,23 @@ def main() -> None:
     summary["days_since_last"] = summary["days_since_last"].astype(float)
     churn_rows, churn_rate = churn_table(orders, summary)
     print(f"CDNOW: {len(summary):,} customers, calibration 39 weeks, holdout 39 weeks, churn rate {churn_rate:.1%}")
-    print_table(
-        "Churn (label: no purchase in the holdout)",
-        ("method", "ROC-AUC", "PR-AUC", "Brier", "ECE", "top-10% precision", "top-10% recall", "lift"),
-        [(name, *(f"{m[k]:.3f}" if not np.isnan(m[k]) else "-" for k in ("roc_auc", "pr_auc", "brier", "ece", "top10_precision", "top10_recall", "lift"))) for name, m in churn_rows],
-    )
+    print_table(CHURN_HEADER, churn_cells(churn_rows), title="Churn (label: no purchase in the holdout)")
     print("The shipped model cannot be trained for this horizon: 39 weeks of history hold no earlier 39-week window.")
     rows_90, rate_90, method = churn_90_day_table(orders)
-    print_table(
-        f"Churn, 90-day variant (label: no purchase 1997-10-01..1997-12-29; churn rate {rate_90:.1%})",
-        ("method", "ROC-AUC", "PR-AUC", "Brier", "ECE", "top-10% precision", "top-10% recall", "lift"),
-        [(name, *(f"{m[k]:.3f}" if not np.isnan(m[k]) else "-" for k in ("roc_auc", "pr_auc", "brier", "ece", "top10_precision", "top10_recall", "lift"))) for name, m in rows_90],
-    )
+    print_table(CHURN_HEADER, churn_cells(rows_90),
+                title=f"Churn, 90-day variant (label: no purchase 1997-10-01..1997-12-29; churn rate {rate_90:.1%})")
     best_baseline = max(rows_90[0][1]["roc_auc"], rows_90[1][1]["roc_auc"]) + 0.02
     shipped = rows_90[3][1]
     print(f"shipped model: {method}")
     print(f"targets (issue 8): ROC-AUC >= {best_baseline:.3f} (best of recency and BG/NBD + 0.02): "
           f"{'PASS' if shipped['roc_auc'] >= best_baseline else 'MISS'}; >= RFM logistic {rows_90[2][1]['roc_auc']:.3f}: "
           f"{'PASS' if shipped['roc_auc'] >= rows_90[2][1]['roc_auc'] else 'MISS'}; ECE <= 0.03: {'PASS' if shipped['ece'] <= 0.03 else 'MISS'}")
-    print_table(
-        "Lifetime value (39-week holdout spend)",
-        ("method", "Spearman", "MAE"),
-        [(name, f"{m['spearman']:.3f}", f"{m['mae']:.2f}") for name, m in clv_table(orders, summary)],
-    )
-    print_table(
-        "Sentiment (binary labelled sentences; target: 5 points above the better of TextBlob and VADER)",
-        ("data: method", "accuracy", "macro-F1"),
-        [(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}") for name, m in sentiment_table()],
-    )
+    print_table(("method", "Spearman", "MAE"),
+                [(name, f"{m['spearman']:.3f}", f"{m['mae']:.2f}") for name, m in clv_table(orders, summary)],
+                title="Lifetime value (39-week holdout spend)")
+    print_table(("data: method", "accuracy", "macro-F1"),
+                [(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}") for name, m in sentiment_table()],
+                title="Sentiment (binary labelled sentences; target: 5 points above the better of TextBlob and VADER)")
     print(f"\n({time.perf_counter() - started:.1f} s)")
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from scoring.scores import ScoringParameters, score_customers
 from scoring.sentiment import SentimentModel
+from tables import print_table
 
 TARGET_SECONDS_AT_1M = 120
 TARGET_PEAK_RSS_MB = 4096
@@ -93,9 +94,7 @@ def main() -> None:
         lines.append((f"{row['customers']:,}", f"{row['customers'] * ORDERS_PER_CUSTOMER:,}", f"{row['seconds']:.1f}",
                       f"{row['seconds'] / row['customers'] * 1e6:.0f}", f"{row['rss_mb']:.0f}",
                       f"1M < {TARGET_SECONDS_AT_1M} s, RSS < {TARGET_PEAK_RSS_MB} MB: {'PASS' if within else 'MISS'}", row["method"]))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        print(" | ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    print_table(header, lines[1:])
     print(f"scoring the sentiment of {SENTIMENT_TEXTS:,} texts…", file=sys.stderr, flush=True)
     done = subprocess.run([sys.executable, __file__, "--sentiment-child"], capture_output=True, text=True, check=True)
     sentiment = json.loads(done.stdout.strip().splitlines()[-1])

@@ -41,6 +41,7 @@ from connectors.forms.csv import CsvImport
 from connectors.records import Contact, EmailAddress, Order, Record
 from sync.engine import run_source_once
 from sync.store import RunCounts, Store
+from tables import print_table
 
 TARGET_RECORDS_PER_S = 50_000
 TARGET_PEAK_RSS_MB = 300
@@ -172,7 +173,7 @@ def verdict(row: dict) -> str:
     return "PASS" if not misses else f"MISS ({', '.join(misses)})"
 
 
-def print_table(rows: list[dict]) -> None:
+def print_results(rows: list[dict]) -> None:
     header = ("scenario", "records", "build s", "store s", "upsert rec/s", "target", "end-to-end rec/s", "peak RSS MB", "target", "verdict")
     lines = [header]
     for row in rows:
@@ -183,9 +184,7 @@ def print_table(rows: list[dict]) -> None:
             f"{row['records'] / row['store_s']:,.0f}" if is_upsert else "-", f">= {TARGET_RECORDS_PER_S:,}" if is_upsert else "-",
             f"{row['records'] / row['seconds']:,.0f}", f"{row['rss_mb']:.0f}", f"< {TARGET_PEAK_RSS_MB}", verdict(row),
         ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        print(" | ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    print_table(header, lines[1:])
 
 
 def main() -> None:
@@ -199,7 +198,7 @@ def main() -> None:
         return
     sizes = [int(size) for size in args.sizes.split(",")]
     rows = [row for scenario in ("upsert", "csv") for size in sizes for row in measure(scenario, size)]
-    print_table(rows)
+    print_results(rows)
 
 
 if __name__ == "__main__":
