@@ -167,10 +167,8 @@ def import_command(
     chosen_order = date_order or settings.csv.date_order
     with _progress(as_json) as progress:
         task = progress.add_task("checking", total=None)
-        source_csv = CsvImport(
-            path, kind, zone=settings.zone, currency=settings.currency,
-            date_order=chosen_order if chosen_order == "auto" else chosen_order.upper(),
-            max_text_chars=settings.csv.max_text_chars, max_bad_row_fraction=settings.csv.max_bad_row_fraction,
+        source_csv = csv_source(
+            settings, path, kind, date_order=chosen_order if chosen_order == "auto" else chosen_order.upper(),
             overrides=overrides, encoding=encoding, source_name=source, form_id=form,
             on_progress=lambda phase, done, total: progress.update(task, description=phase, completed=done, total=total or None),
         )
@@ -312,6 +310,14 @@ def doctor(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
+
+
+def csv_source(settings: Settings, path: Path, kind: str, **options: Any) -> CsvImport:
+    """A CSV import configured from the settings; ``options`` are what the command line adds or overrides."""
+    return CsvImport(
+        path, kind, zone=settings.zone, currency=settings.currency, date_order=options.pop("date_order", settings.csv.date_order),
+        max_text_chars=settings.csv.max_text_chars, max_bad_row_fraction=settings.csv.max_bad_row_fraction, **options,
+    )
 
 
 def _parse_maps(maps: list[str]) -> dict[str, str]:

@@ -15,13 +15,12 @@ from rich.table import Table
 
 from connectors.base import ConfigError, InputError
 from connectors.forms import csv_file
-from connectors.forms.csv import CsvImport
 from connectors.records import OrderStatus, from_payload, normalise_email
 from scoring.churn import MODEL_VERSION, NothingToCompare, backtest
 from scoring.features import rfm_summary
 from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, save_model, score_customers
 from scoring.sentiment import SentimentModel, sentiment_label
-from sync.cli import Context, app, err, out
+from sync.cli import Context, app, csv_source, err, out
 from sync.export import write_csv
 from sync.settings import Settings
 from sync.store import RunCounts
@@ -213,8 +212,7 @@ def _orders_frame(context: Context, path: Path | None, audit_field: str | None =
     how many CSV rows could not be read. With ``audit_field``, a column ``audit`` holds that field per customer."""
     settings = context.settings
     if path is not None:
-        source = CsvImport(path, "orders", zone=settings.zone, currency=settings.currency, date_order=settings.csv.date_order,
-                           max_text_chars=settings.csv.max_text_chars, max_bad_row_fraction=settings.csv.max_bad_row_fraction)
+        source = csv_source(settings, path, "orders")
         source.prepare()
         pages = list(source.read())
         found = [record for page in pages for record in page.records]
