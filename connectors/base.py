@@ -137,6 +137,7 @@ class Change:
     object_id: str
     field_name: str
     value: str | None
+    previous: str | None = None  # the last value confirmed in the target (e.g. the tag a new tag replaces)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,18 @@ class Receipt:
 
 
 class Destination(Protocol):
+    """A tool we write fields into. The engine diffs; the destination only reads back and applies.
+
+    ``coerce`` turns a desired value into exactly what the target would store (rounded, typed, truncated), so
+    that the engine compares like with like and never re-sends a value the target already holds.
+    ``objects_per_apply`` is how many objects' changes the engine hands to one ``apply`` (one ledger batch): a
+    multiple of the vendor's batch size, so a crash redoes at most that much.
+    """
+
     name: str
+    objects_per_apply: int
+
+    def coerce(self, field_name: str, value: str | None) -> str | None: ...
 
     def current(self, object_ids: Sequence[str], field_names: Sequence[str]) -> dict[str, dict[str, str | None]]: ...
 

@@ -6,11 +6,12 @@ its quarantine entries, its cursor and its run-history row, so a run commits who
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from connectors.base import Rejected, Source
-from sync.store import RunCounts, Store
+from connectors.base import Change, Destination, Receipt, Rejected, Source
+from sync.store import LedgerRow, RunCounts, Store
 
 SHOWN_REJECTS = 5  # how many quarantined rows a summary quotes; the rest are in `retention quarantine`
 
@@ -43,3 +44,112 @@ def run_source_once(store: Store, source: Source, command: str, detail: str) -> 
                     store.save_cursor(conn, source.name, stream.name, page.cursor_after)
         store.finish_run(conn, run_id, "succeeded", counts)
     return RunResult(run_id=run_id, source=source.name, counts=counts, first_rejects=first_rejects)
+
+
+# --- the write path ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PushResult:
+    run_id: int
+    target: str
+    sent: int = 0  # field writes the target acknowledged
+    unchanged: int = 0  # desired value equals the last confirmed one: nothing sent
+    held_back: int = 0  # refused before with this very value: not re-sent until it changes
+    reconciled: int = 0  # intents left by an interrupted run, found applied when read back
+    rejected: list[Receipt] = field(default_factory=list)
+
+
+def push_changes(
+    store: Store, destination: Destination, desired: Mapping[str, Mapping[str, str | None]], *, command: str = "push"
+) -> PushResult:
+    """Write ``desired`` (object id → field → value) to ``destination``, sending only what changed.
+
+    Ledger first: the intent of each batch is committed before the call and confirmed (or marked refused) after
+    the response, so a crash anywhere leaves at most one batch in doubt. Doubtful intents from an interrupted run
+    are settled first by reading the target back: found applied, they are confirmed and not sent again.
+    """
+    target = destination.name
+    started_at = datetime.now(timezone.utc)
+    with store.transaction() as conn:
+        run_id = store.begin_run(conn, command, target, started_at)
+    result = PushResult(run_id=run_id, target=target)
+    try:
+        ledger = store.ledger_rows(target)
+        ledger = _settle_interrupted(store, destination, ledger, result)
+        changes = _diff(destination, desired, ledger, result)
+        by_object: dict[str, list[Change]] = {}
+        for change in changes:
+            by_object.setdefault(change.object_id, []).append(change)
+        objects = list(by_object)
+        step = max(1, destination.objects_per_apply)
+        for start in range(0, len(objects), step):
+            batch = [change for object_id in objects[start : start + step] for change in by_object[object_id]]
+            _apply_batch(store, destination, batch, run_id, result)
+    except BaseException:
+        with store.transaction() as conn:
+            store.finish_run(conn, run_id, "failed", RunCounts())
+        raise
+    with store.transaction() as conn:
+        store.finish_run(conn, run_id, "succeeded", RunCounts())
+    return result
+
+
+def _settle_interrupted(store: Store, destination: Destination, ledger: dict[tuple[str, str], LedgerRow], result: PushResult) -> dict[tuple[str, str], LedgerRow]:
+    doubtful = {key: row for key, row in ledger.items() if row.pending}
+    if not doubtful:
+        return ledger
+    object_ids = sorted({object_id for object_id, _ in doubtful})
+    field_names = sorted({field_name for _, field_name in doubtful})
+    current = destination.current(object_ids, field_names)
+    with store.transaction() as conn:
+        for (object_id, field_name), row in doubtful.items():
+            if object_id in current and current[object_id].get(field_name) == row.pending_value:
+                store.confirm_write(conn, target=destination.name, object_id=object_id, field_name=field_name)
+                result.reconciled += 1
+            else:
+                store.drop_intent(conn, destination.name, object_id, field_name)
+    return store.ledger_rows(destination.name)
+
+
+def _diff(destination: Destination, desired: Mapping[str, Mapping[str, str | None]], ledger: dict[tuple[str, str], LedgerRow], result: PushResult) -> list[Change]:
+    changes = []
+    for object_id, fields in desired.items():
+        for field_name, wanted in fields.items():
+            value = destination.coerce(field_name, wanted)
+            row = ledger.get((object_id, field_name))
+            if row is not None and row.confirmed and row.confirmed_value == value:
+                result.unchanged += 1
+            elif row is not None and row.rejected_reason is not None and row.rejected_value == value:
+                result.held_back += 1
+            else:
+                previous = row.confirmed_value if row is not None and row.confirmed else None
+                changes.append(Change(object_id, field_name, value, previous=previous))
+    return changes
+
+
+def _apply_batch(store: Store, destination: Destination, batch: list[Change], run_id: int, result: PushResult) -> None:
+    target = destination.name
+    with store.transaction() as conn:
+        for change in batch:
+            store.record_intent(conn, target, change.object_id, change.field_name, change.value, run_id)
+    receipts = destination.apply(batch)
+    with store.transaction() as conn:
+        refused = []
+        for receipt in receipts:
+            change = receipt.change
+            if receipt.ok:
+                store.confirm_write(conn, target, change.object_id, change.field_name)
+                result.sent += 1
+            else:
+                reason = receipt.reason or "refused without a reason"
+                store.reject_write(conn, target, change.object_id, change.field_name, reason)
+                refused.append(
+                    Rejected(
+                        record_ref=f"{target} object {change.object_id} field {change.field_name}",
+                        reason=reason,
+                        raw={"object_id": change.object_id, "field": change.field_name, "value": change.value},
+                    )
+                )
+                result.rejected.append(receipt)
+        store.quarantine_rejects(conn, target, "write", refused, run_id)

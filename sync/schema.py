@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 UTC = timezone.utc
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class UtcDateTime(TypeDecorator):
@@ -117,6 +117,9 @@ ledger = Table(
     Column("confirmed_at", UtcDateTime),
     Column("pending_value", Text),  # intent recorded before the call, cleared when confirmed
     Column("pending_run_id", Integer, ForeignKey("runs.id")),
+    # The value the target refused, and why: not re-sent until the desired value changes (schema 2).
+    Column("rejected_value", Text),
+    Column("rejected_reason", Text),
 )
 
 runs = Table(
@@ -167,4 +170,13 @@ def _migrate_to_1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t is not schema_version])
 
 
-MIGRATIONS = {1: _migrate_to_1}
+def _migrate_to_2(conn: Connection) -> None:
+    # Ledger rows remember a refused value. A store created by this version already has the columns (version 1
+    # builds today's tables), so only stores made by the first release need them added.
+    present = {column["name"] for column in conn.dialect.get_columns(conn, "ledger")}
+    for name in ("rejected_value", "rejected_reason"):
+        if name not in present:
+            conn.exec_driver_sql(f"ALTER TABLE ledger ADD COLUMN {name} TEXT")
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}

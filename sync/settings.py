@@ -51,12 +51,37 @@ class CsvSettings(_Section):
 class HubSpotSettings(_Section):
     enabled: bool = False
     batch_size: int = Field(100, ge=1, le=100)  # HubSpot: batch endpoints take at most 100 inputs
+    # Client-side limits, kept under HubSpot's (free and starter: 100 requests / 10 s, search 4-5 / s).
+    requests_per_10s: int = Field(90, ge=1, le=1_000)
+    searches_per_s: int = Field(4, ge=1, le=50)
+    lookback_minutes: int = Field(10, ge=0, le=1_440)  # re-read this much before the cursor: search indexes lag
+    timeout_s: float = Field(30.0, ge=1.0, le=300.0)
+    property_group: str = "retention"
+    property_group_label: str = "Retention"
 
 
 class MailchimpSettings(_Section):
     enabled: bool = False
     audiences: tuple[str, ...] = ()  # the allow-list: no other audience is ever read or written
     batch_size: int = Field(500, ge=1, le=500)  # Mailchimp: static segment add/remove takes at most 500 emails
+    max_connections: int = Field(8, ge=1, le=10)  # Mailchimp refuses an account's 11th simultaneous connection
+    timeout_s: float = Field(30.0, ge=1.0, le=120.0)
+    lookback_minutes: int = Field(10, ge=0, le=1_440)
+    tag_prefix: str = Field("rs:", min_length=1, max_length=20)
+    add_new_contacts: bool = False  # never add people who are not on the audience, unless told to
+    status_if_new: Literal["pending", "transactional"] = "pending"  # pending = double opt-in
+
+
+class FormsSettings(_Section):
+    """One survey tool: Typeform, SurveyMonkey or Google Forms."""
+
+    enabled: bool = False
+    forms: tuple[str, ...] = ()  # form / survey ids to read; empty = every form the credential can see
+    lookback_minutes: int = Field(10, ge=0, le=1_440)
+    timeout_s: float = Field(30.0, ge=1.0, le=300.0)
+    # Which question holds the respondent's email, per form id, for forms that neither collect it nor pass it
+    # in a hidden field: { "FORM_ID" = "QUESTION_ID" }.
+    email_question: dict[str, str] = Field(default_factory=dict)
 
 
 class ScoringSettings(_Section):
@@ -81,6 +106,9 @@ class Settings(BaseSettings):
     csv: CsvSettings = CsvSettings()
     hubspot: HubSpotSettings = HubSpotSettings()
     mailchimp: MailchimpSettings = MailchimpSettings()
+    typeform: FormsSettings = FormsSettings()
+    surveymonkey: FormsSettings = FormsSettings()
+    google_forms: FormsSettings = FormsSettings()
     scoring: ScoringSettings = ScoringSettings()
 
     # Where these settings came from, for messages; not a setting.

@@ -72,6 +72,18 @@ class RunCounts:
         return self.by_kind.setdefault(kind, KindCounts())
 
 
+@dataclass(frozen=True)
+class LedgerRow:
+    """What we know about one field of one object in a target."""
+
+    confirmed: bool  # we wrote confirmed_value and the target acknowledged it
+    confirmed_value: str | None
+    pending: bool  # an intent was recorded and never confirmed: the call may or may not have landed
+    pending_value: str | None
+    rejected_value: str | None  # the target refused this value (not re-sent while the desired value is the same)
+    rejected_reason: str | None
+
+
 class Store:
     """One open store. Writes happen inside ``transaction()``; everything in it commits or nothing does."""
 
@@ -333,8 +345,43 @@ class Store:
         conn.execute(
             update(ledger)
             .where(key)
-            .values(confirmed_value=ledger.c.pending_value, confirmed_at=_now(), pending_value=None, pending_run_id=None)
+            .values(
+                confirmed_value=ledger.c.pending_value, confirmed_at=_now(), pending_value=None, pending_run_id=None,
+                rejected_value=None, rejected_reason=None,
+            )
         )
+
+    def reject_write(self, conn: Connection, target: str, object_id: str, field_name: str, reason: str) -> None:
+        """The target refused the pending value: remember it (not re-sent until the input changes) and why."""
+        key = and_(ledger.c.target == target, ledger.c.object_id == object_id, ledger.c.field == field_name)
+        conn.execute(
+            update(ledger)
+            .where(key)
+            .values(rejected_value=ledger.c.pending_value, rejected_reason=reason, pending_value=None, pending_run_id=None)
+        )
+
+    def drop_intent(self, conn: Connection, target: str, object_id: str, field_name: str) -> None:
+        """A pending write turned out not to have reached the target: forget it; the diff sends it again."""
+        key = and_(ledger.c.target == target, ledger.c.object_id == object_id, ledger.c.field == field_name)
+        conn.execute(update(ledger).where(key).values(pending_value=None, pending_run_id=None))
+
+    def ledger_rows(self, target: str) -> dict[tuple[str, str], LedgerRow]:
+        """Every ledger row of ``target`` by (object id, field): one query, for diffing a whole run at once."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    ledger.c.object_id, ledger.c.field, ledger.c.confirmed_value, ledger.c.confirmed_at,
+                    ledger.c.pending_value, ledger.c.pending_run_id, ledger.c.rejected_value, ledger.c.rejected_reason,
+                ).where(ledger.c.target == target)
+            )
+            return {
+                (row.object_id, row.field): LedgerRow(
+                    confirmed=row.confirmed_at is not None, confirmed_value=row.confirmed_value,
+                    pending=row.pending_run_id is not None, pending_value=row.pending_value,
+                    rejected_value=row.rejected_value, rejected_reason=row.rejected_reason,
+                )
+                for row in rows
+            }
 
     def confirmed_value(self, target: str, object_id: str, field_name: str) -> str | None:
         with self.engine.connect() as conn:
