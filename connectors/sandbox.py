@@ -423,15 +423,18 @@ def _handler_for(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 self.connection.shutdown(2)
                 return
             payload = response.encoded()
-            self.send_response(response.status)
-            if response.body is not None:
-                self.send_header("Content-Type", response.content_type)
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if payload and self.command != "HEAD":
-                self.wfile.write(payload)
+            try:
+                self.send_response(response.status)
+                if response.body is not None:
+                    self.send_header("Content-Type", response.content_type)
+                for name, value in response.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if payload and self.command != "HEAD":
+                    self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up (a timeout under a stall): nothing to answer
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 

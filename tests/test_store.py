@@ -123,6 +123,32 @@ def test_cursors_and_the_ledger_keep_what_was_committed(store_url: str) -> None:
     store.close()
 
 
+def test_a_first_release_ledger_gains_the_refused_value_columns_and_keeps_its_rows(store_url: str) -> None:
+    store = Store.open(store_url)
+    with store.transaction() as conn:
+        run_id = store.begin_run(conn, "sync", "test", NOW)
+        store.record_intent(conn, "hubspot", "42", "churn_risk", "0.7", run_id)
+        store.confirm_write(conn, "hubspot", "42", "churn_risk")
+    with store.engine.begin() as conn:  # what the first release made: no refused-value columns, version 1
+        conn.execute(text("ALTER TABLE ledger DROP COLUMN rejected_value"))
+        conn.execute(text("ALTER TABLE ledger DROP COLUMN rejected_reason"))
+        conn.execute(text("DELETE FROM schema_version WHERE version > 1"))
+    store.close()
+
+    upgraded = Store.open(store_url)
+
+    assert upgraded.version() == schema.SCHEMA_VERSION
+    row = upgraded.ledger_rows("hubspot")[("42", "churn_risk")]
+    assert row.confirmed and row.confirmed_value == "0.7" and row.rejected_value is None
+    with upgraded.transaction() as conn:
+        run_id = upgraded.begin_run(conn, "sync", "test", NOW)
+        upgraded.record_intent(conn, "hubspot", "42", "churn_risk", "bad", run_id)
+        upgraded.reject_write(conn, "hubspot", "42", "churn_risk", "INVALID_OPTION")
+    row = upgraded.ledger_rows("hubspot")[("42", "churn_risk")]
+    assert (row.rejected_value, row.rejected_reason, row.confirmed_value) == ("bad", "INVALID_OPTION", "0.7")
+    upgraded.close()
+
+
 def test_a_store_at_schema_version_1_upgrades_to_the_current_schema(store_url: str) -> None:
     store = Store(Store.open(store_url).engine)
     with store.engine.begin() as conn:  # start again from nothing, then build version 1 only
