@@ -106,6 +106,7 @@ class Page:
     records: Sequence[Record]
     cursor_after: str | None
     rejected: Sequence[Rejected] = ()
+    deleted: Sequence[str] = ()  # source ids of this stream's kind that the source archived or deleted
 
 
 @dataclass(frozen=True)

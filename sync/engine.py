@@ -36,6 +36,8 @@ def run_source_once(store: Store, source: Source, command: str, detail: str) -> 
             kind_counts = counts[stream.record_kind]
             for page in stream.read(saved_cursor):
                 store.upsert_records(conn, page.records, counts)
+                if page.deleted:
+                    store.mark_deleted(conn, stream.record_kind, source.name, page.deleted)
                 quarantined = store.quarantine_rejects(conn, source.name, stream.record_kind, page.rejected, run_id)
                 kind_counts.read += quarantined
                 kind_counts.quarantined += quarantined

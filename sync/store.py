@@ -234,7 +234,8 @@ class Store:
         for (kind, source), source_ids in ids_by_stream.items():
             for start in range(0, len(source_ids), 1000):
                 query = select(records.c.source_id, records.c.payload_hash).where(
-                    records.c.kind == kind, records.c.source == source, records.c.source_id.in_(source_ids[start : start + 1000])
+                    records.c.kind == kind, records.c.source == source, records.c.source_id.in_(source_ids[start : start + 1000]),
+                    records.c.deleted_at.is_(None),  # a tombstoned record that comes back is written, which revives it
                 )
                 known.update(((kind, source, source_id), payload_hash) for source_id, payload_hash in conn.execute(query))
         return known
@@ -279,6 +280,20 @@ class Store:
             conn.execute(insert(identities), links)
 
     # --- quarantine, runs, cursors, ledger -----------------------------------------------------------------
+
+    def mark_deleted(self, conn: Connection, kind: str, source: str, source_ids: Sequence[str]) -> int:
+        """Tombstone records the source archived or deleted: kept (history, ledger) but no longer current."""
+        count = 0
+        for start in range(0, len(source_ids), 1000):
+            count += conn.execute(
+                update(records)
+                .where(
+                    records.c.kind == kind, records.c.source == source,
+                    records.c.source_id.in_(source_ids[start : start + 1000]), records.c.deleted_at.is_(None),
+                )
+                .values(deleted_at=_now())
+            ).rowcount
+        return count
 
     def quarantine_rejects(self, conn: Connection, source: str, kind: str, rejects: Iterable[Rejected], run_id: int) -> int:
         now = _now()

@@ -260,3 +260,27 @@ def test_a_writer_waits_for_a_short_lock_instead_of_failing(tmp_path: Path) -> N
     holder.wait()
     assert counts["contact"].written == 1
     store.close()
+
+
+def test_records_a_source_archived_are_tombstoned_and_revived_when_they_return(store_url: str) -> None:
+    from connectors.base import Page, Stream
+    from sync.engine import run_source_once
+
+    class Vendor:  # a source as a connector presents it: pages of records, and the ids it archived
+        name = "vendor"
+
+        def __init__(self, pages: list[Page]) -> None:
+            self.pages = pages
+
+        def streams(self) -> list[Stream]:
+            return [Stream("contacts", "contact", lambda cursor: iter(self.pages))]
+
+    ann = Contact(source="vendor", source_id="1", email=EmailAddress.parse("ann@example.com"))
+    bob = Contact(source="vendor", source_id="2", email=EmailAddress.parse("bob@example.com"))
+    store = Store.open(store_url)
+    run_source_once(store, Vendor([Page([ann, bob], "c1")]), "sync", "test")
+    run_source_once(store, Vendor([Page([], "c2", deleted=["2"])]), "sync", "test")
+    assert [source_id for source_id, _ in store.stored_records("contact", "vendor")] == ["1"]
+
+    run_source_once(store, Vendor([Page([bob], "c3")]), "sync", "test")  # unarchived, unchanged
+    assert sorted(source_id for source_id, _ in store.stored_records("contact", "vendor")) == ["1", "2"]
