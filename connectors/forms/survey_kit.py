@@ -171,7 +171,8 @@ def build_response(
             question = questions.get(raw.question_id) or Question(raw.question_id, UNKNOWN, vendor_type=raw.vendor_type)
             if raw.question_id == email_question:
                 emails_in_answers.insert(0, ("configured email question", raw.value))
-            elif question.kind == EMAIL:
+                continue  # who answered, not what they think
+            if question.kind == EMAIL:
                 emails_in_answers.append(("email question", raw.value))
             typed = type_answer(question, raw)
             if typed is not None:
