@@ -1,0 +1,308 @@
+"""HubSpot calls through the official SDK: limits, retries, typed errors, and the incremental search reads.
+
+Every request goes through ``HubSpotClient.call``: a client-side limiter below the account's tier (plus a tighter
+one for search), retries done by connectors.retry (the SDK's own retries are off), a timeout on every request,
+and failures turned into one-line RetentionErrors that never carry the token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import hubspot
+import urllib3
+from urllib3.util.retry import Retry
+
+from connectors.base import AuthError, Page, SourceError, Stream
+from connectors.hubspot import mapping
+from connectors.retry import RetryBudget, RetryPolicy, Transient, WindowLimiter, call_with_retries
+from connectors.sandbox import SystemClock
+
+log = logging.getLogger(__name__)
+SOURCE = "hubspot"
+SEARCH_CAP = 10_000  # HubSpot: search returns at most 10,000 results per query; paging past it is a 400
+SEARCH_PAGE = 200  # HubSpot: search limit is at most 200
+BATCH_SIZE = 100  # HubSpot: batch endpoints take at most 100 inputs
+DAILY_WAIT_S = 86_400.0  # a DAILY 429 without Retry-After: wait for tomorrow, i.e. stop with a checkpoint
+TOKEN_HELP = ("create a private-app token in HubSpot (Settings > Integrations > Private apps) with the crm.objects.* "
+              "scopes and set it with RETENTION_HUBSPOT_TOKEN or the keyring entry 'hubspot_token'")
+
+
+class HubSpotClient:
+    def __init__(self, token: str, settings: Any, *, host: str | None = None, clock: Any = None,
+                 policy: RetryPolicy | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.policy = policy or RetryPolicy()
+        self.budget = RetryBudget(self.policy.budget)
+        self.limiter = WindowLimiter(settings.requests_per_10s, 10.0, self.clock)
+        self.search_limiter = WindowLimiter(settings.searches_per_s, 1.0, self.clock)
+        self.calls = 0  # requests sent, retries included: what the bench compares with the minimum
+        # Retries are ours (connectors.retry): the SDK's urllib3 pool must not retry on its own.
+        options = {"access_token": token, "retry": Retry(total=0, redirect=0, raise_on_status=False)}
+        if host:
+            options["host"] = host
+        self.sdk = hubspot.Client.create(**options)
+
+    # --- one request ---------------------------------------------------------------------------------------------
+
+    def call(self, what: str, send: Callable[..., Any], *args: Any, is_search: bool = False) -> dict[str, Any]:
+        """Send one SDK call with limits and retries; returns the parsed JSON body (or {} for none)."""
+
+        def attempt() -> dict[str, Any]:
+            if is_search:
+                self.search_limiter.acquire()
+            self.calls += 1
+            response = send(*args, _preload_content=False, _request_timeout=self.settings.timeout_s)
+            self._read_limit_headers(response.headers)
+            return json.loads(response.data) if response.data else {}
+
+        try:
+            return call_with_retries(attempt, classify, source=SOURCE, what=what, policy=self.policy,
+                                     budget=self.budget, clock=self.clock, limiter=self.limiter)
+        except Exception as exc:
+            # Each SDK package has its own ApiException class; they share the name and the status/body/headers.
+            if _is_api_exception(exc):
+                raise typed_error(exc, what) from None
+            raise
+
+    def _read_limit_headers(self, headers: Any) -> None:
+        """HubSpot tells how much of the rolling window is left; at 0, hold everyone for a moment instead of a 429."""
+        remaining = headers.get("X-HubSpot-RateLimit-Remaining")
+        interval_ms = headers.get("X-HubSpot-RateLimit-Interval-Milliseconds")
+        if remaining is not None and remaining.isdigit() and int(remaining) == 0 and interval_ms and interval_ms.isdigit():
+            self.limiter.pause(int(interval_ms) / 1000 / max(self.settings.requests_per_10s, 1))
+
+    # --- the endpoints the connector uses --------------------------------------------------------------------------
+
+    def search(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.call(f"searching {object_type}", self.sdk.crm.objects.search_api.do_search, object_type, body, is_search=True)
+
+    def list_archived(self, object_type: str, properties: Sequence[str]) -> Iterator[list[dict[str, Any]]]:
+        after = None
+        while True:
+            kwargs = {"limit": 100, "archived": True, "properties": list(properties), **({"after": after} if after else {})}
+            body = self.call(f"listing archived {object_type}",
+                             lambda **extra: self.sdk.crm.objects.basic_api.get_page(object_type, **kwargs, **extra))
+            yield body.get("results", [])
+            after = ((body.get("paging") or {}).get("next") or {}).get("after")
+            if not after:
+                return
+
+    def batch_read(self, object_type: str, ids: Sequence[str], properties: Sequence[str]) -> list[dict[str, Any]]:
+        found = []
+        for start in range(0, len(ids), BATCH_SIZE):
+            body = {"inputs": [{"id": i} for i in ids[start : start + BATCH_SIZE]], "properties": list(properties)}
+            reply = self.call(f"reading {object_type}", self.sdk.crm.objects.batch_api.read, object_type, body)
+            found.extend(reply.get("results", []))
+        return found
+
+    def batch_update(self, object_type: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.call(f"updating {object_type}", self.sdk.crm.objects.batch_api.update, object_type, {"inputs": inputs})
+
+    def deal_contacts(self, deal_ids: Sequence[str]) -> dict[str, str]:
+        """Deal id → its first associated contact id (v4 associations)."""
+        owners = {}
+        for start in range(0, len(deal_ids), BATCH_SIZE):
+            body = {"inputs": [{"id": i} for i in deal_ids[start : start + BATCH_SIZE]]}
+            reply = self.call("reading deal associations", self.sdk.crm.associations.v4.batch_api.get_page, "deals", "contacts", body)
+            for result in reply.get("results", []):
+                targets = sorted(int(t["toObjectId"]) for t in result.get("to", []))
+                if targets:
+                    owners[str(result["from"]["id"])] = str(targets[0])
+        return owners
+
+    def pipelines(self, object_type: str) -> dict[str, Any]:
+        return self.call(f"reading {object_type} pipelines", self.sdk.crm.pipelines.pipelines_api.get_all, object_type)
+
+    def properties(self, object_type: str) -> dict[str, Any]:
+        return self.call(f"reading {object_type} properties", self.sdk.crm.properties.core_api.get_all, object_type)
+
+    def groups(self, object_type: str) -> dict[str, Any]:
+        return self.call(f"reading {object_type} property groups", self.sdk.crm.properties.groups_api.get_all, object_type)
+
+    def create_group(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.call(f"creating property group {body['name']}", self.sdk.crm.properties.groups_api.create, object_type, body)
+
+    def create_property(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.call(f"creating property {body['name']}", self.sdk.crm.properties.core_api.create, object_type, body)
+
+    # --- incremental search -----------------------------------------------------------------------------------------
+
+    def modified_between(self, object_type: str, properties: Sequence[str], low_ms: int, high_ms: int) -> Iterator[list[dict[str, Any]]]:
+        """Every object modified in [low_ms, high_ms], in pages, never truncated by the 10,000-result cap.
+
+        A window with more results than the cap is halved in time; a single millisecond that still holds more is
+        paged by ``hs_object_id`` (keyset), which has no cap.
+        """
+        modified = mapping.MODIFIED_PROPERTY[object_type]
+        window = [{"propertyName": modified, "operator": "GTE", "value": str(low_ms)},
+                  {"propertyName": modified, "operator": "LTE", "value": str(high_ms)}]
+        body = {"filterGroups": [{"filters": window}], "properties": list(properties), "limit": SEARCH_PAGE,
+                "sorts": [{"propertyName": modified, "direction": "ASCENDING"}, {"propertyName": "hs_object_id", "direction": "ASCENDING"}]}
+        first = self.search(object_type, body)
+        if first.get("total", 0) > SEARCH_CAP:
+            if high_ms > low_ms:
+                middle = (low_ms + high_ms) // 2
+                yield from self.modified_between(object_type, properties, low_ms, middle)
+                yield from self.modified_between(object_type, properties, middle + 1, high_ms)
+            else:
+                yield from self._by_id_within(object_type, body, window)
+            return
+        reply = first
+        while True:
+            yield reply.get("results", [])
+            after = ((reply.get("paging") or {}).get("next") or {}).get("after")
+            if not after:
+                return
+            reply = self.search(object_type, {**body, "after": after})
+
+    def _by_id_within(self, object_type: str, body: dict[str, Any], window: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+        last_id = 0
+        keyset = {**body, "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]}
+        while True:
+            id_filter = {"propertyName": "hs_object_id", "operator": "GT", "value": str(last_id)}
+            reply = self.search(object_type, {**keyset, "filterGroups": [{"filters": [*window, id_filter]}]})
+            results = reply.get("results", [])
+            if results:
+                yield results
+                last_id = int(results[-1]["id"])
+            if len(results) < SEARCH_PAGE:
+                return
+
+
+# --- failures ------------------------------------------------------------------------------------------------------
+
+
+def _is_api_exception(exc: Exception) -> bool:
+    return type(exc).__name__ in ("ApiException", "UnauthorizedException", "ForbiddenException", "NotFoundException",
+                                  "ServiceException") and hasattr(exc, "status")
+
+
+def _body(exc: Any) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(exc.body) if exc.body else None
+    except (ValueError, TypeError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _header(exc: Any, name: str) -> str | None:
+    headers = getattr(exc, "headers", None) or {}
+    for key, value in dict(headers).items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def describe(exc: Any) -> str:
+    """A short line for an HTTP failure: status, HubSpot's category and message, or for HTML pages the correlation id."""
+    body = _body(exc)
+    if body is None:
+        correlation = _header(exc, "X-HubSpot-Correlation-Id") or "none"
+        return f"{exc.status} (non-JSON error page, correlation id {correlation})"
+    parts = [str(exc.status), body.get("policyName") or body.get("category") or ""]
+    message = str(body.get("message") or "")[:200]
+    return " ".join(p for p in parts if p) + (f": {message}" if message else "")
+
+
+def classify(exc: Exception) -> Transient | None:
+    """What is worth retrying: 429 (not DAILY), 5xx, timeouts and dropped connections."""
+    if isinstance(exc, (urllib3.exceptions.HTTPError, TimeoutError, ConnectionError)):
+        return Transient(f"network: {type(exc).__name__}")
+    if not _is_api_exception(exc):
+        return None
+    status = getattr(exc, "status", 0) or 0
+    retry_after = _header(exc, "Retry-After")
+    retry_after_s = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
+    if status == 429:
+        body = _body(exc) or {}
+        if body.get("policyName") == "DAILY":
+            return Transient(describe(exc), retry_after_s or DAILY_WAIT_S)
+        return Transient(describe(exc), retry_after_s)
+    if status >= 500 or status == 0:
+        return Transient(describe(exc) if status else "connection failed", retry_after_s)
+    return None
+
+
+def typed_error(exc: Any, what: str) -> SourceError:
+    status = getattr(exc, "status", 0)
+    if status == 401:
+        return AuthError(f"HubSpot refused the access token while {what} (401); {TOKEN_HELP}", source=SOURCE)
+    if status == 403:
+        body = _body(exc) or {}
+        scopes = sorted({s for e in body.get("errors", []) for s in (e.get("context") or {}).get("requiredGranularScopes", [])})
+        needed = ", ".join(scopes) or "the crm.objects scopes"
+        return AuthError(f"HubSpot token lacks a scope needed for {what} (403 MISSING_SCOPES); add {needed} to the private app", source=SOURCE)
+    return SourceError(f"HubSpot failed while {what}: {describe(exc)}", source=SOURCE)
+
+
+# --- the Source ------------------------------------------------------------------------------------------------------
+
+
+class HubSpotSource:
+    """Contacts, companies and deals (as orders), read incrementally; archived objects come back as tombstones."""
+
+    name = SOURCE
+
+    def __init__(self, client: HubSpotClient) -> None:
+        self.client = client
+        self.lookback = timedelta(minutes=client.settings.lookback_minutes)
+
+    def streams(self) -> Sequence[Stream]:
+        return [
+            Stream("contacts", "contact", lambda cursor: self._read("contacts", cursor)),
+            Stream("companies", "company", lambda cursor: self._read("companies", cursor)),
+            Stream("deals", "order", lambda cursor: self._read("deals", cursor)),
+            Stream("contacts_archived", "contact", lambda cursor: self._read_archived("contacts")),
+            Stream("companies_archived", "company", lambda cursor: self._read_archived("companies")),
+            Stream("deals_archived", "order", lambda cursor: self._read_archived("deals")),
+        ]
+
+    def _read(self, object_type: str, cursor: str | None) -> Iterator[Page]:
+        run_start = self.client.clock.now()
+        low = mapping.parse_time(cursor) if cursor else datetime.fromtimestamp(0, run_start.tzinfo)
+        max_seen = None
+        seen: set[str] = set()
+        build = self._builder(object_type)
+        properties = {"contacts": mapping.CONTACT_PROPERTIES, "companies": mapping.COMPANY_PROPERTIES, "deals": mapping.DEAL_PROPERTIES}[object_type]
+        modified = mapping.MODIFIED_PROPERTY[object_type]
+        for raws in self.client.modified_between(object_type, properties, mapping.to_ms(low), mapping.to_ms(run_start)):
+            fresh = [r for r in raws if r["id"] not in seen]  # an object edited mid-run may show up in two windows
+            seen.update(r["id"] for r in fresh)
+            for raw in fresh:
+                stamp = mapping.parse_time((raw.get("properties") or {}).get(modified))
+                if stamp is not None and (max_seen is None or stamp > max_seen):
+                    max_seen = stamp
+            records, rejected = build(fresh)
+            yield Page(records, None, rejected)
+        # Search indexes lag behind writes, and objects may be edited while we page: re-read a look-back window.
+        upto = min(run_start, max_seen) if max_seen is not None else max(low, run_start - self.lookback)
+        cursor_after = max(upto - self.lookback, low) if max_seen is not None else upto
+        yield Page([], cursor_after.isoformat(timespec="milliseconds"))
+
+    def _builder(self, object_type: str) -> Callable[[list[dict[str, Any]]], tuple[list[Any], list[Any]]]:
+        if object_type == "contacts":
+            return lambda raws: mapping.map_all(raws, "contacts", mapping.map_contact)
+        if object_type == "companies":
+            return lambda raws: mapping.map_all(raws, "companies", mapping.map_company)
+        statuses = mapping.stage_statuses(self.client.pipelines("deals"))
+        return lambda raws: self._deals(raws, statuses)
+
+    def _deals(self, raws: list[dict[str, Any]], statuses: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        owners = self.client.deal_contacts([r["id"] for r in raws]) if raws else {}
+        contact_ids = sorted(set(owners.values()))
+        emails = {c["id"]: (c.get("properties") or {}).get("email") for c in self.client.batch_read("contacts", contact_ids, ("email",))}
+        return mapping.map_all(raws, "deals", lambda raw: mapping.map_deal(raw, statuses, owners.get(raw["id"]), emails.get(owners.get(raw["id"], ""))))
+
+    def _read_archived(self, object_type: str) -> Iterator[Page]:
+        """HubSpot search never returns archived objects and archiving leaves the modified date alone: list them."""
+        build = self._builder(object_type)
+        properties = {"contacts": mapping.CONTACT_PROPERTIES, "companies": mapping.COMPANY_PROPERTIES, "deals": mapping.DEAL_PROPERTIES}[object_type]
+        for raws in self.client.list_archived(object_type, properties):
+            records, rejected = build(raws)
+            yield Page(records, None, rejected)

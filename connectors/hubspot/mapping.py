@@ -1,0 +1,115 @@
+"""Pure functions between HubSpot's JSON and canonical records. No I/O: tested with payloads from the sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from connectors.base import InvalidRecord, Rejected
+from connectors.records import Company, Contact, EmailAddress, Order, OrderStatus, Record
+
+SOURCE = "hubspot"
+CONTACT_PROPERTIES = ("email", "firstname", "lastname", "phone", "company", "lifecyclestage", "hs_additional_emails",
+                      "hs_email_optout", "hs_merged_object_ids", "createdate", "lastmodifieddate")
+COMPANY_PROPERTIES = ("name", "domain", "createdate", "hs_lastmodifieddate")
+DEAL_PROPERTIES = ("dealname", "amount", "dealstage", "pipeline", "closedate", "deal_currency_code", "createdate", "hs_lastmodifieddate")
+MODIFIED_PROPERTY = {"contacts": "lastmodifieddate", "companies": "hs_lastmodifieddate", "deals": "hs_lastmodifieddate"}
+ARCHIVED_FLAG = "hs_archived"  # set in Contact/Company/Order.properties for tombstones (records.py has no field yet)
+DEFAULT_CURRENCY = "USD"  # HubSpot: a deal without deal_currency_code is in the account's company currency
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """HubSpot date-times are ISO 8601 in UTC ("2024-05-01T10:00:00.123Z"); some properties hold epoch ms."""
+    if value in (None, ""):
+        return None
+    text = str(value)
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text) / 1000, timezone.utc)
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def to_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(";") if part.strip()]
+
+
+def _archived(raw: Mapping[str, Any]) -> dict[str, str]:
+    return {ARCHIVED_FLAG: "true", "hs_archived_at": str(raw.get("archivedAt") or "")} if raw.get("archived") else {}
+
+
+def map_contact(raw: Mapping[str, Any]) -> Contact:
+    props = raw.get("properties") or {}
+    email = EmailAddress.parse(props["email"]) if props.get("email") else None
+    additional = []
+    for typed in _split(props.get("hs_additional_emails")):
+        try:
+            additional.append(EmailAddress.parse(typed, "hs_additional_emails"))
+        except InvalidRecord:
+            continue  # a bad secondary address must not cost us the person; the primary one still matches
+    optout = props.get("hs_email_optout")
+    return Contact(
+        source=SOURCE, source_id=str(raw["id"]), email=email, additional_emails=tuple(additional),
+        first_name=props.get("firstname") or None, last_name=props.get("lastname") or None, phone=props.get("phone") or None,
+        company_name=props.get("company") or None, lifecycle_stage=props.get("lifecyclestage") or None,
+        is_unsubscribed=None if optout in (None, "") else optout == "true",
+        created_at=parse_time(props.get("createdate") or raw.get("createdAt")),
+        updated_at=parse_time(props.get("lastmodifieddate") or raw.get("updatedAt")),
+        merged_ids=tuple(_split(props.get("hs_merged_object_ids"))), properties=_archived(raw),
+    )
+
+
+def map_company(raw: Mapping[str, Any]) -> Company:
+    props = raw.get("properties") or {}
+    return Company(
+        source=SOURCE, source_id=str(raw["id"]), name=props.get("name") or None, domain=props.get("domain") or None,
+        created_at=parse_time(props.get("createdate") or raw.get("createdAt")),
+        updated_at=parse_time(props.get("hs_lastmodifieddate") or raw.get("updatedAt")), properties=_archived(raw),
+    )
+
+
+def stage_statuses(pipelines: Mapping[str, Any]) -> dict[str, OrderStatus]:
+    """Deal stage id → won / lost / open, from each stage's metadata (isClosed, probability)."""
+    statuses = {}
+    for pipeline in pipelines.get("results", []):
+        for stage in pipeline.get("stages", []):
+            meta = stage.get("metadata") or {}
+            closed = str(meta.get("isClosed", "false")).lower() == "true"
+            try:
+                probability = float(meta.get("probability", 0) or 0)
+            except ValueError:
+                probability = 0.0
+            statuses[stage["id"]] = (OrderStatus.WON if probability >= 1.0 else OrderStatus.LOST) if closed else OrderStatus.OPEN
+    return statuses
+
+
+def map_deal(raw: Mapping[str, Any], statuses: Mapping[str, OrderStatus], contact_id: str | None, contact_email: str | None) -> Order:
+    props = raw.get("properties") or {}
+    if not contact_id:
+        raise InvalidRecord("associations.contacts", None, "is empty; a deal needs an associated contact to become an order")
+    stage = props.get("dealstage")
+    if stage not in statuses:
+        raise InvalidRecord("dealstage", stage, "is not a stage of any deal pipeline")
+    status = statuses[stage]
+    return Order(
+        source=SOURCE, source_id=str(raw["id"]), amount=props.get("amount") or "0",
+        currency=props.get("deal_currency_code") or DEFAULT_CURRENCY, status=status,
+        created_at=parse_time(props.get("createdate") or raw.get("createdAt")),
+        closed_at=parse_time(props.get("closedate")) if status is not OrderStatus.OPEN else None,
+        customer_email=EmailAddress.parse(contact_email, "contact email") if contact_email else None,
+        customer_source_id=contact_id, title=props.get("dealname") or None, properties=_archived(raw),
+    )
+
+
+def map_all(raws: list[Mapping[str, Any]], object_type: str, build: Callable[[Mapping[str, Any]], Record]) -> tuple[list[Record], list[Rejected]]:
+    """Map a page; a record that fails validation becomes a Rejected naming the HubSpot object, the rest go on."""
+    records, rejected = [], []
+    for raw in raws:
+        try:
+            records.append(build(raw))
+        except InvalidRecord as exc:
+            rejected.append(Rejected(record_ref=f"hubspot {object_type[:-1]} {raw.get('id')}", reason=str(exc), raw=dict(raw)))
+    return records, rejected
