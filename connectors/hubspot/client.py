@@ -17,7 +17,7 @@ import hubspot
 import urllib3
 from urllib3.util.retry import Retry
 
-from connectors.base import AuthError, Page, SourceError, Stream
+from connectors.base import AuthError, Page, RecordRejected, SourceError, Stream
 from connectors.hubspot import mapping
 from connectors.retry import RetryBudget, RetryPolicy, Transient, WindowLimiter, call_with_retries
 from connectors.sandbox import SystemClock
@@ -30,6 +30,10 @@ BATCH_SIZE = 100  # HubSpot: batch endpoints take at most 100 inputs
 DAILY_WAIT_S = 86_400.0  # a DAILY 429 without Retry-After: wait for tomorrow, i.e. stop with a checkpoint
 TOKEN_HELP = ("create a private-app token in HubSpot (Settings > Integrations > Private apps) with the crm.objects.* "
               "scopes and set it with RETENTION_HUBSPOT_TOKEN or the keyring entry 'hubspot_token'")
+
+
+class AlreadyExists(SourceError):
+    """409 CONFLICT: the property, group or contact is already there (callers treat it as an upsert)."""
 
 
 class HubSpotClient:
@@ -238,6 +242,12 @@ def typed_error(exc: Any, what: str) -> SourceError:
         scopes = sorted({s for e in body.get("errors", []) for s in (e.get("context") or {}).get("requiredGranularScopes", [])})
         needed = ", ".join(scopes) or "the crm.objects scopes"
         return AuthError(f"HubSpot token lacks a scope needed for {what} (403 MISSING_SCOPES); add {needed} to the private app", source=SOURCE)
+    message = f"HubSpot refused {what}: {describe(exc)}"
+    if status == 409:
+        return AlreadyExists(message, source=SOURCE)
+    if status == 400:
+        ids = ((_body(exc) or {}).get("context") or {}).get("id") or ((_body(exc) or {}).get("context") or {}).get("ids") or []
+        return RecordRejected(message, source=SOURCE, record_id=",".join(map(str, ids)) or None)
     return SourceError(f"HubSpot failed while {what}: {describe(exc)}", source=SOURCE)
 
 

@@ -1,0 +1,209 @@
+"""Scores written back as HubSpot contact properties: the property group and typed properties, coercion, batch update.
+
+The engine (sync.engine.push_changes) decides what changed; this module creates what HubSpot needs on first use,
+turns values into exactly what HubSpot would store, and reports per change what HubSpot said.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timezone
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from connectors.base import Change, Receipt, RecordRejected
+from connectors.hubspot.client import AlreadyExists, HubSpotClient
+from connectors.hubspot.mapping import parse_time
+from connectors.records import Contact, RiskBand, Score
+from scoring.segments import SEGMENTS
+
+log = logging.getLogger(__name__)
+TEXT_LIMIT = 65_536  # HubSpot: a text property holds at most 65,536 characters
+SENTIMENTS = ("positive", "neutral", "negative")
+
+
+@dataclass(frozen=True)
+class PropertySpec:
+    key: str  # what the helper fills: "churn_risk"
+    label: str
+    type: str
+    field_type: str
+    options: tuple[str, ...] = ()
+    decimals: int | None = None  # numbers are rounded to this before comparing and sending
+
+
+SPECS = (
+    PropertySpec("churn_risk", "Churn risk (%)", "number", "number", decimals=1),
+    PropertySpec("risk_band", "Churn risk band", "enumeration", "select", tuple(b.value for b in RiskBand)),
+    PropertySpec("churn_reasons", "Churn reasons", "string", "textarea"),
+    PropertySpec("segment", "Customer segment", "enumeration", "select", SEGMENTS),
+    PropertySpec("clv", "Customer lifetime value (12 months)", "number", "number", decimals=2),
+    PropertySpec("sentiment", "Last survey sentiment", "enumeration", "select", SENTIMENTS),
+    PropertySpec("last_nps", "Last NPS", "number", "number", decimals=0),
+    PropertySpec("scored_at", "Scored at", "datetime", "date"),
+)
+
+
+def default_names(group: str) -> dict[str, str]:
+    return {spec.key: f"{group}_{spec.key}" for spec in SPECS}
+
+
+def canonical_number(value: Any, decimals: int | None) -> str:
+    """A number as HubSpot stores it: rounded half-up, plain decimal, no trailing zeros."""
+    number = Decimal(str(value).strip())
+    if decimals is not None:
+        number = number.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+    text = format(number, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+class HubSpotDestination:
+    """Contact properties in one HubSpot account. ``merged_away`` holds contact ids that must never be written."""
+
+    name = "hubspot"
+
+    def __init__(self, client: HubSpotClient, *, names: Mapping[str, str] | None = None, merged_away: Iterable[str] = ()) -> None:
+        settings = client.settings
+        self.client = client
+        self.group, self.group_label = settings.property_group, settings.property_group_label
+        self.names = {**default_names(self.group), **(names or {})}
+        self.spec_by_property = {self.names[s.key]: s for s in SPECS}
+        self.objects_per_apply = settings.batch_size * 10
+        self.batch_size = settings.batch_size
+        self.merged_away = set(merged_away)
+        self.incompatible: dict[str, str] = {}  # property name → the one line saying why it is not written
+        self._ready = False
+
+    # --- the properties -------------------------------------------------------------------------------------------
+
+    def ensure_properties(self) -> None:
+        """Create the group and properties HubSpot lacks; reuse compatible ones; refuse incompatible ones, once."""
+        if self._ready:
+            return
+        groups = {g["name"] for g in self.client.groups("contacts").get("results", [])}
+        if self.group not in groups:
+            self._create(self.client.create_group, {"name": self.group, "label": self.group_label, "displayOrder": -1})
+        existing = {p["name"]: p for p in self.client.properties("contacts").get("results", [])}
+        for name, spec in self.spec_by_property.items():
+            if name not in existing:
+                if self._create(self.client.create_property, self._definition(name, spec)):
+                    continue
+                existing = {p["name"]: p for p in self.client.properties("contacts").get("results", [])}
+            problem = incompatibility(existing[name], spec)
+            if problem:
+                self.incompatible[name] = f"HubSpot property {name} {problem}; rename or delete it in HubSpot, or map {spec.key} to another name"
+                log.warning(self.incompatible[name])
+        self._ready = True
+
+    def _create(self, create: Any, body: dict[str, Any]) -> bool:
+        """True if created; False if it already existed (409: someone made it between our read and our write)."""
+        try:
+            create("contacts", body)
+            return True
+        except AlreadyExists:
+            return False
+
+    def _definition(self, name: str, spec: PropertySpec) -> dict[str, Any]:
+        body = {"name": name, "label": spec.label, "type": spec.type, "fieldType": spec.field_type, "groupName": self.group,
+                "description": "Written by retention-sync; changes here are overwritten on the next push."}
+        if spec.options:
+            body["options"] = [{"label": o, "value": o, "displayOrder": i, "hidden": False} for i, o in enumerate(spec.options)]
+        return body
+
+    # --- the Destination protocol -------------------------------------------------------------------------------------
+
+    def coerce(self, field_name: str, value: str | None) -> str | None:
+        spec = self.spec_by_property.get(field_name)
+        if value is None or value == "" or spec is None:
+            return value or None
+        try:
+            if spec.type == "number":
+                return canonical_number(value, spec.decimals)
+            if spec.type == "datetime":
+                moment = parse_time(value)
+                return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z" if moment else None
+        except (InvalidOperation, ValueError):
+            return value  # HubSpot will refuse it; the receipt carries its reason and the ledger holds it back
+        return value[:TEXT_LIMIT]
+
+    def current(self, object_ids: Sequence[str], field_names: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        found = self.client.batch_read("contacts", list(object_ids), list(field_names))
+        return {o["id"]: {f: (o.get("properties") or {}).get(f) or None for f in field_names} for o in found}
+
+    def apply(self, changes: Sequence[Change]) -> Sequence[Receipt]:
+        self.ensure_properties()
+        receipts: list[Receipt] = []
+        by_object: dict[str, list[Change]] = {}
+        for change in changes:
+            if change.object_id in self.merged_away:
+                receipts.append(Receipt(change, False, f"contact {change.object_id} was merged into another contact; scores go to the survivor"))
+            elif change.field_name in self.incompatible:
+                receipts.append(Receipt(change, False, self.incompatible[change.field_name]))
+            else:
+                by_object.setdefault(change.object_id, []).append(change)
+        objects = list(by_object.items())
+        for start in range(0, len(objects), self.batch_size):
+            receipts.extend(self._send(dict(objects[start : start + self.batch_size])))
+        return receipts
+
+    def _send(self, batch: dict[str, list[Change]]) -> list[Receipt]:
+        """One batch update; a whole-batch 400 is bisected until the inputs HubSpot refuses are alone."""
+        inputs = [{"id": object_id, "properties": {c.field_name: c.value or "" for c in fields}} for object_id, fields in batch.items()]
+        try:
+            reply = self.client.batch_update("contacts", inputs)
+        except RecordRejected as exc:
+            if len(batch) == 1:
+                return [Receipt(c, False, str(exc)) for fields in batch.values() for c in fields]
+            items = list(batch.items())
+            half = len(items) // 2
+            return self._send(dict(items[:half])) + self._send(dict(items[half:]))
+        refused = {}
+        for error in reply.get("errors", []):
+            reason = f"{error.get('category', 'error')}: {error.get('message', 'refused')}"
+            for object_id in (error.get("context") or {}).get("ids", []):
+                refused[str(object_id)] = reason
+        return [Receipt(c, c.object_id not in refused, refused.get(c.object_id)) for fields in batch.values() for c in fields]
+
+
+def incompatibility(existing: Mapping[str, Any], spec: PropertySpec) -> str | None:
+    """Why an existing property cannot hold our values, or None when it can be reused."""
+    if existing.get("type") != spec.type:
+        return f"exists with type {existing.get('type')} but retention-sync writes {spec.type}"
+    values = {o.get("value") for o in existing.get("options") or []}
+    missing = [o for o in spec.options if o not in values]
+    if missing:
+        return f"lacks the options {', '.join(missing)}"
+    return None
+
+
+def desired_from_scores(scores: Iterable[Score], contacts: Iterable[Contact], names: Mapping[str, str],
+                        last_nps: Mapping[str, int] | None = None) -> dict[str, dict[str, str | None]]:
+    """Score records → {HubSpot contact id: {property: value}}, matched by email (primary or additional) or id.
+
+    A merged-away contact id is replaced by its survivor, so nothing is ever addressed to a dead id."""
+    contacts = [c for c in contacts if c.source == "hubspot"]
+    survivor_of = {old: c.source_id for c in contacts for old in c.merged_ids}
+    by_key: dict[str, str] = {}
+    for contact in sorted(contacts, key=lambda c: c.source_id in survivor_of):  # survivors claim shared emails first
+        for email in (contact.email, *contact.additional_emails):
+            if email is not None:
+                by_key.setdefault(email.normalised, contact.source_id)
+        by_key.setdefault(contact.source_id, contact.source_id)
+    desired: dict[str, dict[str, str | None]] = {}
+    for score in scores:
+        contact_id = by_key.get(score.source_id.strip().lower()) or by_key.get(score.source_id)
+        if contact_id is None:
+            continue
+        contact_id = survivor_of.get(contact_id, contact_id)
+        sentiment = None if score.sentiment is None else ("positive" if score.sentiment > 0.05 else "negative" if score.sentiment < -0.05 else "neutral")
+        values = {"churn_risk": str(score.churn_probability * 100), "risk_band": score.risk_band.value,
+                  "churn_reasons": "; ".join(score.top_reasons) or None, "segment": score.segment,
+                  "clv": None if score.clv is None else str(score.clv), "sentiment": sentiment,
+                  "scored_at": score.scored_at.astimezone(timezone.utc).isoformat()}
+        if last_nps is not None and score.source_id in last_nps:
+            values["last_nps"] = str(last_nps[score.source_id])
+        desired[contact_id] = {names[key]: value for key, value in values.items()}
+    return desired
+

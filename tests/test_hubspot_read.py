@@ -1,0 +1,172 @@
+"""Reading HubSpot through the official SDK against the sandbox: full and incremental reads, the 10k cap, merges,
+archived objects, deals as orders, and the one-line errors a user sees for a bad token or a missing scope."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from connectors.base import AuthError
+from connectors.hubspot.client import HubSpotClient, HubSpotSource
+from connectors.hubspot.sandbox import HubSpotSandbox
+from connectors.hubspot.seed import bulk_load, seed_business
+from connectors.records import from_payload
+from connectors.retry import RetryPolicy
+from connectors.sandbox import Clock
+from sync.engine import run_source_once
+from sync.settings import HubSpotSettings
+from sync.store import Store
+
+TOKEN = "pat-na1-test-token"
+
+
+@contextmanager
+def hubspot_sandbox(contacts: int = 0, *, speed: float = 100.0, **limits: object) -> Iterator[HubSpotSandbox]:
+    """A seeded sandbox on loopback whose clock runs ``speed`` times faster than real time."""
+    box = HubSpotSandbox(token=TOKEN, clock=Clock(speed=speed), seed=3, **{"requests_per_10s": 1_000, "searches_per_s": 60, **limits})
+    seed_business(box, contacts=contacts, seed=3)
+    with box:
+        yield box
+
+
+def make_client(box: HubSpotSandbox, token: str = TOKEN, policy: RetryPolicy | None = None, **overrides: object) -> HubSpotClient:
+    settings = HubSpotSettings(**{"requests_per_10s": 900, "searches_per_s": 50, "lookback_minutes": 0, **overrides})
+    return HubSpotClient(token, settings, host=box.url, clock=box.clock, policy=policy)
+
+
+def stored(store: Store, kind: str) -> dict[str, object]:
+    return {source_id: from_payload(kind, payload) for source_id, payload in store.stored_records(kind, "hubspot")}
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store.open(f"sqlite:///{tmp_path}/r.db")
+
+
+def test_full_read_then_one_percent_changed_reads_only_the_changed_objects(store):
+    with hubspot_sandbox(10_000) as box:
+        source = HubSpotSource(make_client(box))
+        first = run_source_once(store, source, "sync", "hubspot")
+        assert first.counts["contact"].written == len(box.objects["contacts"])
+        assert first.counts["order"].written == len(box.objects["deals"]) >= 19_000
+        assert first.counts["company"].written == len(box.objects["companies"])
+
+        survivors = {i for i, c in box.objects["contacts"].items() if c["properties"].get("hs_merged_object_ids")}
+        # Survivors are left out here: re-writing one trips the store's alias links (see the xfail test below).
+        changed_contacts = sorted(set(box.objects["contacts"]) - survivors)[::100]
+        changed_deals = sorted(box.objects["deals"])[::100]
+        # The cursor is inclusive (GTE): objects stamped with the very millisecond the cursor holds are read again.
+        at_cursor = {t: sum(1 for k in box.index[t] if k[0] == box.index[t][-1][0]) for t in ("contacts", "companies", "deals")}
+        for contact_id in changed_contacts:
+            box.update("contacts", contact_id, {"lifecyclestage": "evangelist"})
+        for deal_id in changed_deals:
+            box.update("deals", deal_id, {"amount": "999.00"})
+        box.journal.clear()
+        second = run_source_once(store, source, "sync", "hubspot")
+
+        assert second.counts["contact"].read == len(changed_contacts) + at_cursor["contacts"]
+        assert second.counts["contact"].written == len(changed_contacts)
+        assert second.counts["order"].read == len(changed_deals) + at_cursor["deals"]
+        assert second.counts["company"].read == at_cursor["companies"] and second.counts["company"].written == 0
+        assert stored(store, "contact")[changed_contacts[0]].lifecycle_stage == "evangelist"
+        assert str(stored(store, "order")[changed_deals[0]].amount) == "999.00"
+        # Every search of the second run asked only for objects modified since the first run's cursor.
+        searches = box.journal.entries(method="POST", path="/contacts/search")
+        assert len(searches) == 1 and int(searches[0].body["filterGroups"][0]["filters"][0]["value"]) > 0
+
+
+def test_twenty_five_thousand_contacts_modified_in_the_same_second_are_all_read(store):
+    with hubspot_sandbox(200) as box:
+        same_ms = box.now_ms() - 3_600_000
+        rows = [({"email": f"bulk{n}@example.com", "firstname": "Bulk"}, same_ms - 86_400_000, same_ms) for n in range(25_000)]
+        bulk_ids = bulk_load(box, "contacts", rows)
+        result = run_source_once(store, HubSpotSource(make_client(box)), "sync", "hubspot")
+
+        contacts = stored(store, "contact")
+        assert set(bulk_ids) <= set(contacts)
+        assert result.counts["contact"].written == len(box.objects["contacts"])
+        searches = box.journal.entries(method="POST", path="/contacts/search")
+        assert all(e.status == 200 for e in searches)  # never paged past the 10,000-result cap
+        keyset = [e for e in searches if any(f["propertyName"] == "hs_object_id" for g in e.body["filterGroups"] for f in g["filters"])]
+        assert len(keyset) >= 25_000 // 200  # the crowded millisecond was paged by object id
+
+
+def test_paging_past_ten_thousand_search_results_is_refused_by_the_sandbox():
+    with hubspot_sandbox(0) as box:
+        client = make_client(box)
+        with pytest.raises(Exception) as caught:
+            client.search("contacts", {"limit": 100, "after": "10000"})
+        assert "10,000" in str(caught.value)
+
+
+def test_merged_contacts_become_aliases_of_the_survivor(store):
+    with hubspot_sandbox(50) as box:
+        source = HubSpotSource(make_client(box))
+        run_source_once(store, source, "sync", "hubspot")
+        survivor, absorbed = sorted(box.objects["contacts"])[:2]
+        absorbed_email = box.objects["contacts"][absorbed]["properties"]["email"]
+        box.merge(survivor, absorbed)
+        run_source_once(store, source, "sync", "hubspot")
+
+        contact = stored(store, "contact")[survivor]
+        assert absorbed in contact.merged_ids
+        assert absorbed_email in {e.normalised for e in contact.additional_emails}
+
+
+@pytest.mark.xfail(strict=True, reason="sync/store.py _link_identities does not delete a survivor's alias links before "
+                   "re-inserting them (UNIQUE identities.source, source_id, email); fix proposed in the HubSpot report")
+def test_a_survivor_changed_again_keeps_its_aliases(store):
+    with hubspot_sandbox(50) as box:
+        source = HubSpotSource(make_client(box))
+        survivor = next(i for i, c in box.objects["contacts"].items() if c["properties"].get("hs_merged_object_ids"))
+        run_source_once(store, source, "sync", "hubspot")
+        box.update("contacts", survivor, {"firstname": "Renamed"})
+        run_source_once(store, source, "sync", "hubspot")
+        assert stored(store, "contact")[survivor].first_name == "Renamed"
+
+
+def test_archived_objects_are_read_separately_as_tombstones(store):
+    with hubspot_sandbox(30) as box:
+        source = HubSpotSource(make_client(box))
+        run_source_once(store, source, "sync", "hubspot")
+        gone = sorted(box.objects["contacts"])[3]
+        box.archive("contacts", gone)
+        run_source_once(store, source, "sync", "hubspot")
+
+        tombstone = stored(store, "contact")[gone]
+        assert tombstone.properties["hs_archived"] == "true"
+        assert box.journal.entries(method="GET", path="/crm/v3/objects/contacts$")
+
+
+def test_deals_become_orders_with_status_from_the_pipeline_and_the_contacts_email(store):
+    with hubspot_sandbox(40) as box:
+        run_source_once(store, HubSpotSource(make_client(box)), "sync", "hubspot")
+        orders = stored(store, "order")
+        for deal_id, item in box.objects["deals"].items():
+            order = orders[deal_id]
+            stage = item["properties"]["dealstage"]
+            expected = {"closedwon": "won", "closedlost": "lost"}.get(stage, "open")
+            assert order.status.value == expected
+            contact_id = next(iter(box.associations[deal_id]))
+            assert order.customer_source_id == contact_id
+            assert order.customer_email.normalised == box.objects["contacts"][contact_id]["properties"]["email"]
+
+
+def test_a_wrong_token_stops_with_one_line_saying_how_to_fix_it(store):
+    with hubspot_sandbox(5) as box:
+        with pytest.raises(AuthError) as caught:
+            run_source_once(store, HubSpotSource(make_client(box, token="pat-wrong")), "sync", "hubspot")
+        message = str(caught.value)
+        assert "401" in message and "RETENTION_HUBSPOT_TOKEN" in message and "\n" not in message
+        assert "pat-wrong" not in message
+        assert store.cursor("hubspot", "contacts") is None  # nothing committed, nothing half-saved
+
+
+def test_a_missing_scope_names_the_scope_to_add(store):
+    with hubspot_sandbox(5) as box:
+        box.missing_scopes.add("deals")
+        with pytest.raises(AuthError) as caught:
+            run_source_once(store, HubSpotSource(make_client(box)), "sync", "hubspot")
+        assert "403" in str(caught.value) and "crm.objects.deals.read" in str(caught.value)
