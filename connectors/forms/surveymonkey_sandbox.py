@@ -66,6 +66,7 @@ class SurveyMonkeySandbox(Sandbox):
         self.responses: dict[str, list[dict[str, Any]]] = {}
         self.respondents: dict[str, str | None] = {}
         self.per_minute, self.per_day = per_minute, per_day
+        self.total_skew = 0  # added to the bulk ``total``: a vendor count that disagrees with what it serves
         self._rng = random.Random(seed)
         self._minute: deque[float] = deque()
         self._day: deque[float] = deque()
@@ -248,7 +249,9 @@ class SurveyMonkeySandbox(Sandbox):
         items.sort(key=lambda r: (str(r.get("date_modified")), str(r.get("id"))),
                    reverse=(request.arg("sort_order", "ASC") or "ASC").upper() == "DESC")
         chosen = items[(page - 1) * per_page : page * per_page]
-        return Response(200, self._envelope(request, copy.deepcopy(chosen), len(items), page, per_page))
+        envelope = self._envelope(request, copy.deepcopy(chosen), len(items), page, per_page)
+        envelope["total"] += self.total_skew
+        return Response(200, envelope)
 
 
 def _iso(moment: datetime) -> str:

@@ -55,6 +55,7 @@ class TypeformSandbox(Sandbox):
         self.responses: dict[str, list[dict[str, Any]]] = {}  # form id -> items in processing (arrival) order
         self.respondents: dict[str, str | None] = {}  # response id -> email as typed (None: anonymous), for tests
         self.duplicate_across_pages = True
+        self.total_skew = 0  # added to total_items: a vendor count that disagrees with what it serves
         self._rng = random.Random(seed)
         self._sent: dict[str, deque[float]] = {}
         self.route("GET", r"/forms", self.list_forms)
@@ -202,7 +203,7 @@ class TypeformSandbox(Sandbox):
                 return self.error(400, "after token not found", request)
             newer = list(reversed(ordered[: tokens.index(after)]))
             chosen = newer[:page_size]
-        return Response(200, {"total_items": len(matching), "page_count": max(1, math.ceil(len(matching) / page_size)),
+        return Response(200, {"total_items": len(matching) + self.total_skew, "page_count": max(1, math.ceil(len(matching) / page_size)),
                               "items": copy.deepcopy(chosen)})
 
 
