@@ -3,6 +3,7 @@ archived objects, deals as orders, and the one-line errors a user sees for a bad
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,17 +24,18 @@ TOKEN = "pat-na1-test-token"
 
 
 @contextmanager
-def hubspot_sandbox(contacts: int = 0, *, speed: float = 100.0, **limits: object) -> Iterator[HubSpotSandbox]:
+def hubspot_sandbox(contacts: int = 0, *, speed: float = 100.0, token: str = TOKEN, **limits: object) -> Iterator[HubSpotSandbox]:
     """A seeded sandbox on loopback whose clock runs ``speed`` times faster than real time."""
-    box = HubSpotSandbox(token=TOKEN, clock=Clock(speed=speed), seed=3, **{"requests_per_10s": 1_000, "searches_per_s": 60, **limits})
+    box = HubSpotSandbox(token=token, clock=Clock(speed=speed), seed=3, **{"requests_per_10s": 1_000, "searches_per_s": 60, **limits})
     seed_business(box, contacts=contacts, seed=3)
     with box:
         yield box
 
 
-def make_client(box: HubSpotSandbox, token: str = TOKEN, policy: RetryPolicy | None = None, **overrides: object) -> HubSpotClient:
+def make_client(box: HubSpotSandbox, token: str = TOKEN, policy: RetryPolicy | None = None, rng: random.Random | None = None,
+                **overrides: object) -> HubSpotClient:
     settings = HubSpotSettings(**{"requests_per_10s": 900, "searches_per_s": 50, "lookback_minutes": 0, **overrides})
-    return HubSpotClient(token, settings, host=box.url, clock=box.clock, policy=policy)
+    return HubSpotClient(token, settings, host=box.url, clock=box.clock, policy=policy, rng=rng or random.Random(0))
 
 
 def stored(store: Store, kind: str) -> dict[str, object]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +29,8 @@ SEARCH_CAP = 10_000  # HubSpot: search returns at most 10,000 results per query;
 SEARCH_PAGE = 200  # HubSpot: search limit is at most 200
 BATCH_SIZE = 100  # HubSpot: batch endpoints take at most 100 inputs
 DAILY_WAIT_S = 86_400.0  # a DAILY 429 without Retry-After: wait for tomorrow, i.e. stop with a checkpoint
+# Twelve attempts with capped full-jitter backoff ride out about a minute and a half of outage per call.
+HUBSPOT_RETRIES = RetryPolicy(max_attempts=12)
 TOKEN_HELP = ("create a private-app token in HubSpot (Settings > Integrations > Private apps) with the crm.objects.* "
               "scopes and set it with RETENTION_HUBSPOT_TOKEN or the keyring entry 'hubspot_token'")
 
@@ -38,10 +41,11 @@ class AlreadyExists(SourceError):
 
 class HubSpotClient:
     def __init__(self, token: str, settings: Any, *, host: str | None = None, clock: Any = None,
-                 policy: RetryPolicy | None = None) -> None:
+                 policy: RetryPolicy | None = None, rng: random.Random | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.policy = policy or RetryPolicy()
+        self.policy = policy or HUBSPOT_RETRIES
+        self.rng = rng or random.Random()
         self.budget = RetryBudget(self.policy.budget)
         self.limiter = WindowLimiter(settings.requests_per_10s, 10.0, self.clock)
         self.search_limiter = WindowLimiter(settings.searches_per_s, 1.0, self.clock)
@@ -67,7 +71,7 @@ class HubSpotClient:
 
         try:
             return call_with_retries(attempt, classify, source=SOURCE, what=what, policy=self.policy,
-                                     budget=self.budget, clock=self.clock, limiter=self.limiter)
+                                     budget=self.budget, clock=self.clock, limiter=self.limiter, rng=self.rng)
         except Exception as exc:
             # Each SDK package has its own ApiException class; they share the name and the status/body/headers.
             if _is_api_exception(exc):

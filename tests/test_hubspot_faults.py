@@ -1,0 +1,108 @@
+"""HubSpot under faults and limits: 429 storms, outages, HTML error pages, the daily limit, stalls, dropped responses,
+and the credential never leaking into logs, the store, errors or the journal."""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import uuid
+
+import pytest
+
+from connectors.base import AuthError, RateLimited, SourceError
+from connectors.hubspot.client import HubSpotSource
+from connectors.hubspot.destination import HubSpotDestination, default_names
+from connectors.sandbox import Fault
+from sync.engine import push_changes, run_source_once
+from sync.store import Store
+from tests.test_hubspot_read import hubspot_sandbox, make_client, stored
+
+HTML_502 = "<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1>cloudflare</body></html>"
+NAMES = default_names("retention")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store.open(f"sqlite:///{tmp_path}/r.db")
+
+
+def test_random_429s_and_a_60_second_outage_lose_nothing_and_honour_retry_after(store):
+    with hubspot_sandbox(2_000, speed=400) as box:
+        box.faults.outage(60, status=502, body=HTML_502, content_type="text/html")
+        box.faults.add(Fault(status=429, times=None, probability=0.12, retry_after_s=2.0, name="429 with Retry-After"))
+        box.faults.add(Fault(status=429, times=None, probability=0.09, name="429 without Retry-After"))
+        client = make_client(box, rng=random.Random(5))
+        run_source_once(store, HubSpotSource(client), "sync", "hubspot")
+
+        assert set(stored(store, "contact")) == set(box.objects["contacts"])
+        assert set(stored(store, "order")) == set(box.objects["deals"])
+        entries = box.journal.entries()
+        assert sum(e.status == 502 for e in entries) >= 2 and entries[-1].monotonic - entries[0].monotonic >= 60
+        throttled = [n for n, e in enumerate(entries) if e.fault == "429 with Retry-After"]
+        assert len(throttled) >= 10 and sum(e.fault == "429 without Retry-After" for e in entries) >= 5
+        for n in throttled:
+            if n + 1 < len(entries):
+                assert entries[n + 1].monotonic - entries[n].monotonic >= 2.0  # never earlier than the server asked
+
+
+def test_a_persistent_html_gateway_error_ends_in_one_short_line_with_status_and_correlation_id(store):
+    with hubspot_sandbox(10, speed=2_000) as box:
+        box.faults.add(Fault(status=502, times=None, body=HTML_502, content_type="text/html", match="/search"))
+        with pytest.raises(SourceError) as caught:
+            run_source_once(store, HubSpotSource(make_client(box, rng=random.Random(1))), "sync", "hubspot")
+        message = str(caught.value)
+        assert re.search(r"502 \(non-JSON error page, correlation id [0-9a-f-]{36}\)", message)
+        assert "<html" not in message and "\n" not in message and len(message) < 300
+        assert caught.value.retryable
+
+
+def test_the_daily_limit_stops_the_run_with_a_checkpoint_and_one_line(store):
+    with hubspot_sandbox(300, daily_limit=3) as box:
+        with pytest.raises(RateLimited) as caught:
+            run_source_once(store, HubSpotSource(make_client(box)), "sync", "hubspot")
+        assert "DAILY" in str(caught.value) and "resumes" in str(caught.value) and "\n" not in str(caught.value)
+        assert store.cursor("hubspot", "contacts") is None  # nothing half-committed: the next run starts from the checkpoint
+        assert len(box.journal) == 4  # the three allowed requests and the refused one: no retry loop on a daily limit
+
+
+def test_a_stalled_search_times_out_and_is_retried(store):
+    with hubspot_sandbox(30) as box:
+        box.faults.add(Fault(kind="stall", stall_s=1.5, match="contacts/search", times=1))
+        run_source_once(store, HubSpotSource(make_client(box, timeout_s=1.0, rng=random.Random(2))), "sync", "hubspot")
+        assert set(stored(store, "contact")) == set(box.objects["contacts"])
+
+
+def test_a_write_applied_but_its_response_dropped_is_confirmed_on_retry(store):
+    with hubspot_sandbox(150) as box:
+        box.faults.add(Fault(kind="drop", match="batch/update", times=1))
+        ids = sorted(box.objects["contacts"])
+        desired = {i: {NAMES["risk_band"]: "high"} for i in ids}
+        result = push_changes(store, HubSpotDestination(make_client(box, rng=random.Random(3))), desired)
+        assert result.sent == len(ids) and not result.rejected
+        assert all(box.objects["contacts"][i]["properties"][NAMES["risk_band"]] == "high" for i in ids)
+        assert [e.status for e in box.journal.entries(path="batch/update")][:2] == [0, 200]
+
+
+def test_a_canary_token_appears_nowhere(tmp_path, caplog):
+    canary = f"pat-na1-canary-{uuid.uuid4().hex}"
+    caplog.set_level(logging.DEBUG)
+    store = Store.open(f"sqlite:///{tmp_path}/r.db")
+    errors = []
+    with hubspot_sandbox(60, token=canary) as box:
+        box.faults.add(Fault(status=503, times=2))
+        client = make_client(box, token=canary, rng=random.Random(4))
+        run_source_once(store, HubSpotSource(client), "sync", "hubspot")
+        push_changes(store, HubSpotDestination(client), {i: {NAMES["segment"]: "Nope"} for i in sorted(box.objects["contacts"])[:3]})
+        box.token = "pat-na1-rotated"  # the canary is now refused: the error path must not echo it either
+        for failing in (lambda: run_source_once(store, HubSpotSource(client), "sync", "hubspot"),):
+            with pytest.raises(AuthError) as caught:
+                failing()
+            errors.append(caught.value)
+        journal_text = repr(box.journal.entries())
+
+    assert canary not in caplog.text
+    assert all(canary not in f"{e!s} {e!r} {e.__cause__!r} {e.__context__!r}" for e in errors)
+    assert canary not in journal_text
+    for path in tmp_path.iterdir():
+        assert canary.encode() not in path.read_bytes(), path.name
