@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from connectors.base import ConfigError, Page, Rejected, Stream
+from connectors.base import CheckResult, ConfigError, Page, Rejected, RetentionError, Stream, register_check
 from connectors.forms import survey_kit as kit
 from connectors.records import SurveyResponse
 from connectors.retry import WindowLimiter
@@ -171,3 +171,15 @@ def _describe_error(body: Any) -> str:
     if isinstance(error, Mapping):
         return f"{error.get('status', '')} {error.get('message', '')}".strip()
     return str(body)[:200]
+
+
+@register_check("google_forms")
+def check_google_forms(settings: Any) -> CheckResult:
+    """`retention doctor`: the access token is accepted and every configured form can be read."""
+    try:
+        source = GoogleFormsSource(settings.google_forms)
+        for form_id in source.settings.forms:
+            source.api.get(f"/v1/forms/{form_id}", None, f"reading form {form_id}")
+    except RetentionError as exc:
+        return CheckResult("google_forms", False, str(exc))
+    return CheckResult("google_forms", True, f"access token accepted; {len(settings.google_forms.forms)} form(s) readable")

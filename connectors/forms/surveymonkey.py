@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connectors.base import Page, Rejected, Stream
+from connectors.base import CheckResult, Page, Rejected, RetentionError, Stream, register_check
 from connectors.forms import survey_kit as kit
 from connectors.records import SurveyResponse
 from connectors.retry import WindowLimiter
@@ -186,3 +186,15 @@ def _describe_error(body: Any) -> str:
     if isinstance(error, Mapping):
         return f"{error.get('name', 'error')} {error.get('id', '')}: {error.get('message', '')}".strip()
     return str(body)[:200]
+
+
+@register_check("surveymonkey")
+def check_surveymonkey(settings: Any) -> CheckResult:
+    """`retention doctor`: the token is accepted and the configured surveys exist."""
+    try:
+        source = SurveyMonkeySource(settings.surveymonkey)
+        source.api.get("/users/me", None, "checking the token")
+        surveys = source.survey_ids()
+    except RetentionError as exc:
+        return CheckResult("surveymonkey", False, str(exc))
+    return CheckResult("surveymonkey", True, f"token accepted; {len(surveys)} survey(s) to read")

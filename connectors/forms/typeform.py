@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from connectors.base import Page, Rejected, Stream
+from connectors.base import CheckResult, Page, Rejected, RetentionError, Stream, register_check
 from connectors.forms import survey_kit as kit
 from connectors.records import SurveyResponse
 from connectors.retry import WindowLimiter
@@ -183,3 +183,16 @@ def _describe_error(body: Any) -> str:
     if isinstance(body, Mapping):
         return str(body.get("description") or body.get("code") or "no description")
     return str(body)[:200]
+
+
+@register_check("typeform")
+def check_typeform(settings: Any) -> CheckResult:
+    """`retention doctor`: the token is accepted and the configured forms exist."""
+    try:
+        source = TypeformSource(settings.typeform)
+        forms = source.form_ids()
+        for form_id in forms[:5]:
+            source.api.get(f"/forms/{form_id}", None, f"reading form {form_id}")
+    except RetentionError as exc:
+        return CheckResult("typeform", False, str(exc))
+    return CheckResult("typeform", True, f"token accepted; {len(forms)} form(s) to read")
