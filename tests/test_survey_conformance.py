@@ -27,7 +27,7 @@ def spec_file(relative: str) -> Path:
 
 
 def json_examples(markdown: Path) -> list[Any]:
-    blocks = re.findall(r"```json\n(.*?)```", markdown.read_text(), re.S)
+    blocks = re.findall(r"```json\n(.*?)```", markdown.read_text(), re.DOTALL)
     return [json.loads(block.replace("[ ... ]", "[]")) for block in blocks]  # the facts elide lists as [ ... ]
 
 

@@ -218,9 +218,8 @@ def test_surveymonkey_daily_cap_stops_the_run_with_nothing_half_written(store: S
     surveymonkey = VENDORS[1]
     sandbox, url = surveymonkey.start(1000, per_day=6)
     before = store.checksum()
-    with sandbox:
-        with pytest.raises(RateLimited) as raised:
-            run_source_once(store, surveymonkey.source(sandbox, url), "sync", "surveymonkey")
+    with sandbox, pytest.raises(RateLimited) as raised:
+        run_source_once(store, surveymonkey.source(sandbox, url), "sync", "surveymonkey")
     assert "resumes from the last saved point" in str(raised.value)
     assert store.checksum() == before
     assert response_requests(sandbox)[-1].status == 429

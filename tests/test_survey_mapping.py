@@ -8,7 +8,14 @@ import logging
 import pytest
 
 from connectors.base import Rejected
-from connectors.forms import google_forms, google_sandbox, surveymonkey, surveymonkey_sandbox, typeform, typeform_sandbox
+from connectors.forms import (
+    google_forms,
+    google_sandbox,
+    surveymonkey,
+    surveymonkey_sandbox,
+    typeform,
+    typeform_sandbox,
+)
 from connectors.forms.survey_kit import ReadStats
 from connectors.records import AnswerKind, SurveyResponse
 from sync.settings import FormsSettings

@@ -19,7 +19,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from connectors.base import CheckResult, ConfigError, Page, Rejected, RetentionError, Stream, register_check
+from connectors.base import (
+    CheckResult,
+    ConfigError,
+    Page,
+    Rejected,
+    RetentionError,
+    Stream,
+    register_check,
+)
 from connectors.forms import survey_kit as kit
 from connectors.records import SurveyResponse
 from connectors.retry import WindowLimiter
@@ -127,19 +135,13 @@ class GoogleFormsSource:
 
     def read_responses(self, cursor: str | None) -> Iterator[Page]:
         stats = self.last_stats = kit.ReadStats()
-        marks = kit.load_cursor(cursor)
-        for form_id in self.settings.forms:
+
+        def read_form(form_id: str, since: datetime | None) -> Iterator[tuple[Page, datetime | None]]:
             questions = map_form(self.api.get(f"/v1/forms/{form_id}", None, f"reading form {form_id}"))
-            since = kit.since_with_lookback(marks.get(form_id), self.settings.lookback_minutes)
-            newest: datetime | None = None
             for page in self._read_form(form_id, questions, since, stats):
-                for record in page.records:
-                    newest = max(newest or record.submitted_at, record.submitted_at)
-                yield page
-            if newest is not None:
-                marks[form_id] = kit.later(marks.get(form_id), newest)
-            # Unordered pages: the mark is only true once every page of the window is read.
-            yield Page(records=(), cursor_after=json.dumps(marks, sort_keys=True))
+                yield page, max((r.submitted_at for r in page.records), default=None)
+
+        return kit.read_forms(self.settings.forms, cursor, self.settings.lookback_minutes, read_form)
 
     def _read_form(self, form_id: str, questions: Mapping[str, kit.Question], since: datetime | None,
                    stats: kit.ReadStats) -> Iterator[Page]:

@@ -15,13 +15,12 @@ import json
 import random
 import re
 from collections import deque
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connectors.forms.survey_kit import SeedAnswerSet, seed_answer_sets
 from connectors.sandbox import Clock, Request, Response, Sandbox
 
-UTC = timezone.utc
 MAX_PAGE_SIZE = 5000  # Google Forms: "at most 5000 responses are returned"
 READS_PER_MINUTE = 300
 DEMO_FORM_ID = "1FAIpQLSd_feedback_shop_2025"
@@ -210,14 +209,14 @@ def _filter(text: str) -> Any:
     if not found:
         raise ValueError(f"Invalid filter {text!r}: only 'timestamp > T' and 'timestamp >= T' are supported.")
     try:
-        bound = datetime.fromisoformat(found.group(2).replace("Z", "+00:00"))
+        bound = datetime.fromisoformat(found.group(2))
     except ValueError:
         raise ValueError(f"Invalid timestamp {found.group(2)!r} in filter: use RFC 3339 UTC 'Zulu' format.") from None
     strict = found.group(1) == ">"
 
     def keep(item: dict[str, Any]) -> bool:
         try:
-            submitted = datetime.fromisoformat(str(item.get("lastSubmittedTime")).replace("Z", "+00:00"))
+            submitted = datetime.fromisoformat(str(item.get("lastSubmittedTime")))
         except ValueError:
             return True  # a malformed stored response still shows up, as the vendor would send it
         return submitted > bound if strict else submitted >= bound

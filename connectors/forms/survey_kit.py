@@ -19,20 +19,25 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
 
-from connectors.base import AuthError, InvalidRecord, Rejected, SourceError
+from connectors.base import AuthError, InvalidRecord, Page, Rejected, SourceError
 from connectors.records import Answer, AnswerKind, EmailAddress, SurveyResponse
-from connectors.retry import RetryBudget, RetryPolicy, Transient, WindowLimiter, call_with_retries
+from connectors.retry import (
+    RetryBudget,
+    RetryPolicy,
+    Transient,
+    WindowLimiter,
+    call_with_retries,
+)
 from connectors.sandbox import SystemClock
 
 log = logging.getLogger(__name__)
-UTC = timezone.utc
 
 # --- answers ---------------------------------------------------------------------------------------------------
 
@@ -136,7 +141,7 @@ def parse_time(value: Any, field_name: str) -> datetime:
     if not isinstance(value, str) or not value:
         raise InvalidRecord(field_name, value, "is missing")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidRecord(field_name, value, "is not an ISO 8601 date and time") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -228,6 +233,25 @@ def since_with_lookback(mark: str | None, lookback_minutes: int) -> datetime | N
     if not mark:
         return None
     return parse_time(mark, "cursor") - timedelta(minutes=lookback_minutes)
+
+
+def read_forms(form_ids: Iterable[str], cursor: str | None, lookback_minutes: int,
+               read_form: Callable[[str, datetime | None], Iterator[tuple[Page, datetime | None]]]) -> Iterator[Page]:
+    """Each form read from its own mark minus the look-back; ``read_form`` yields pages and the newest time in each.
+
+    A form's mark moves only after its last page: Typeform pages run newest first and Google's have no order,
+    so a mark taken mid-form could skip responses if the run stopped there.
+    """
+    marks = load_cursor(cursor)
+    for form_id in form_ids:
+        newest: datetime | None = None
+        for page, page_newest in read_form(form_id, since_with_lookback(marks.get(form_id), lookback_minutes)):
+            if page_newest is not None:
+                newest = max(newest or page_newest, page_newest)
+            yield page
+        if newest is not None:
+            marks[form_id] = later(marks.get(form_id), newest)
+        yield Page(records=(), cursor_after=json.dumps(marks, sort_keys=True))
 
 
 def later(current: str | None, candidate: datetime) -> str:

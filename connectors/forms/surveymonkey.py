@@ -7,14 +7,20 @@ response comes back and replaces the stored one. Paging follows ``links.next`` (
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connectors.base import CheckResult, Page, Rejected, RetentionError, Stream, register_check
+from connectors.base import (
+    CheckResult,
+    Page,
+    Rejected,
+    RetentionError,
+    Stream,
+    register_check,
+)
 from connectors.forms import survey_kit as kit
 from connectors.records import SurveyResponse
 from connectors.retry import WindowLimiter
@@ -133,17 +139,12 @@ class SurveyMonkeySource:
 
     def read_responses(self, cursor: str | None) -> Iterator[Page]:
         stats = self.last_stats = kit.ReadStats()
-        marks = kit.load_cursor(cursor)
-        for survey_id in self.survey_ids():
+
+        def read_survey(survey_id: str, since: datetime | None) -> Iterator[tuple[Page, datetime | None]]:
             questions = map_details(self.api.get(f"/surveys/{survey_id}/details", None, f"reading survey {survey_id}"))
-            since = kit.since_with_lookback(marks.get(survey_id), self.settings.lookback_minutes)
-            newest: datetime | None = None
-            for page, page_newest in self._read_survey(survey_id, questions, since, stats):
-                if page_newest is not None:
-                    newest = max(newest or page_newest, page_newest)
-                    marks[survey_id] = kit.later(marks.get(survey_id), newest)
-                # Sorted by date_modified ascending: the mark after each page is already true.
-                yield Page(page.records, json.dumps(marks, sort_keys=True), page.rejected)
+            return self._read_survey(survey_id, questions, since, stats)
+
+        return kit.read_forms(self.survey_ids(), cursor, self.settings.lookback_minutes, read_survey)
 
     def _read_survey(self, survey_id: str, questions: Mapping[str, SurveyQuestion], since: datetime | None,
                      stats: kit.ReadStats) -> Iterator[tuple[Page, datetime | None]]:

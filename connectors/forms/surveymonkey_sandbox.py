@@ -14,14 +14,13 @@ import copy
 import math
 import random
 from collections import deque
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from connectors.forms.survey_kit import SeedAnswerSet, seed_answer_sets
 from connectors.sandbox import Clock, Request, Response, Sandbox
 
-UTC = timezone.utc
 MAX_PER_PAGE = 100  # SurveyMonkey: bulk responses per page
 PER_MINUTE, PER_DAY = 120, 500  # SurveyMonkey draft apps
 DEMO_SURVEY_ID = "403847568"
@@ -262,7 +261,7 @@ def _parse(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a date (YYYY-MM-DDTHH:MM:SS)") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -13,13 +13,12 @@ import copy
 import math
 import random
 from collections import deque
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connectors.forms.survey_kit import SeedAnswerSet, seed_answer_sets
 from connectors.sandbox import Clock, Request, Response, Sandbox
 
-UTC = timezone.utc
 MAX_PAGE_SIZE = 1000  # Typeform: page_size maximum
 REQUESTS_PER_SECOND = 2  # Typeform: 2 requests per second per account
 DEMO_FORM_ID = "kF8wQz2N"
@@ -218,7 +217,7 @@ def _parse_moment(text: str | None) -> datetime | None:
     if text.isdigit():
         return datetime.fromtimestamp(int(text), UTC)
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a date-time (Unix seconds or ISO 8601)") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
