@@ -104,7 +104,7 @@ class HubSpotClient:
     def batch_read(self, object_type: str, ids: Sequence[str], properties: Sequence[str]) -> list[dict[str, Any]]:
         found = []
         for start in range(0, len(ids), BATCH_SIZE):
-            body = {"inputs": [{"id": i} for i in ids[start : start + BATCH_SIZE]], "properties": list(properties)}
+            body = {"inputs": [{"id": i} for i in ids[start : start + BATCH_SIZE]], "properties": list(properties), "propertiesWithHistory": []}
             reply = self.call(f"reading {object_type}", self.sdk.crm.objects.batch_api.read, object_type, body)
             found.extend(reply.get("results", []))
         return found
@@ -151,6 +151,7 @@ class HubSpotClient:
         window = [{"propertyName": modified, "operator": "GTE", "value": str(low_ms)},
                   {"propertyName": modified, "operator": "LTE", "value": str(high_ms)}]
         body = {"filterGroups": [{"filters": window}], "properties": list(properties), "limit": SEARCH_PAGE,
+                "after": "0",
                 "sorts": [{"propertyName": modified, "direction": "ASCENDING"}, {"propertyName": "hs_object_id", "direction": "ASCENDING"}]}
         first = self.search(object_type, body)
         if first.get("total", 0) > SEARCH_CAP:

@@ -186,7 +186,7 @@ def _multi_status(results: list[Any], errors: list[dict[str, Any]], started: str
 
 
 def _batch_error(category: str, message: str, ids: list[str], code: str | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"status": "error", "category": category, "message": message, "context": {"ids": ids}}
+    error: dict[str, Any] = {"status": "error", "category": category, "message": message, "context": {"ids": ids}, "links": {}}
     if code:
         error["errors"] = [{"message": message, "code": code}]
     return error
@@ -282,7 +282,7 @@ def associations(box: HubSpotSandbox, request: Request) -> Response:
         deal_id = str(entry.get("id"))
         contact_ids = sorted(c for c in box.associations.get(deal_id, ()) if box.resolve("contacts", c) is not None)
         results.append({"from": {"id": deal_id}, "to": [
-            {"toObjectId": int(c), "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 3, "label": None}]}
+            {"toObjectId": c, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 3}]}
             for c in contact_ids]})
     return _multi_status(results, [], iso_ms(box.now_ms()))
 
