@@ -214,6 +214,18 @@ def test_429_and_5xx_are_retried_after_the_wait_the_vendor_asks(vendor: Vendor, 
     assert len(stored(store, vendor)) == 300
 
 
+def test_a_stalled_request_times_out_and_is_retried(store: Store) -> None:
+    typeform = VENDORS[0]
+    sandbox, url = typeform.start(50)
+    with sandbox:
+        stall = sandbox.faults.add(Fault(kind="stall", stall_s=1.5, match="/responses"))
+        run_source_once(store, typeform.source(sandbox, url, timeout_s=1.0), "sync", "typeform")
+        answered_without_fault = [c for c in response_requests(sandbox) if c.fault is None and c.status == 200]
+    assert stall.times == 0, "the stalled request was sent"
+    assert len(answered_without_fault) == 1, "the client gave up on the stalled request and sent it again"
+    assert len(stored(store, typeform)) == 50
+
+
 def test_surveymonkey_daily_cap_stops_the_run_with_nothing_half_written(store: Store) -> None:
     surveymonkey = VENDORS[1]
     sandbox, url = surveymonkey.start(1000, per_day=6)

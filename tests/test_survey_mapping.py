@@ -116,3 +116,24 @@ def test_doctor_check_says_in_one_line_that_no_token_is_set(monkeypatch: pytest.
     for check in (typeform.check_typeform, surveymonkey.check_surveymonkey, google_forms.check_google_forms):
         result = check(settings)
         assert not result.ok and "no access token is set" in result.detail and len(result.detail.splitlines()) == 1
+
+
+def test_google_needs_form_ids_and_says_which_credentials_it_can_use(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import json
+
+    from connectors.base import ConfigError
+
+    with pytest.raises(ConfigError, match="google_forms.forms is empty"):
+        google_forms.GoogleFormsSource(FormsSettings(), token="t")
+    monkeypatch.delenv("RETENTION_GOOGLE_ACCESS_TOKEN", raising=False)
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
+    key_file = tmp_path / "service.json"
+    key_file.write_text(json.dumps({"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----"}))
+    monkeypatch.setenv("RETENTION_GOOGLE_CREDENTIALS", str(key_file))
+    with pytest.raises(ConfigError, match="service-account keys need the google-auth package") as raised:
+        google_forms.GoogleFormsSource(FormsSettings(forms=("f",)))
+    assert "PRIVATE KEY" not in str(raised.value)
+    user_file = tmp_path / "authorized_user.json"
+    user_file.write_text(json.dumps({"type": "authorized_user", "token": "ya29.from-file", "refresh_token": "r"}))
+    monkeypatch.setenv("RETENTION_GOOGLE_CREDENTIALS", str(user_file))
+    assert google_forms.access_token_from_settings() == "ya29.from-file"
