@@ -141,7 +141,7 @@ class GoogleFormsSource:
             for page in self._read_form(form_id, questions, since, stats):
                 yield page, max((r.submitted_at for r in page.records), default=None)
 
-        return kit.read_forms(self.settings.forms, cursor, self.settings.lookback_minutes, read_form)
+        return kit.read_forms(SOURCE, self.settings.forms, cursor, self.settings.lookback_minutes, stats, read_form)
 
     def _read_form(self, form_id: str, questions: Mapping[str, kit.Question], since: datetime | None,
                    stats: kit.ReadStats) -> Iterator[Page]:

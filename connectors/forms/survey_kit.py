@@ -73,6 +73,7 @@ class ReadStats:
     duplicates: int = 0  # the same response id served twice (Typeform pages overlap)
     rejected: int = 0
     untyped_answers: int = 0  # answers of question types we do not know, kept raw
+    untyped_questions: set[str] = field(default_factory=set)  # warned about once per run, not once per response
     total_mismatches: list[str] = field(default_factory=list)  # forms whose reported total differs from what we read
 
 
@@ -186,7 +187,11 @@ def build_response(
                 untyped[raw.question_id] = raw.value
         if untyped:
             stats.untyped_answers += len(untyped)
-            log.warning("%s: kept %d answer(s) of unknown question types raw: %s", ref, len(untyped), ", ".join(sorted(untyped)))
+            first_seen = sorted(set(untyped) - stats.untyped_questions)
+            if first_seen:
+                stats.untyped_questions.update(first_seen)
+                log.warning("%s: kept %d answer(s) of unknown question types raw (questions %s; further ones are counted, not logged)",
+                            ref, len(untyped), ", ".join(first_seen))
         configured = [c for c in emails_in_answers if c[0] == "configured email question"]
         others = [c for c in emails_in_answers if c[0] != "configured email question"]
         email = first_valid_email([*configured, *parts.email_candidates, *others], ref)
@@ -235,7 +240,7 @@ def since_with_lookback(mark: str | None, lookback_minutes: int) -> datetime | N
     return parse_time(mark, "cursor") - timedelta(minutes=lookback_minutes)
 
 
-def read_forms(form_ids: Iterable[str], cursor: str | None, lookback_minutes: int,
+def read_forms(source: str, form_ids: Iterable[str], cursor: str | None, lookback_minutes: int, stats: ReadStats,
                read_form: Callable[[str, datetime | None], Iterator[tuple[Page, datetime | None]]]) -> Iterator[Page]:
     """Each form read from its own mark minus the look-back; ``read_form`` yields pages and the newest time in each.
 
@@ -252,6 +257,11 @@ def read_forms(form_ids: Iterable[str], cursor: str | None, lookback_minutes: in
         if newest is not None:
             marks[form_id] = later(marks.get(form_id), newest)
         yield Page(records=(), cursor_after=json.dumps(marks, sort_keys=True))
+    log.info(
+        "%s: %d responses read, %d of them without an identifiable person (kept, they count in aggregate sentiment), "
+        "%d duplicates skipped, %d quarantined, %d answers of unknown types kept raw",
+        source, stats.responses, stats.anonymous, stats.duplicates, stats.rejected, stats.untyped_answers,
+    )
 
 
 def later(current: str | None, candidate: datetime) -> str:

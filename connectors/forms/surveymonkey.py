@@ -144,7 +144,7 @@ class SurveyMonkeySource:
             questions = map_details(self.api.get(f"/surveys/{survey_id}/details", None, f"reading survey {survey_id}"))
             return self._read_survey(survey_id, questions, since, stats)
 
-        return kit.read_forms(self.survey_ids(), cursor, self.settings.lookback_minutes, read_survey)
+        return kit.read_forms(SOURCE, self.survey_ids(), cursor, self.settings.lookback_minutes, stats, read_survey)
 
     def _read_survey(self, survey_id: str, questions: Mapping[str, SurveyQuestion], since: datetime | None,
                      stats: kit.ReadStats) -> Iterator[tuple[Page, datetime | None]]:
