@@ -9,6 +9,7 @@ import re
 import sys
 import traceback
 from dataclasses import dataclass
+import importlib
 from importlib import metadata as package_metadata
 from importlib import resources
 from pathlib import Path
@@ -65,6 +66,15 @@ class RetentionGroup(TyperGroup):
             code = 1
         sys.exit(code if isinstance(code, int) else 0)
 
+
+# Settings section → the module whose import registers that connector's `doctor` check.
+CONNECTOR_MODULES = {
+    "hubspot": "connectors.hubspot.client",
+    "mailchimp": "connectors.mailchimp.client",
+    "typeform": "connectors.forms.typeform",
+    "surveymonkey": "connectors.forms.surveymonkey",
+    "google_forms": "connectors.forms.google_forms",
+}
 
 app = typer.Typer(
     cls=RetentionGroup,
@@ -292,19 +302,24 @@ def doctor(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
             store.close()
         except RetentionError as exc:
             results.append(CheckResult("store", False, str(exc)))
-        checks = registered_checks()
-        for connector in ("hubspot", "mailchimp"):
+        for connector, module in CONNECTOR_MODULES.items():
             if not getattr(settings, connector).enabled:
                 results.append(CheckResult(connector, True, "disabled in settings (skipped)"))
-            elif connector in checks:
-                results.append(checks[connector](settings))
-            else:
-                results.append(CheckResult(connector, False, "enabled in settings, but this version has no connector for it yet"))
+                continue
+            importlib.import_module(module)  # registers the connector's check
+            check = registered_checks().get(connector)
+            if check is None:
+                results.append(CheckResult(connector, False, "enabled in settings, but this version has no check for it"))
+                continue
+            try:
+                results.append(check(settings))
+            except RetentionError as exc:
+                results.append(CheckResult(connector, False, str(exc)))
     if as_json:
         out.print(json.dumps([vars(r) for r in results]))
     else:
         for result in results:
-            out.print(f"{'ok  ' if result.ok else 'FAIL'}  {result.name:<10} {redact(result.detail)}")
+            out.print(f"{'ok  ' if result.ok else 'FAIL'}  {result.name:<12} {redact(result.detail)}")
     if not all(r.ok for r in results):
         raise typer.Exit(DOCTOR_FAILED)
 

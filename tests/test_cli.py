@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import _CHECKS, CheckResult, register_check
 from sync.redact import configure_logging
 from tests.conftest import FIXTURES, REPO, Workspace
 
@@ -104,28 +103,15 @@ def test_quarantine_lists_where_and_why(workspace: Workspace) -> None:
 
 def test_doctor_checks_settings_store_and_enabled_connectors(workspace: Workspace) -> None:
     healthy = workspace.run("doctor")
-    enabled = workspace.run("doctor", env={"RETENTION_MAILCHIMP__ENABLED": "true"})
+    enabled = workspace.run("doctor", env={"RETENTION_TYPEFORM__ENABLED": "true", "RETENTION_TYPEFORM_TOKEN": ""})
     (workspace.root / "settings.toml").write_text("[hubspot]\nbatch_size = 0\n")
     broken = workspace.run("doctor")
 
     assert healthy.exit_code == 0
     assert "ok    store" in healthy.stdout and "integrity ok, schema 2" in healthy.stdout
-    assert enabled.exit_code == 7 and "FAIL  mailchimp  enabled in settings, but this version has no connector for it yet" in enabled.stdout
-    assert broken.exit_code == 7 and "FAIL  settings   " in broken.stdout and "hubspot.batch_size must be between 1 and 100" in broken.stdout
-
-
-def test_doctor_runs_the_check_an_enabled_connector_registers(workspace: Workspace) -> None:
-    def mailchimp_check(settings: object) -> CheckResult:
-        return CheckResult("mailchimp", False, "Mailchimp refused the API key (401) — create a new key and set RETENTION_MAILCHIMP_API_KEY")
-
-    register_check("mailchimp")(mailchimp_check)
-    try:
-        result = workspace.run("doctor", env={"RETENTION_MAILCHIMP__ENABLED": "true"})
-    finally:
-        _CHECKS.pop("mailchimp")
-
-    assert result.exit_code == 7
-    assert "FAIL  mailchimp  Mailchimp refused the API key (401)" in result.stdout
+    assert "ok    typeform     disabled in settings (skipped)" in healthy.stdout
+    assert enabled.exit_code == 7 and "FAIL  typeform     typeform: no access token is set" in enabled.stdout
+    assert broken.exit_code == 7 and "FAIL  settings     " in broken.stdout and "hubspot.batch_size must be between 1 and 100" in broken.stdout
 
 
 def test_a_damaged_store_is_one_line_not_a_traceback(workspace: Workspace) -> None:
