@@ -144,31 +144,34 @@ class HubSpotClient:
     def modified_between(self, object_type: str, properties: Sequence[str], low_ms: int, high_ms: int) -> Iterator[list[dict[str, Any]]]:
         """Every object modified in [low_ms, high_ms], in pages, never truncated by the 10,000-result cap.
 
-        A window with more results than the cap is halved in time; a single millisecond that still holds more is
-        paged by ``hs_object_id`` (keyset), which has no cap.
+        When a window reaches the cap, it is split at the last modified time read so far and the rest is read as a
+        new window (the objects at that millisecond come again; callers drop repeats by id). A millisecond that
+        alone holds more than the cap is paged by ``hs_object_id`` (keyset), which has no cap.
         """
         modified = mapping.MODIFIED_PROPERTY[object_type]
-        window = [{"propertyName": modified, "operator": "GTE", "value": str(low_ms)},
-                  {"propertyName": modified, "operator": "LTE", "value": str(high_ms)}]
-        body = {"filterGroups": [{"filters": window}], "properties": list(properties), "limit": SEARCH_PAGE,
-                "after": "0",
-                "sorts": [{"propertyName": modified, "direction": "ASCENDING"}, {"propertyName": "hs_object_id", "direction": "ASCENDING"}]}
-        first = self.search(object_type, body)
-        if first.get("total", 0) > SEARCH_CAP:
-            if high_ms > low_ms:
-                middle = (low_ms + high_ms) // 2
-                yield from self.modified_between(object_type, properties, low_ms, middle)
-                yield from self.modified_between(object_type, properties, middle + 1, high_ms)
+        while low_ms <= high_ms:
+            window = [{"propertyName": modified, "operator": "GTE", "value": str(low_ms)},
+                      {"propertyName": modified, "operator": "LTE", "value": str(high_ms)}]
+            body = {"filterGroups": [{"filters": window}], "properties": list(properties), "limit": SEARCH_PAGE, "after": "0",
+                    "sorts": [{"propertyName": modified, "direction": "ASCENDING"}, {"propertyName": "hs_object_id", "direction": "ASCENDING"}]}
+            last_ms = low_ms
+            reply = self.search(object_type, body)
+            while True:
+                results = reply.get("results", [])
+                if results:
+                    yield results
+                    last_ms = mapping.to_ms(mapping.parse_time(results[-1]["properties"][modified]))
+                after = ((reply.get("paging") or {}).get("next") or {}).get("after")
+                if not after:
+                    return
+                if int(after) + SEARCH_PAGE > SEARCH_CAP:
+                    break  # the next page would cross the cap: split the window here
+                reply = self.search(object_type, {**body, "after": after})
+            if last_ms == low_ms:
+                yield from self._by_id_within(object_type, body, window[:1] + [{**window[1], "value": str(low_ms)}])
+                low_ms += 1
             else:
-                yield from self._by_id_within(object_type, body, window)
-            return
-        reply = first
-        while True:
-            yield reply.get("results", [])
-            after = ((reply.get("paging") or {}).get("next") or {}).get("after")
-            if not after:
-                return
-            reply = self.search(object_type, {**body, "after": after})
+                low_ms = last_ms
 
     def _by_id_within(self, object_type: str, body: dict[str, Any], window: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         last_id = 0
