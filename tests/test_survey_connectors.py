@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import AuthError, RateLimited
+from connectors.base import AuthError, RateLimited, SourceError
 from connectors.forms.survey_kit import SeedAnswerSet, seed_answer_sets
 from connectors.records import normalise_email
 from connectors.sandbox import Fault
@@ -227,6 +227,26 @@ def test_a_stalled_request_times_out_and_is_retried(store: Store) -> None:
     assert stall.times == 0, "the stalled request was sent"
     assert len(answered_without_fault) == 1, "the client gave up on the stalled request and sent it again"
     assert len(stored(store, typeform)) == 50
+
+
+def test_typeform_client_keeps_under_two_requests_a_second(store: Store) -> None:
+    typeform = VENDORS[0]
+    sandbox, url = typeform.start(2500, speed=5.0)  # slow enough that an unthrottled client would meet the limit
+    with sandbox:
+        run_source_once(store, typeform.source(sandbox, url), "sync", "typeform")
+    calls = sandbox.journal.entries()
+    assert len(calls) == 5 and {c.status for c in calls} == {200}, "forms list, form, three pages: none refused"
+    assert all(later.monotonic - earlier.monotonic >= 1.0 for earlier, later in zip(calls, calls[2:]))
+
+
+def test_unknown_form_is_one_line_naming_it(store: Store) -> None:
+    typeform = VENDORS[0]
+    sandbox, url = typeform.start(5)
+    with sandbox, pytest.raises(SourceError) as raised:
+        source = typeform.source_type(FormsSettings(forms=("NoSuchForm",)), token="good-token", base_url=url, clock=sandbox.clock)
+        run_source_once(store, source, "sync", "typeform")
+    assert str(raised.value) == ("typeform answered HTTP 404 while reading form NoSuchForm: Form NoSuchForm not found; "
+                                 "check the form and survey ids in settings.toml")
 
 
 def test_surveymonkey_daily_cap_stops_the_run_with_nothing_half_written(store: Store) -> None:

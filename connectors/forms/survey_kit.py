@@ -328,7 +328,8 @@ class JsonApi:
                     f"{self.source} refused the access token while {what} (HTTP {exc.status}: {message}); {self.auth_hint}",
                     source=self.source,
                 ) from None
-            raise SourceError(f"{self.source} answered HTTP {exc.status} while {what}: {message}", source=self.source) from None
+            hint = "; check the form and survey ids in settings.toml" if exc.status == 404 else ""
+            raise SourceError(f"{self.source} answered HTTP {exc.status} while {what}: {message}{hint}", source=self.source) from None
         except requests.RequestException as exc:
             raise SourceError(f"{self.source} could not be reached while {what} ({type(exc).__name__})", source=self.source, retryable=True) from None
 
