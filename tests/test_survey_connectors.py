@@ -229,6 +229,22 @@ def test_a_stalled_request_times_out_and_is_retried(store: Store) -> None:
     assert len(stored(store, typeform)) == 50
 
 
+def test_google_unordered_pages_are_all_read_before_the_mark_moves(store: Store) -> None:
+    google = VENDORS[2]
+    sandbox, url = google.start(6000)
+    with sandbox:
+        run_source_once(store, google.source(sandbox, url), "sync", "google_forms")
+        first_pages = response_requests(sandbox)
+        sandbox.journal.clear()
+        sandbox.add_answer_sets(google.form_id, fresh_answers(sandbox, 10, seed=8))
+        second = run_source_once(store, google.source(sandbox, url), "sync", "google_forms")
+    assert [bool(e.query.get("pageToken")) for e in first_pages] == [False, True], "5,000 a page: two pages"
+    counts = second.counts["survey_response"]
+    assert counts.written == 10 and counts.read - 10 <= 3, "only the look-back window is read again"
+    assert len(response_requests(sandbox)) == 1
+    assert len(stored(store, google)) == 6010
+
+
 def test_typeform_client_keeps_under_two_requests_a_second(store: Store) -> None:
     typeform = VENDORS[0]
     sandbox, url = typeform.start(2500, speed=5.0)  # slow enough that an unthrottled client would meet the limit
