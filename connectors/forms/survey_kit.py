@@ -159,6 +159,33 @@ class ResponseParts:
     raw: Mapping[str, Any]
 
 
+@dataclass
+class TypedAnswers:
+    answers: dict[str, Answer] = field(default_factory=dict)
+    configured_email: list[tuple[str, Any]] = field(default_factory=list)  # the settings' email question
+    question_emails: list[tuple[str, Any]] = field(default_factory=list)  # email-type questions
+    untyped: dict[str, Any] = field(default_factory=dict)  # unknown question types, kept raw
+
+
+def type_answers(raw_answers: Sequence[RawAnswer], questions: Mapping[str, Question], email_question: str | None) -> TypedAnswers:
+    typed = TypedAnswers()
+    for raw in raw_answers:
+        if not raw.question_id:
+            raise InvalidRecord("answers", raw.value, "names no question id")
+        question = questions.get(raw.question_id) or Question(raw.question_id, UNKNOWN, vendor_type=raw.vendor_type)
+        if raw.question_id == email_question:
+            typed.configured_email.append(("configured email question", raw.value))
+            continue  # who answered, not what they think
+        if question.kind == EMAIL:
+            typed.question_emails.append(("email question", raw.value))
+        answer = type_answer(question, raw)
+        if answer is not None:
+            typed.answers[raw.question_id] = answer
+        elif question.kind == UNKNOWN:
+            typed.untyped[raw.question_id] = raw.value
+    return typed
+
+
 def build_response(
     source: str, form_id: str, parts: ResponseParts, questions: Mapping[str, Question], email_question: str | None, stats: ReadStats
 ) -> SurveyResponse | Rejected:
@@ -168,46 +195,32 @@ def build_response(
         if not isinstance(parts.response_id, str) or not parts.response_id.strip():
             raise InvalidRecord("response_id", parts.response_id, "is missing")
         submitted_at = parse_time(parts.submitted_at, "submitted_at")
-        answers: dict[str, Answer] = {}
-        emails_in_answers: list[tuple[str, Any]] = []
-        untyped: dict[str, Any] = {}
-        for raw in parts.answers:
-            if not raw.question_id:
-                raise InvalidRecord("answers", raw.value, "names no question id")
-            question = questions.get(raw.question_id) or Question(raw.question_id, UNKNOWN, vendor_type=raw.vendor_type)
-            if raw.question_id == email_question:
-                emails_in_answers.insert(0, ("configured email question", raw.value))
-                continue  # who answered, not what they think
-            if question.kind == EMAIL:
-                emails_in_answers.append(("email question", raw.value))
-            typed = type_answer(question, raw)
-            if typed is not None:
-                answers[raw.question_id] = typed
-            elif question.kind == UNKNOWN:
-                untyped[raw.question_id] = raw.value
-        if untyped:
-            stats.untyped_answers += len(untyped)
-            first_seen = sorted(set(untyped) - stats.untyped_questions)
-            if first_seen:
-                stats.untyped_questions.update(first_seen)
-                log.warning("%s: kept %d answer(s) of unknown question types raw (questions %s; further ones are counted, not logged)",
-                            ref, len(untyped), ", ".join(first_seen))
-        configured = [c for c in emails_in_answers if c[0] == "configured email question"]
-        others = [c for c in emails_in_answers if c[0] != "configured email question"]
-        email = first_valid_email([*configured, *parts.email_candidates, *others], ref)
+        typed = type_answers(parts.answers, questions, email_question)
+        email = first_valid_email([*typed.configured_email, *parts.email_candidates, *typed.question_emails], ref)
         raw_kept = scrub(dict(parts.raw))
-        if untyped:
-            raw_kept["untyped_answers"] = scrub(untyped)
+        if typed.untyped:
+            raw_kept["untyped_answers"] = scrub(typed.untyped)
         record = SurveyResponse(
             source=source, source_id=parts.response_id, form_id=form_id, submitted_at=submitted_at,
-            respondent_email=email, answers=answers, raw=raw_kept,
+            respondent_email=email, answers=typed.answers, raw=raw_kept,
         )
     except InvalidRecord as exc:
         stats.rejected += 1
         return Rejected(record_ref=ref, reason=str(exc), raw=scrub(dict(parts.raw)))
+    if typed.untyped:
+        _count_untyped(ref, typed.untyped, stats)
     if email is None:
         stats.anonymous += 1
     return record
+
+
+def _count_untyped(ref: str, untyped: Mapping[str, Any], stats: ReadStats) -> None:
+    stats.untyped_answers += len(untyped)
+    first_seen = sorted(set(untyped) - stats.untyped_questions)
+    if first_seen:
+        stats.untyped_questions.update(first_seen)
+        log.warning("%s: kept %d answer(s) of unknown question types raw (questions %s; further ones are counted, not logged)",
+                    ref, len(untyped), ", ".join(first_seen))
 
 
 def reconcile_total(source: str, form_id: str, reported: int | None, read_ids: set[str], stats: ReadStats) -> None:
