@@ -106,3 +106,38 @@ def test_a_canary_token_appears_nowhere(tmp_path, caplog):
     assert canary not in journal_text
     for path in tmp_path.iterdir():
         assert canary.encode() not in path.read_bytes(), path.name
+
+
+def oauth_client(box, refresh_token: str = "refresh-1"):
+    from connectors.hubspot.client import OAuthGrant
+
+    box.oauth_client = ("app-1", "app-secret")
+    box.refresh_tokens.add("refresh-1")
+    return make_client(box, token="", oauth=OAuthGrant("app-1", "app-secret", refresh_token))
+
+
+def test_oauth_refreshes_before_expiry_and_once_after_an_early_expiry(store):
+    with hubspot_sandbox(400, speed=200) as box:
+        box.access_token_lifetime_s = 120.0  # short-lived tokens, so a read outlives several of them
+        box.faults.add(Fault(status=429, times=None, probability=0.3, retry_after_s=20.0, match="/search"))  # slow the read down
+        client = oauth_client(box)
+        run_source_once(store, HubSpotSource(client), "sync", "hubspot")
+        refreshes = box.journal.entries(path="/oauth/v1/token")
+        assert len(refreshes) >= 2 and all(e.status == 200 for e in refreshes)
+        assert not [e for e in box.journal.entries() if e.status == 401]  # refreshed in time: no call met an expired token
+
+        box.access_tokens = {token: 0.0 for token in box.access_tokens}  # HubSpot expires the token early
+        box.journal.clear()
+        box.faults.clear()
+        run_source_once(store, HubSpotSource(client), "sync", "hubspot")
+        statuses = [(e.path, e.status) for e in box.journal.entries()][:3]
+        assert statuses[0][1] == 401 and statuses[1] == ("/oauth/v1/token", 200) and statuses[2][1] == 200
+
+
+def test_a_revoked_oauth_grant_stops_with_one_line_after_at_most_two_requests(store):
+    with hubspot_sandbox(20) as box:
+        client = oauth_client(box, refresh_token="refresh-revoked")
+        with pytest.raises(AuthError) as caught:
+            run_source_once(store, HubSpotSource(client), "sync", "hubspot")
+        assert "reconnect" in str(caught.value) and "refresh-revoked" not in str(caught.value) and "app-secret" not in str(caught.value)
+        assert len(box.journal) <= 2 and "refresh-revoked" not in repr(box.journal.entries())

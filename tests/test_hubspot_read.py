@@ -33,9 +33,9 @@ def hubspot_sandbox(contacts: int = 0, *, speed: float = 100.0, token: str = TOK
 
 
 def make_client(box: HubSpotSandbox, token: str = TOKEN, policy: RetryPolicy | None = None, rng: random.Random | None = None,
-                **overrides: object) -> HubSpotClient:
+                oauth: object = None, **overrides: object) -> HubSpotClient:
     settings = HubSpotSettings(**{"requests_per_10s": 900, "searches_per_s": 50, "lookback_minutes": 0, **overrides})
-    return HubSpotClient(token, settings, host=box.url, clock=box.clock, policy=policy, rng=rng or random.Random(0))
+    return HubSpotClient(token, settings, host=box.url, clock=box.clock, policy=policy, rng=rng or random.Random(0), oauth=oauth)
 
 
 def stored(store: Store, kind: str) -> dict[str, object]:
@@ -185,3 +185,16 @@ def test_a_window_past_the_search_cap_is_split_without_losing_or_wasting_request
         searches = box.journal.entries(method="POST", path="/contacts/search")
         assert all(e.status == 200 for e in searches)
         assert len(searches) <= len(read) // 200 + 3
+
+
+def test_doctor_check_without_a_token_says_where_to_put_one(monkeypatch):
+    from connectors.base import registered_checks
+    from sync.settings import Settings
+
+    import connectors.hubspot.client  # noqa: F401 - registers the check
+
+    check = registered_checks()["hubspot"]
+    monkeypatch.delenv("RETENTION_HUBSPOT_TOKEN", raising=False)
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")  # no keyring entry either
+    with pytest.raises(AuthError, match="RETENTION_HUBSPOT_TOKEN"):
+        check(Settings())

@@ -11,6 +11,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,7 @@ import hubspot
 import urllib3
 from urllib3.util.retry import Retry
 
-from connectors.base import AuthError, Page, RecordRejected, SourceError, Stream
+from connectors.base import AuthError, CheckResult, Page, RecordRejected, SourceError, Stream, register_check
 from connectors.hubspot import mapping
 from connectors.retry import RetryBudget, RetryPolicy, Transient, WindowLimiter, call_with_retries
 from connectors.sandbox import SystemClock
@@ -35,13 +36,26 @@ TOKEN_HELP = ("create a private-app token in HubSpot (Settings > Integrations > 
               "scopes and set it with RETENTION_HUBSPOT_TOKEN or the keyring entry 'hubspot_token'")
 
 
+@dataclass(frozen=True)
+class OAuthGrant:
+    """An OAuth app's refresh-token grant. repr hides the secrets so they cannot reach a log line."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+
+
+REFRESH_MARGIN_S = 60.0  # refresh this long before the access token expires, so no call meets an expired token
+RECONNECT_HELP = "reconnect HubSpot (run the OAuth install again) and store the new refresh token as 'hubspot_refresh_token'"
+
+
 class AlreadyExists(SourceError):
     """409 CONFLICT: the property, group or contact is already there (callers treat it as an upsert)."""
 
 
 class HubSpotClient:
     def __init__(self, token: str, settings: Any, *, host: str | None = None, clock: Any = None,
-                 policy: RetryPolicy | None = None, rng: random.Random | None = None) -> None:
+                 policy: RetryPolicy | None = None, rng: random.Random | None = None, oauth: OAuthGrant | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.policy = policy or HUBSPOT_RETRIES
@@ -51,6 +65,8 @@ class HubSpotClient:
         self.search_limiter = WindowLimiter(settings.searches_per_s, 1.0, self.clock)
         self.calls = 0  # requests sent, retries included: what the bench compares with the minimum
         # Retries are ours (connectors.retry): the SDK's urllib3 pool must not retry on its own.
+        self.oauth = oauth
+        self._token_expires_at = float("-inf") if oauth else float("inf")
         options = {"access_token": token, "retry": Retry(total=0, redirect=0, raise_on_status=False)}
         if host:
             options["host"] = host
@@ -58,25 +74,51 @@ class HubSpotClient:
 
     # --- one request ---------------------------------------------------------------------------------------------
 
-    def call(self, what: str, send: Callable[..., Any], *args: Any, is_search: bool = False) -> dict[str, Any]:
-        """Send one SDK call with limits and retries; returns the parsed JSON body (or {} for none)."""
+    def call(self, what: str, send: Callable[[Any], Callable[..., Any]], *args: Any, is_search: bool = False) -> dict[str, Any]:
+        """Send one SDK call (``send`` picks the SDK method) with limits and retries; returns the parsed JSON body."""
 
         def attempt() -> dict[str, Any]:
+            if self.clock.monotonic() >= self._token_expires_at - REFRESH_MARGIN_S:
+                self.refresh_access_token()
             if is_search:
                 self.search_limiter.acquire()
             self.calls += 1
-            response = send(*args, _preload_content=False, _request_timeout=self.settings.timeout_s)
+            # The API object is built per attempt: after an OAuth refresh it must carry the new access token.
+            response = send(self.sdk)(*args, _preload_content=False, _request_timeout=self.settings.timeout_s)
             self._read_limit_headers(response.headers)
             return json.loads(response.data) if response.data else {}
 
+        for is_last_try in (self.oauth is None, True):
+            try:
+                return call_with_retries(attempt, classify, source=SOURCE, what=what, policy=self.policy,
+                                         budget=self.budget, clock=self.clock, limiter=self.limiter, rng=self.rng)
+            except Exception as exc:
+                if not is_last_try and _is_expired_token(exc):
+                    self._token_expires_at = float("-inf")  # HubSpot says it expired early: refresh once, try once more
+                    continue
+                # Each SDK package has its own ApiException class; they share the name and the status/body/headers.
+                if _is_api_exception(exc):
+                    raise typed_error(exc, what) from None
+                raise
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def refresh_access_token(self) -> None:
+        """Trade the refresh token for a new access token (HubSpot: they last 30 minutes)."""
+        grant = self.oauth
+        assert grant is not None
+        self.calls += 1
         try:
-            return call_with_retries(attempt, classify, source=SOURCE, what=what, policy=self.policy,
-                                     budget=self.budget, clock=self.clock, limiter=self.limiter, rng=self.rng)
+            response = self.sdk.oauth.tokens_api.create(
+                grant_type="refresh_token", client_id=grant.client_id, client_secret=grant.client_secret,
+                refresh_token=grant.refresh_token, _preload_content=False, _request_timeout=self.settings.timeout_s)
         except Exception as exc:
-            # Each SDK package has its own ApiException class; they share the name and the status/body/headers.
-            if _is_api_exception(exc):
-                raise typed_error(exc, what) from None
+            if _is_api_exception(exc) and getattr(exc, "status", 0) in (400, 401):
+                raise AuthError(f"HubSpot refused the OAuth refresh token ({describe(exc)}): the app was disconnected or its "
+                                f"access revoked; {RECONNECT_HELP}", source=SOURCE) from None
             raise
+        issued = json.loads(response.data)
+        self.sdk.access_token = issued["access_token"]
+        self._token_expires_at = self.clock.monotonic() + float(issued.get("expires_in", 1800))
 
     def _read_limit_headers(self, headers: Any) -> None:
         """HubSpot tells how much of the rolling window is left; at 0, hold everyone for a moment instead of a 429."""
@@ -88,14 +130,14 @@ class HubSpotClient:
     # --- the endpoints the connector uses --------------------------------------------------------------------------
 
     def search(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.call(f"searching {object_type}", self.sdk.crm.objects.search_api.do_search, object_type, body, is_search=True)
+        return self.call(f"searching {object_type}", lambda sdk: sdk.crm.objects.search_api.do_search, object_type, body, is_search=True)
 
     def list_archived(self, object_type: str, properties: Sequence[str]) -> Iterator[list[dict[str, Any]]]:
         after = None
         while True:
             kwargs = {"limit": 100, "archived": True, "properties": list(properties), **({"after": after} if after else {})}
             body = self.call(f"listing archived {object_type}",
-                             lambda **extra: self.sdk.crm.objects.basic_api.get_page(object_type, **kwargs, **extra))
+                             lambda sdk: lambda **extra: sdk.crm.objects.basic_api.get_page(object_type, **kwargs, **extra))
             yield body.get("results", [])
             after = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not after:
@@ -105,19 +147,19 @@ class HubSpotClient:
         found = []
         for start in range(0, len(ids), BATCH_SIZE):
             body = {"inputs": [{"id": i} for i in ids[start : start + BATCH_SIZE]], "properties": list(properties), "propertiesWithHistory": []}
-            reply = self.call(f"reading {object_type}", self.sdk.crm.objects.batch_api.read, object_type, body)
+            reply = self.call(f"reading {object_type}", lambda sdk: sdk.crm.objects.batch_api.read, object_type, body)
             found.extend(reply.get("results", []))
         return found
 
     def batch_update(self, object_type: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.call(f"updating {object_type}", self.sdk.crm.objects.batch_api.update, object_type, {"inputs": inputs})
+        return self.call(f"updating {object_type}", lambda sdk: sdk.crm.objects.batch_api.update, object_type, {"inputs": inputs})
 
     def deal_contacts(self, deal_ids: Sequence[str]) -> dict[str, str]:
         """Deal id → its first associated contact id (v4 associations)."""
         owners = {}
         for start in range(0, len(deal_ids), BATCH_SIZE):
             body = {"inputs": [{"id": i} for i in deal_ids[start : start + BATCH_SIZE]]}
-            reply = self.call("reading deal associations", self.sdk.crm.associations.v4.batch_api.get_page, "deals", "contacts", body)
+            reply = self.call("reading deal associations", lambda sdk: sdk.crm.associations.v4.batch_api.get_page, "deals", "contacts", body)
             for result in reply.get("results", []):
                 targets = sorted(int(t["toObjectId"]) for t in result.get("to", []))
                 if targets:
@@ -125,19 +167,19 @@ class HubSpotClient:
         return owners
 
     def pipelines(self, object_type: str) -> dict[str, Any]:
-        return self.call(f"reading {object_type} pipelines", self.sdk.crm.pipelines.pipelines_api.get_all, object_type)
+        return self.call(f"reading {object_type} pipelines", lambda sdk: sdk.crm.pipelines.pipelines_api.get_all, object_type)
 
     def properties(self, object_type: str) -> dict[str, Any]:
-        return self.call(f"reading {object_type} properties", self.sdk.crm.properties.core_api.get_all, object_type)
+        return self.call(f"reading {object_type} properties", lambda sdk: sdk.crm.properties.core_api.get_all, object_type)
 
     def groups(self, object_type: str) -> dict[str, Any]:
-        return self.call(f"reading {object_type} property groups", self.sdk.crm.properties.groups_api.get_all, object_type)
+        return self.call(f"reading {object_type} property groups", lambda sdk: sdk.crm.properties.groups_api.get_all, object_type)
 
     def create_group(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.call(f"creating property group {body['name']}", self.sdk.crm.properties.groups_api.create, object_type, body)
+        return self.call(f"creating property group {body['name']}", lambda sdk: sdk.crm.properties.groups_api.create, object_type, body)
 
     def create_property(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.call(f"creating property {body['name']}", self.sdk.crm.properties.core_api.create, object_type, body)
+        return self.call(f"creating property {body['name']}", lambda sdk: sdk.crm.properties.core_api.create, object_type, body)
 
     # --- incremental search -----------------------------------------------------------------------------------------
 
@@ -193,6 +235,10 @@ class HubSpotClient:
 def _is_api_exception(exc: Exception) -> bool:
     return type(exc).__name__ in ("ApiException", "UnauthorizedException", "ForbiddenException", "NotFoundException",
                                   "ServiceException") and hasattr(exc, "status")
+
+
+def _is_expired_token(exc: Exception) -> bool:
+    return _is_api_exception(exc) and getattr(exc, "status", 0) == 401 and (_body(exc) or {}).get("category") == "EXPIRED_AUTHENTICATION"
 
 
 def _body(exc: Any) -> dict[str, Any] | None:
@@ -324,3 +370,33 @@ class HubSpotSource:
         for raws in self.client.list_archived(object_type, properties):
             records, rejected = build(raws)
             yield Page(records, None, rejected)
+
+
+# --- wiring from settings -------------------------------------------------------------------------------------------
+
+
+def client_from_settings(settings: Any, *, host: str | None = None, clock: Any = None) -> HubSpotClient:
+    """The client for ``settings.hubspot`` with the token from the environment or keyring (never from the toml)."""
+    from sync.settings import read_secret
+
+    refresh_token = read_secret("hubspot_refresh_token")
+    if refresh_token:
+        client_id, client_secret = read_secret("hubspot_client_id"), read_secret("hubspot_client_secret")
+        if not client_id or not client_secret:
+            raise AuthError("a HubSpot refresh token is set but hubspot_client_id or hubspot_client_secret is missing; "
+                            "set both (RETENTION_HUBSPOT_CLIENT_ID, RETENTION_HUBSPOT_CLIENT_SECRET or the keyring)", source=SOURCE)
+        grant = OAuthGrant(client_id, client_secret, refresh_token)
+        return HubSpotClient("", settings.hubspot, host=host, clock=clock, oauth=grant)
+    token = read_secret("hubspot_token")
+    if not token:
+        raise AuthError(f"no HubSpot token found; {TOKEN_HELP}", source=SOURCE)
+    return HubSpotClient(token, settings.hubspot, host=host, clock=clock)
+
+
+@register_check("hubspot")
+def check_hubspot(settings: Any) -> CheckResult:
+    """Reachable and authorised: one contact read (the smallest call every scope set allows)."""
+    client = client_from_settings(settings)
+    client.call("checking access to contacts", lambda sdk: lambda **extra: sdk.crm.objects.basic_api.get_page("contacts", limit=1, **extra))
+    return CheckResult("hubspot", True, f"token accepted; limits {settings.hubspot.requests_per_10s} requests / 10 s, "
+                                        f"{settings.hubspot.searches_per_s} searches / s")

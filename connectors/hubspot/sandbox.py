@@ -15,7 +15,9 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from connectors.sandbox import Clock, Request, Response, Sandbox
+from dataclasses import replace
+
+from connectors.sandbox import Clock, Journal, JournalEntry, Request, Response, Sandbox
 
 OBJECT_TYPES = ("contacts", "companies", "deals")
 MODIFIED_PROPERTY = {"contacts": "lastmodifieddate", "companies": "hs_lastmodifieddate", "deals": "hs_lastmodifieddate"}
@@ -71,6 +73,15 @@ def standard_properties() -> dict[str, dict[str, dict[str, Any]]]:
     return {t: {p["name"]: p for p in props} for t, props in zip(OBJECT_TYPES, (contacts, companies, deals))}
 
 
+class RedactingJournal(Journal):
+    """The token endpoint's form carries the client secret and refresh token: the journal keeps only the grant type."""
+
+    def add(self, entry: JournalEntry) -> None:
+        if entry.path == "/oauth/v1/token":
+            entry = replace(entry, body="grant_type=refresh_token (credentials not kept)")
+        super().add(entry)
+
+
 class HubSpotSandbox(Sandbox):
     vendor = "hubspot"
 
@@ -78,6 +89,7 @@ class HubSpotSandbox(Sandbox):
                  requests_per_10s: int = 100, searches_per_s: int = 5, daily_limit: int | None = None,
                  batch_errors: str = "partial") -> None:
         super().__init__(clock=clock, seed=seed)
+        self.journal = RedactingJournal()
         self.token = token
         self.requests_per_10s = requests_per_10s
         self.searches_per_s = searches_per_s
@@ -96,6 +108,10 @@ class HubSpotSandbox(Sandbox):
         self._sent: deque[float] = deque()
         self._searches: deque[float] = deque()
         self._daily_count = 0
+        self.oauth_client: tuple[str, str] | None = None  # (client id, secret) of the app the refresh token belongs to
+        self.refresh_tokens: set[str] = set()
+        self.access_tokens: dict[str, float] = {}  # OAuth access token → sandbox second it expires
+        self.access_token_lifetime_s = 1_800.0  # HubSpot: OAuth access tokens live 30 minutes
         self._add_routes()
 
     def _add_routes(self) -> None:
@@ -171,14 +187,30 @@ class HubSpotSandbox(Sandbox):
         with self.lock:
             self.associations.setdefault(deal_id, set()).add(contact_id)
 
+    def issue_access_token(self, refresh_token: str, client_id: str, client_secret: str) -> dict[str, Any] | None:
+        """HubSpot's refresh-token grant: a new 30-minute access token, or None when the grant is not valid."""
+        if self.oauth_client != (client_id, client_secret) or refresh_token not in self.refresh_tokens:
+            return None
+        access = f"oauth-{uuid.uuid4().hex}"
+        self.access_tokens[access] = self.clock.monotonic() + self.access_token_lifetime_s
+        return {"access_token": access, "refresh_token": refresh_token, "expires_in": int(self.access_token_lifetime_s),
+                "token_type": "bearer"}
+
     def resolve(self, object_type: str, object_id: str) -> dict[str, Any] | None:
         return self.objects[object_type].get(object_id)
 
     # what HubSpot does before any route: auth, scopes, rate limits ------------------------------------------------
 
     def admit(self, request: Request) -> Response | None:
-        expected = f"Bearer {self.token}"
-        if request.headers.get("authorization") != expected:
+        if request.path == "/oauth/v1/token":
+            return None  # the token endpoint authenticates with the client secret in the form
+        presented = request.headers.get("authorization", "").removeprefix("Bearer ")
+        expires_at = self.access_tokens.get(presented)
+        if expires_at is not None and self.clock.monotonic() >= expires_at:
+            ago = self.clock.monotonic() - expires_at
+            return self.error(401, f"The OAuth token used to make this call expired {ago:.0f} second(s) ago.", request,
+                              category="EXPIRED_AUTHENTICATION")
+        if presented != self.token and expires_at is None:
             return self.error(401, "Authentication credentials not found. This API supports OAuth 2.0 authentication "
                                    "and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview", request)
         for object_type in self.missing_scopes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 from decimal import InvalidOperation
+from urllib.parse import parse_qs
 from typing import TYPE_CHECKING, Any
 
 from connectors.hubspot.sandbox import (FIELD_TYPES, MAX_BATCH_INPUTS, MAX_SEARCH_LIMIT, MODIFIED_PROPERTY, SEARCH_CAP,
@@ -25,6 +26,7 @@ DATE_PROPERTIES = {"createdate", "lastmodifieddate", "hs_lastmodifieddate", "clo
 
 def add_routes(box: HubSpotSandbox) -> None:
     box.route("POST", rf"/crm/v3/objects/{TYPES}/search", lambda r, object_type: search(box, r, object_type))
+    box.route("POST", r"/oauth/v1/token", lambda r: refresh_token(box, r))
     box.route("GET", rf"/crm/v3/objects/{TYPES}", lambda r, object_type: list_page(box, r, object_type))
     box.route("GET", rf"/crm/v3/objects/{TYPES}/(?P<object_id>\d+)", lambda r, object_type, object_id: get_one(box, r, object_type, object_id))
     box.route("POST", rf"/crm/v3/objects/{TYPES}/batch/read", lambda r, object_type: batch_read(box, r, object_type))
@@ -262,6 +264,16 @@ def batch_update(box: HubSpotSandbox, request: Request, object_type: str) -> Res
         box.update(object_type, object_id, {k: (v or None) for k, v in stored.items()})
     results = [render(box, object_type, box.objects[object_type][i], list(s)) for i, s in planned]
     return _multi_status(results, errors, iso_ms(box.now_ms()))
+
+
+def refresh_token(box: HubSpotSandbox, request: Request) -> Response:
+    form = {k: v[-1] for k, v in parse_qs(request.body.decode()).items()}
+    if form.get("grant_type") != "refresh_token":
+        return Response(400, {"status": "BAD_GRANT_TYPE", "message": "grant_type must be refresh_token here"})
+    issued = box.issue_access_token(form.get("refresh_token", ""), form.get("client_id", ""), form.get("client_secret", ""))
+    if issued is None:
+        return Response(400, {"status": "BAD_REFRESH_TOKEN", "message": "missing or invalid refresh token"})
+    return Response(200, issued)
 
 
 def merge(box: HubSpotSandbox, request: Request) -> Response:
