@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from connectors.base import AuthError, SourceError
-from connectors.hubspot.client import HubSpotClient, HubSpotSource
+from connectors.base import AuthError, RecordRejected, SourceError
+from connectors.hubspot.client import HubSpotClient
 from connectors.hubspot.destination import HubSpotDestination, default_names
 from connectors.hubspot.sandbox import HubSpotSandbox
 from connectors.hubspot.seed import seed_business
+from connectors.hubspot.source import HubSpotSource
 from connectors.retry import RetryPolicy
 from connectors.sandbox import Clock
 from sync.engine import push_changes, run_source_once
@@ -135,7 +136,7 @@ def test_sandbox_requests_and_responses_conform_to_the_published_specs(tmp_path)
         desired[ids["contacts"][21]][names["segment"]] = "No such segment"  # a 207 with errors
         push_changes(store, HubSpotDestination(client), desired)
         HubSpotDestination(client)._create(client.create_group, {"name": "retention", "label": "Retention"})  # a 409
-        with pytest.raises(Exception):
+        with pytest.raises(RecordRejected):
             client.search("contacts", {"limit": 500, "after": "0", "filterGroups": [], "sorts": [], "properties": []})  # a 400
         with pytest.raises(AuthError):  # a 401
             HubSpotClient("wrong", client.settings, host=box.url, clock=box.clock).pipelines("deals")

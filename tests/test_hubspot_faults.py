@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from connectors.base import AuthError, RateLimited, SourceError
-from connectors.hubspot.client import HubSpotSource
 from connectors.hubspot.destination import HubSpotDestination, default_names
+from connectors.hubspot.source import HubSpotSource
 from connectors.sandbox import Fault
 from sync.engine import push_changes, run_source_once
 from sync.store import Store

@@ -9,10 +9,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from connectors.base import AuthError
-from connectors.hubspot.client import HubSpotClient, HubSpotSource
+from connectors.base import AuthError, RecordRejected
+from connectors.hubspot.client import HubSpotClient
 from connectors.hubspot.sandbox import HubSpotSandbox
 from connectors.hubspot.seed import bulk_load, seed_business
+from connectors.hubspot.source import HubSpotSource
 from connectors.records import from_payload
 from connectors.retry import RetryPolicy
 from connectors.sandbox import Clock
@@ -98,7 +99,7 @@ def test_twenty_five_thousand_contacts_modified_in_the_same_second_are_all_read(
 def test_paging_past_ten_thousand_search_results_is_refused_by_the_sandbox():
     with hubspot_sandbox(0) as box:
         client = make_client(box)
-        with pytest.raises(Exception) as caught:
+        with pytest.raises(RecordRejected) as caught:
             client.search("contacts", {"limit": 100, "after": "10000"})
         assert "10,000" in str(caught.value)
 
@@ -188,10 +189,9 @@ def test_a_window_past_the_search_cap_is_split_without_losing_or_wasting_request
 
 
 def test_doctor_check_without_a_token_says_where_to_put_one(monkeypatch):
+    import connectors.hubspot.client  # noqa: F401 - registers the check
     from connectors.base import registered_checks
     from sync.settings import Settings
-
-    import connectors.hubspot.client  # noqa: F401 - registers the check
 
     check = registered_checks()["hubspot"]
     monkeypatch.delenv("RETENTION_HUBSPOT_TOKEN", raising=False)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
-from connectors.hubspot.destination import HubSpotDestination, default_names, desired_from_scores
+from connectors.hubspot.destination import (
+    HubSpotDestination,
+    default_names,
+    desired_from_scores,
+)
+from connectors.hubspot.source import HubSpotSource
 from connectors.records import Contact, EmailAddress, RiskBand, Score
 from sync.engine import push_changes, run_source_once
 from sync.store import Store
-from connectors.hubspot.client import HubSpotSource
 from tests.test_hubspot_read import hubspot_sandbox, make_client
 
 NAMES = default_names("retention")
@@ -121,8 +125,8 @@ def test_scores_go_to_the_survivor_never_to_a_merged_away_id(store):
         run_source_once(store, HubSpotSource(client), "sync", "hubspot")
         contacts = [contact for _, contact in _contacts(store)]
         score = Score(source="scoring", source_id=absorbed_email, churn_probability=0.8, risk_band=RiskBand.HIGH,
-                      scored_at=datetime(2025, 3, 1, tzinfo=timezone.utc), top_reasons=("no order for 200 days",),
-                      segment="At risk", clv=Decimal("10"), clv_currency="EUR", sentiment=-0.5)
+                      scored_at=datetime(2025, 3, 1, tzinfo=UTC), top_reasons=("no order for 200 days",),
+                      segment="At risk", clv=Decimal(10), clv_currency="EUR", sentiment=-0.5)
         desired = desired_from_scores([score], contacts, NAMES)
 
         assert list(desired) == [survivor]
@@ -143,7 +147,7 @@ def test_desired_values_from_scores_match_contacts_by_primary_or_additional_emai
     contact = Contact(source="hubspot", source_id="77", email=EmailAddress.parse("Ana@Shop.example"),
                       additional_emails=(EmailAddress.parse("ana@home.example"),))
     score = Score(source="scoring", source_id="ana@home.example", churn_probability=0.12345, risk_band=RiskBand.LOW,
-                  scored_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+                  scored_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC))
     desired = desired_from_scores([score], [contact], NAMES, last_nps={"ana@home.example": 9})
     assert desired["77"][NAMES["risk_band"]] == "low" and desired["77"][NAMES["last_nps"]] == "9"
     assert desired["77"][NAMES["clv"]] is None

@@ -12,16 +12,27 @@ import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 import hubspot
 import urllib3
 from urllib3.util.retry import Retry
 
-from connectors.base import AuthError, CheckResult, Page, RecordRejected, SourceError, Stream, register_check
+from connectors.base import (
+    AuthError,
+    CheckResult,
+    RecordRejected,
+    SourceError,
+    register_check,
+)
 from connectors.hubspot import mapping
-from connectors.retry import RetryBudget, RetryPolicy, Transient, WindowLimiter, call_with_retries
+from connectors.retry import (
+    RetryBudget,
+    RetryPolicy,
+    Transient,
+    WindowLimiter,
+    call_with_retries,
+)
 from connectors.sandbox import SystemClock
 
 log = logging.getLogger(__name__)
@@ -137,7 +148,7 @@ class HubSpotClient:
         while True:
             kwargs = {"limit": 100, "archived": True, "properties": list(properties), **({"after": after} if after else {})}
             body = self.call(f"listing archived {object_type}",
-                             lambda sdk: lambda **extra: sdk.crm.objects.basic_api.get_page(object_type, **kwargs, **extra))
+                             lambda sdk, kwargs=kwargs: lambda **extra: sdk.crm.objects.basic_api.get_page(object_type, **kwargs, **extra))
             yield body.get("results", [])
             after = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not after:
@@ -303,73 +314,6 @@ def typed_error(exc: Any, what: str) -> SourceError:
         ids = ((_body(exc) or {}).get("context") or {}).get("id") or ((_body(exc) or {}).get("context") or {}).get("ids") or []
         return RecordRejected(message, source=SOURCE, record_id=",".join(map(str, ids)) or None)
     return SourceError(f"HubSpot failed while {what}: {describe(exc)}", source=SOURCE)
-
-
-# --- the Source ------------------------------------------------------------------------------------------------------
-
-
-class HubSpotSource:
-    """Contacts, companies and deals (as orders), read incrementally; archived objects come back as tombstones."""
-
-    name = SOURCE
-
-    def __init__(self, client: HubSpotClient) -> None:
-        self.client = client
-        self.lookback = timedelta(minutes=client.settings.lookback_minutes)
-
-    def streams(self) -> Sequence[Stream]:
-        return [
-            Stream("contacts", "contact", lambda cursor: self._read("contacts", cursor)),
-            Stream("companies", "company", lambda cursor: self._read("companies", cursor)),
-            Stream("deals", "order", lambda cursor: self._read("deals", cursor)),
-            Stream("contacts_archived", "contact", lambda cursor: self._read_archived("contacts")),
-            Stream("companies_archived", "company", lambda cursor: self._read_archived("companies")),
-            Stream("deals_archived", "order", lambda cursor: self._read_archived("deals")),
-        ]
-
-    def _read(self, object_type: str, cursor: str | None) -> Iterator[Page]:
-        run_start = self.client.clock.now()
-        low = mapping.parse_time(cursor) if cursor else datetime.fromtimestamp(0, run_start.tzinfo)
-        max_seen = None
-        seen: set[str] = set()
-        build = self._builder(object_type)
-        properties = {"contacts": mapping.CONTACT_PROPERTIES, "companies": mapping.COMPANY_PROPERTIES, "deals": mapping.DEAL_PROPERTIES}[object_type]
-        modified = mapping.MODIFIED_PROPERTY[object_type]
-        for raws in self.client.modified_between(object_type, properties, mapping.to_ms(low), mapping.to_ms(run_start)):
-            fresh = [r for r in raws if r["id"] not in seen]  # an object edited mid-run may show up in two windows
-            seen.update(r["id"] for r in fresh)
-            for raw in fresh:
-                stamp = mapping.parse_time((raw.get("properties") or {}).get(modified))
-                if stamp is not None and (max_seen is None or stamp > max_seen):
-                    max_seen = stamp
-            records, rejected = build(fresh)
-            yield Page(records, None, rejected)
-        # Search indexes lag behind writes, and objects may be edited while we page: re-read a look-back window.
-        upto = min(run_start, max_seen) if max_seen is not None else max(low, run_start - self.lookback)
-        cursor_after = max(upto - self.lookback, low) if max_seen is not None else upto
-        yield Page([], cursor_after.isoformat(timespec="milliseconds"))
-
-    def _builder(self, object_type: str) -> Callable[[list[dict[str, Any]]], tuple[list[Any], list[Any]]]:
-        if object_type == "contacts":
-            return lambda raws: mapping.map_all(raws, "contacts", mapping.map_contact)
-        if object_type == "companies":
-            return lambda raws: mapping.map_all(raws, "companies", mapping.map_company)
-        statuses = mapping.stage_statuses(self.client.pipelines("deals"))
-        return lambda raws: self._deals(raws, statuses)
-
-    def _deals(self, raws: list[dict[str, Any]], statuses: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-        owners = self.client.deal_contacts([r["id"] for r in raws]) if raws else {}
-        contact_ids = sorted(set(owners.values()))
-        emails = {c["id"]: (c.get("properties") or {}).get("email") for c in self.client.batch_read("contacts", contact_ids, ("email",))}
-        return mapping.map_all(raws, "deals", lambda raw: mapping.map_deal(raw, statuses, owners.get(raw["id"]), emails.get(owners.get(raw["id"], ""))))
-
-    def _read_archived(self, object_type: str) -> Iterator[Page]:
-        """HubSpot search never returns archived objects and archiving leaves the modified date alone: list them."""
-        build = self._builder(object_type)
-        properties = {"contacts": mapping.CONTACT_PROPERTIES, "companies": mapping.COMPANY_PROPERTIES, "deals": mapping.DEAL_PROPERTIES}[object_type]
-        for raws in self.client.list_archived(object_type, properties):
-            records, rejected = build(raws)
-            yield Page(records, None, rejected)
 
 
 # --- wiring from settings -------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -201,7 +201,7 @@ def desired_from_scores(scores: Iterable[Score], contacts: Iterable[Contact], na
         values = {"churn_risk": str(score.churn_probability * 100), "risk_band": score.risk_band.value,
                   "churn_reasons": "; ".join(score.top_reasons) or None, "segment": score.segment,
                   "clv": None if score.clv is None else str(score.clv), "sentiment": sentiment,
-                  "scored_at": score.scored_at.astimezone(timezone.utc).isoformat()}
+                  "scored_at": score.scored_at.astimezone(UTC).isoformat()}
         if last_nps is not None and score.source_id in last_nps:
             values["last_nps"] = str(last_nps[score.source_id])
         desired[contact_id] = {names[key]: value for key, value in values.items()}

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from connectors.base import InvalidRecord, Rejected
-from connectors.records import Company, Contact, EmailAddress, Order, OrderStatus, Record
+from connectors.records import (
+    Company,
+    Contact,
+    EmailAddress,
+    Order,
+    OrderStatus,
+    Record,
+)
 
 SOURCE = "hubspot"
 CONTACT_PROPERTIES = ("email", "firstname", "lastname", "phone", "company", "lifecyclestage", "hs_additional_emails",
@@ -25,8 +32,8 @@ def parse_time(value: str | None) -> datetime | None:
         return None
     text = str(value)
     if text.isdigit():
-        return datetime.fromtimestamp(int(text) / 1000, timezone.utc)
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+        return datetime.fromtimestamp(int(text) / 1000, UTC)
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def to_ms(moment: datetime) -> int:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import bisect
 import uuid
 from collections import deque
-from datetime import datetime, timezone
+from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
-
-from dataclasses import replace
 
 from connectors.sandbox import Clock, Journal, JournalEntry, Request, Response, Sandbox
 
@@ -34,7 +33,7 @@ FIELD_TYPES = {"string": {"text", "textarea", "html", "phonenumber", "file"}, "n
 
 def iso_ms(ms: int) -> str:
     """HubSpot's date-time form: ISO 8601 in UTC with milliseconds."""
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def parse_time_ms(value: Any) -> int:
@@ -216,7 +215,7 @@ class HubSpotSandbox(Sandbox):
         for object_type in self.missing_scopes:
             if f"/{object_type}" in request.path:
                 return self.error(403, "This app hasn't been granted all required scopes to make this call.", request,
-                                  errors=[{"message": f"One or more of the following scopes are required.",
+                                  errors=[{"message": "One or more of the following scopes are required.",
                                            "context": {"requiredGranularScopes": [f"crm.objects.{object_type}.read"]}}])
         return self._rate_limit(request)
 

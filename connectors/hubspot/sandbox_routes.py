@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import bisect
 from decimal import InvalidOperation
-from urllib.parse import parse_qs
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
-from connectors.hubspot.sandbox import (FIELD_TYPES, MAX_BATCH_INPUTS, MAX_SEARCH_LIMIT, MODIFIED_PROPERTY, SEARCH_CAP,
-                                        canonical_number, iso_ms, parse_time_ms)
+from connectors.hubspot.sandbox import (
+    FIELD_TYPES,
+    MAX_BATCH_INPUTS,
+    MAX_SEARCH_LIMIT,
+    MODIFIED_PROPERTY,
+    SEARCH_CAP,
+    canonical_number,
+    iso_ms,
+    parse_time_ms,
+)
 from connectors.sandbox import Request, Response
 
 if TYPE_CHECKING:
@@ -163,7 +171,7 @@ def list_page(box: HubSpotSandbox, request: Request, object_type: str) -> Respon
 def get_one(box: HubSpotSandbox, request: Request, object_type: str, object_id: str) -> Response:
     item = box.resolve(object_type, object_id)
     if item is None:
-        return box.error(404, f"Object not found. objectId are usually numeric.", request, context={"id": [object_id]})
+        return box.error(404, "Object not found. objectId are usually numeric.", request, context={"id": [object_id]})
     names = [n for v in request.query.get("properties", []) for n in v.split(",") if n]
     return Response(200, render(box, object_type, item, names))
 
