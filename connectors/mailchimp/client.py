@@ -1,0 +1,153 @@
+"""The Mailchimp client: every call through the official ``mailchimp_marketing`` SDK, bounded, timed out, retried.
+
+Mailchimp limits an account to 10 simultaneous connections (no per-second quota), so the client holds a
+semaphore of ``max_connections`` around every request and runs parallel work on a pool of the same size.
+The SDK passes ``timeout`` from its config to ``requests`` on every call, so the per-request timeout is set
+there. Its errors carry the status code and the body text only (no headers), which is all we classify on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import mailchimp_marketing
+import requests
+from mailchimp_marketing.api_client import ApiClientError
+
+from connectors.base import AuthError, ConfigError, RecordRejected, SourceError
+from connectors.retry import ClockLike, RetryBudget, RetryPolicy, Transient, call_with_retries
+from connectors.sandbox import SystemClock
+from sync.settings import MailchimpSettings, read_secret
+
+log = logging.getLogger(__name__)
+SOURCE = "mailchimp"
+METADATA_URL = "https://login.mailchimp.com/oauth2/metadata"
+PAGE_SIZE = 1_000  # Mailchimp: count is capped at 1000
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class MailchimpClient:
+    """One account. ``base_url`` points the SDK somewhere else than ``https://<dc>.api.mailchimp.com/3.0``."""
+
+    def __init__(self, settings: MailchimpSettings, *, api_key: str | None = None, oauth_token: str | None = None,
+                 base_url: str | None = None, metadata_url: str = METADATA_URL, clock: ClockLike | None = None,
+                 policy: RetryPolicy | None = None) -> None:
+        if not api_key and not oauth_token:
+            raise ConfigError("mailchimp: no credential; set RETENTION_MAILCHIMP_API_KEY (the key ending in -us6 "
+                              "or similar) or RETENTION_MAILCHIMP_OAUTH_TOKEN, or store one in the keyring")
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.policy = policy or RetryPolicy()
+        self.budget = RetryBudget(self.policy.budget)
+        self._slots = threading.BoundedSemaphore(settings.max_connections)
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_connections, thread_name_prefix="mailchimp")
+        self.sdk = mailchimp_marketing.Client()
+        if api_key:
+            dc = api_key.rpartition("-")[2] if "-" in api_key else ""
+            if not dc.isalnum():
+                raise ConfigError("mailchimp: the API key does not end in a data centre such as -us6; copy the whole "
+                                  "key from Mailchimp (Profile → Extras → API keys)")
+            self.sdk.set_config({"api_key": api_key, "server": dc, "timeout": settings.timeout_s})
+        else:
+            dc = self._data_centre(oauth_token or "", metadata_url)
+            self.sdk.set_config({"access_token": oauth_token, "server": dc, "timeout": settings.timeout_s})
+        self.sdk.api_client.host = (base_url.rstrip("/") + "/3.0") if base_url else f"https://{dc}.api.mailchimp.com/3.0"
+
+    @classmethod
+    def from_settings(cls, settings: MailchimpSettings, **options: Any) -> MailchimpClient:
+        return cls(settings, api_key=read_secret("mailchimp_api_key"), oauth_token=read_secret("mailchimp_oauth_token"),
+                   **options)
+
+    def _data_centre(self, token: str, metadata_url: str) -> str:
+        """Mailchimp OAuth: the token does not name its data centre; the metadata endpoint does."""
+        try:
+            response = requests.get(metadata_url, headers={"Authorization": f"OAuth {token}"}, timeout=self.settings.timeout_s)
+        except requests.RequestException as exc:
+            raise SourceError(f"mailchimp: cannot reach the OAuth metadata endpoint ({type(exc).__name__})",
+                              source=SOURCE, retryable=True) from None
+        if response.status_code in (401, 403):
+            raise AuthError("mailchimp: the OAuth token was refused; connect the account again", source=SOURCE)
+        if not response.ok or not str(response.json().get("dc", "")).isalnum():
+            raise SourceError(f"mailchimp: the OAuth metadata endpoint answered {response.status_code} without a "
+                              "data centre", source=SOURCE, retryable=True)
+        return str(response.json()["dc"])
+
+    # --- one call -----------------------------------------------------------------------------------------------
+
+    def call(self, what: str, method: Callable[..., T], *args: Any, member: str | None = None, **kwargs: Any) -> T:
+        """``method(*args, **kwargs)`` on the SDK, within the connection bound, retried when transient.
+
+        A final vendor refusal becomes one typed line naming ``what`` and the ``member`` it concerns.
+        """
+        def attempt() -> T:
+            with self._slots:
+                return method(*args, **kwargs)
+
+        try:
+            return call_with_retries(attempt, classify, source=SOURCE, what=what, policy=self.policy,
+                                     budget=self.budget, clock=self.clock)
+        except ApiClientError as exc:
+            raise refusal(exc, what, member) from None
+
+    def map(self, work: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
+        """``work`` over ``items`` on the pool, results in order, at most ``window`` results held ahead."""
+        window = window or self.settings.max_connections * 2
+        pending: list[Any] = []
+        for item in items:
+            pending.append(self._pool.submit(work, item))
+            if len(pending) >= window:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def problem(exc: ApiClientError) -> dict[str, Any]:
+    """The problem+json body of a refusal, or {} when the body is not JSON (a gateway page, a dropped socket)."""
+    text = exc.text
+    if isinstance(text, dict):
+        return text
+    if isinstance(text, str):
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return {}
+        return body if isinstance(body, dict) else {}
+    return {}
+
+
+def classify(exc: Exception) -> Transient | None:
+    if not isinstance(exc, ApiClientError):
+        return None
+    status = exc.status_code
+    if status is None:
+        # The SDK wraps transport failures (timeouts, refused or dropped connections) with no status.
+        return Transient(f"network: {type(exc.text).__name__}")
+    if status == 429 or status >= 500:
+        return Transient(f"{status} {problem(exc).get('title', '')}".strip())
+    if status == 403 and not problem(exc):
+        return Transient("403 without a problem document (Mailchimp throttling)")
+    return None
+
+
+def refusal(exc: ApiClientError, what: str, member: str | None) -> SourceError:
+    body = problem(exc)
+    status = exc.status_code
+    title = body.get("title") or f"HTTP {status}"
+    detail = str(body.get("detail") or "").strip()
+    fields = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in body.get("errors") or [] if isinstance(e, dict))
+    about = f" for member {member}" if member else ""
+    text = f"mailchimp refused {what}{about}: {title}" + (f" ({detail})" if detail else "") + (f" [{fields}]" if fields else "")
+    if status == 401 or status == 403:
+        return AuthError(text + "; check the API key or OAuth token and that it may use this audience", source=SOURCE)
+    if member is not None and status is not None and 400 <= status < 500:
+        return RecordRejected(text, source=SOURCE, record_id=member)
+    return SourceError(text, source=SOURCE, retryable=False)

@@ -1,0 +1,287 @@
+"""MailchimpDestination: the tool's tags and merge fields on the members of one allow-listed audience.
+
+Consent is sacred: no request sent for an existing member carries ``status`` (tags go through static segment
+batches, merge fields through PATCH with ``merge_fields`` only), archived members are left alone, and a new
+member is only added when ``add_new_contacts`` is on, with ``status_if_new`` (PUT), which Mailchimp ignores
+for anyone already on the audience. Forgotten addresses are refused by Mailchimp; the refusal is a failed
+receipt, which the engine remembers and does not retry until the input changes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.base import Change, ConfigError, Receipt, RecordRejected
+from connectors.mailchimp.client import PAGE_SIZE, MailchimpClient
+from connectors.mailchimp.mapping import MERGE_FIELDS, TAG_FAMILIES, subscriber_hash
+
+NOT_WRITABLE = {"archived": "is archived in Mailchimp; the tool never restores archived members"}
+
+
+@dataclass
+class Member:
+    member_hash: str
+    status: str
+    tags: set[str] = field(default_factory=set)
+
+
+class MailchimpDestination:
+    def __init__(self, client: MailchimpClient, list_id: str) -> None:
+        if list_id not in client.settings.audiences:
+            raise ConfigError(f"mailchimp: audience {list_id} is not in mailchimp.audiences; add it there to write to it")
+        self.client = client
+        self.settings = client.settings
+        self.list_id = list_id
+        self.name = f"mailchimp/{list_id}"
+        self.prefix = self.settings.tag_prefix
+        # Segment batches are idempotent sets, so a large apply costs nothing on a crash and keeps calls minimal.
+        self.objects_per_apply = self.settings.batch_size * 100
+        self._directory: dict[str, Member] | None = None
+        self._segments: dict[str, int] | None = None
+        self._merge_fields_ready = False
+        self.write_calls = 0  # requests that may change the audience, for the bench and the report
+        self._count_lock = threading.Lock()
+
+    # --- the Destination protocol ---------------------------------------------------------------------------------
+
+    def coerce(self, field_name: str, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if field_name in TAG_FAMILIES:
+            return value.strip().lower()
+        if field_name not in MERGE_FIELDS:
+            raise ConfigError(f"mailchimp: unknown field {field_name!r}; use {', '.join([*TAG_FAMILIES, *MERGE_FIELDS])}")
+        if MERGE_FIELDS[field_name][1] == "number":
+            return _number(value)
+        return value.strip()[:255]  # Mailchimp: text merge fields hold 255 characters
+
+    def current(self, object_ids: Sequence[str], field_names: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        def read(email: str) -> tuple[str, dict[str, Any] | None]:
+            try:
+                return email, self.client.call("reading a member back", self.client.sdk.lists.get_list_member, self.list_id,
+                                               subscriber_hash(email), fields=["tags,merge_fields,status"], member=email)
+            except RecordRejected:
+                return email, None  # not on the audience: nothing of ours is there
+
+        found: dict[str, dict[str, str | None]] = {}
+        for email, member in self.client.map(read, object_ids):
+            if member is None:
+                continue
+            tags = {t["name"] for t in member.get("tags") or []}
+            values: dict[str, str | None] = {}
+            for name in field_names:
+                if name in TAG_FAMILIES:
+                    values[name] = next(iter(sorted(self._family_tags(tags, name))), None)
+                elif name in MERGE_FIELDS:
+                    values[name] = self.coerce(name, str(member.get("merge_fields", {}).get(name, "")))
+            found[email] = values
+        return found
+
+    def apply(self, changes: Sequence[Change]) -> Sequence[Receipt]:
+        directory = self._load_directory()
+        receipts: list[Receipt] = []
+        by_email: dict[str, list[Change]] = {}
+        for change in changes:
+            by_email.setdefault(change.object_id.strip().lower(), []).append(change)
+        writable: dict[str, list[Change]] = {}
+        for email, wanted in by_email.items():
+            member = directory.get(email)
+            if member is None and not self.settings.add_new_contacts:
+                reason = f"{email} is not on audience {self.list_id}; new members are only added with mailchimp.add_new_contacts = true"
+                receipts.extend(Receipt(c, False, reason) for c in wanted)
+            elif member is not None and member.status in NOT_WRITABLE:
+                receipts.extend(Receipt(c, False, f"{email} {NOT_WRITABLE[member.status]}") for c in wanted)
+            else:
+                writable[email] = wanted
+        existing = {e: c for e, c in writable.items() if e in directory}
+        receipts.extend(self._add_new_members({e: c for e, c in writable.items() if e not in directory}))
+        receipts.extend(self._write_tags(existing))
+        receipts.extend(self._write_merge_fields(existing))
+        return receipts
+
+    # --- members ----------------------------------------------------------------------------------------------------
+
+    def _load_directory(self) -> dict[str, Member]:
+        """Every member's hash, status and tags, read once per destination (100 calls for 100k members)."""
+        if self._directory is None:
+            def fetch(offset: int) -> dict[str, Any]:
+                return self.client.call(f"reading members of audience {self.list_id}", self.client.sdk.lists.get_list_members_info,
+                                        self.list_id, count=PAGE_SIZE, offset=offset,
+                                        fields=["members.id,members.email_address,members.status,members.tags,total_items"])
+
+            first = fetch(0)
+            pages = [first, *self.client.map(fetch, range(PAGE_SIZE, int(first.get("total_items", 0)), PAGE_SIZE))]
+            self._directory = {
+                m["email_address"].strip().lower(): Member(m["id"], m["status"], {t["name"] for t in m.get("tags") or []})
+                for page in pages for m in page.get("members", [])
+            }
+        return self._directory
+
+    def _add_new_members(self, new: dict[str, list[Change]]) -> list[Receipt]:
+        """PUT with status_if_new only: Mailchimp applies it to people not on the audience and to nobody else."""
+        def add(item: tuple[str, list[Change]]) -> list[Receipt]:
+            email, wanted = item
+            merge = {c.field_name: _merge_value(c) for c in wanted if c.field_name in MERGE_FIELDS}
+            body: dict[str, Any] = {"email_address": email, "status_if_new": self.settings.status_if_new}
+            if merge:
+                body["merge_fields"] = merge
+            try:
+                self._count_write()
+                created = self.client.call("adding a new member", self.client.sdk.lists.set_list_member, self.list_id,
+                                           subscriber_hash(email), body, member=email)
+            except RecordRejected as exc:
+                return [Receipt(c, False, str(exc)) for c in wanted]
+            assert self._directory is not None
+            self._directory[email] = Member(created["id"], created["status"], set())
+            return [Receipt(c, True) for c in wanted if c.field_name in MERGE_FIELDS]
+
+        if not new:
+            return []
+        self._ensure_merge_fields()
+        receipts = [r for batch in self.client.map(add, new.items()) for r in batch]
+        added = {e: c for e, c in new.items() if self._directory and e in self._directory}
+        return receipts + self._write_tags(added)
+
+    # --- tags through static segments ------------------------------------------------------------------------------
+
+    def _family_tags(self, tags: set[str], field_name: str) -> set[str]:
+        family = f"{self.prefix}{TAG_FAMILIES[field_name]}-"
+        return {t for t in tags if t.startswith(family)}
+
+    def _write_tags(self, members: dict[str, list[Change]]) -> list[Receipt]:
+        """Group every tag change by tag: one segment call carries up to 500 adds and 500 removes."""
+        assert self._directory is not None
+        adds: dict[str, list[tuple[str, Change]]] = {}
+        removes: dict[str, set[str]] = {}
+        for email, wanted in members.items():
+            held = self._directory[email].tags
+            for change in (c for c in wanted if c.field_name in TAG_FAMILIES):
+                # Drop the family's other tags of ours (the confirmed previous one, and any left by a lost run).
+                for old in (self._family_tags(held, change.field_name) | {change.previous} if change.previous else
+                            self._family_tags(held, change.field_name)) - {change.value, None}:
+                    removes.setdefault(old, set()).add(email)
+                if change.value is not None:
+                    adds.setdefault(change.value, []).append((email, change))
+        cleared = [(e, c) for e, w in members.items() for c in w if c.field_name in TAG_FAMILIES and c.value is None]
+        failed: dict[tuple[str, str], str] = {}
+        calls = []
+        for tag in sorted(set(adds) | set(removes)):
+            tag_adds, tag_removes = [e for e, _ in adds.get(tag, [])], sorted(removes.get(tag, ()))
+            step = self.settings.batch_size
+            for start in range(0, max(len(tag_adds), len(tag_removes)), step):
+                calls.append((tag, tag_adds[start : start + step], tag_removes[start : start + step]))
+        # Create missing tags first, one by one: parallel calls for the same new tag would each try to create it.
+        for tag in sorted({tag for tag, to_add, _ in calls if to_add} - set(self._segment_ids() if calls else ())):
+            self._create_segment(tag)
+        for tag, refused in self.client.map(self._segment_call, calls):
+            for email, reason in refused.items():
+                failed[(email, tag)] = reason
+        receipts = []
+        for tag, pairs in adds.items():
+            for email, change in pairs:
+                reason = failed.get((email, tag))
+                receipts.append(Receipt(change, reason is None, reason))
+                if reason is None:
+                    self._directory[email].tags = (self._directory[email].tags - self._family_tags(
+                        self._directory[email].tags, change.field_name)) | {tag}
+        for email, change in cleared:
+            self._directory[email].tags -= self._family_tags(self._directory[email].tags, change.field_name)
+            receipts.append(Receipt(change, True))
+        return receipts
+
+    def _segment_call(self, call: tuple[str, list[str], list[str]]) -> tuple[str, dict[str, str]]:
+        tag, to_add, to_remove = call
+        segment_id = self._segment_ids().get(tag)
+        if segment_id is None:
+            return tag, {}  # removing a tag that does not exist on the audience: nobody holds it
+        body = {"members_to_add": to_add, "members_to_remove": to_remove}
+        self._count_write()
+        result = self.client.call(f"updating tag {tag}", self.client.sdk.lists.batch_segment_members, body, self.list_id,
+                                  str(segment_id))
+        refused: dict[str, str] = {}
+        for error in result.get("errors") or []:
+            for email in error.get("email_addresses") or []:
+                refused[email.strip().lower()] = f"mailchimp refused tag {tag} for member {email}: {error.get('error')}"
+        return tag, refused
+
+    def _segment_ids(self) -> dict[str, int]:
+        """Tag name → static segment id (Mailchimp tags are static segments)."""
+        if self._segments is None:
+            found: dict[str, int] = {}
+            offset = 0
+            while True:
+                body = self.client.call("reading tags", self.client.sdk.lists.list_segments, self.list_id, type="static",
+                                        count=PAGE_SIZE, offset=offset)
+                found.update({s["name"]: s["id"] for s in body.get("segments", [])})
+                offset += len(body.get("segments", []))
+                if not body.get("segments") or offset >= int(body.get("total_items", 0)):
+                    break
+            self._segments = found
+        return self._segments
+
+    def _create_segment(self, tag: str) -> int:
+        self._count_write()
+        created = self.client.call(f"creating tag {tag}", self.client.sdk.lists.create_segment, self.list_id,
+                                   {"name": tag, "static_segment": []})
+        self._segment_ids()[tag] = created["id"]
+        return created["id"]
+
+    # --- merge fields -----------------------------------------------------------------------------------------------
+
+    def _ensure_merge_fields(self) -> None:
+        if self._merge_fields_ready:
+            return
+        body = self.client.call("reading merge fields", self.client.sdk.lists.get_list_merge_fields, self.list_id, count=PAGE_SIZE)
+        have = {f["tag"] for f in body.get("merge_fields", [])}
+        for tag, (label, kind) in MERGE_FIELDS.items():
+            if tag not in have:
+                self._count_write()
+                self.client.call(f"creating merge field {tag}", self.client.sdk.lists.add_list_merge_field, self.list_id,
+                                 {"tag": tag, "name": label, "type": kind, "required": False, "public": False})
+        self._merge_fields_ready = True
+
+    def _write_merge_fields(self, members: dict[str, list[Change]]) -> list[Receipt]:
+        todo = {e: [c for c in w if c.field_name in MERGE_FIELDS] for e, w in members.items()}
+        todo = {e: w for e, w in todo.items() if w}
+        if not todo:
+            return []
+        self._ensure_merge_fields()
+
+        def patch(item: tuple[str, list[Change]]) -> list[Receipt]:
+            email, wanted = item
+            # merge_fields only: a PATCH without status cannot change anyone's subscription.
+            body = {"merge_fields": {c.field_name: _merge_value(c) for c in wanted}}
+            try:
+                self._count_write()
+                self.client.call("writing merge fields", self.client.sdk.lists.update_list_member, self.list_id,
+                                 subscriber_hash(email), body, member=email)
+            except RecordRejected as exc:
+                return [Receipt(c, False, str(exc)) for c in wanted]
+            return [Receipt(c, True) for c in wanted]
+
+        return [r for batch in self.client.map(patch, todo.items()) for r in batch]
+
+    def _count_write(self) -> None:
+        with self._count_lock:
+            self.write_calls += 1
+
+
+def _number(value: str) -> str:
+    """What Mailchimp stores for a number merge field, as we read it back."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"mailchimp: {value!r} is not a number for a number merge field") from None
+    return str(int(number)) if number.is_integer() else str(round(number, 2))
+
+
+def _merge_value(change: Change) -> Any:
+    if change.value is None:
+        return ""
+    if MERGE_FIELDS[change.field_name][1] == "number":
+        number = float(change.value)
+        return int(number) if number.is_integer() else number
+    return change.value
