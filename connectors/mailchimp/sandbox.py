@@ -109,6 +109,9 @@ class MailchimpSandbox(Sandbox):
         # delayed ACK and every response with a body waits ~40 ms (Nagle), which is the sandbox, not Mailchimp.
         assert self._server is not None
         self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # socketserver listens with a backlog of 5: an SDK opening a new connection per request from 8 threads
+        # overflows it, and each refused SYN is retried after a full second. Linux lets listen() raise it.
+        self._server.socket.listen(128)
         return url
 
     # --- state helpers --------------------------------------------------------------------------------------------
