@@ -264,3 +264,16 @@ def test_the_api_key_appears_nowhere(sandbox, store, tmp_path, caplog):
     assert secret not in str(raised.value) and secret not in repr(raised.value.__cause__)
     assert secret not in repr(list(sandbox.journal))
     assert all(secret.encode() not in path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
+
+
+def test_doctor_check_reports_reachable_audiences_and_a_refused_key(sandbox, monkeypatch):
+    from connectors.mailchimp.client import check_mailchimp
+    from sync.settings import Settings
+
+    settings = Settings(mailchimp=MailchimpSettings(enabled=True, audiences=(LIST_ID,)))
+    monkeypatch.setenv("RETENTION_MAILCHIMP_API_KEY", KEY)
+    healthy = check_mailchimp(settings, base_url=sandbox.url)
+    assert healthy.ok and "Sandbox Shop customers" in healthy.detail
+    monkeypatch.setenv("RETENTION_MAILCHIMP_API_KEY", "revoked-us6")
+    refused = check_mailchimp(settings, base_url=sandbox.url)
+    assert not refused.ok and "check the API key" in refused.detail and "revoked" not in refused.detail

@@ -19,10 +19,10 @@ import mailchimp_marketing
 import requests
 from mailchimp_marketing.api_client import ApiClientError
 
-from connectors.base import AuthError, ConfigError, RecordRejected, SourceError
+from connectors.base import AuthError, CheckResult, ConfigError, RecordRejected, SourceError, register_check
 from connectors.retry import ClockLike, RetryBudget, RetryPolicy, Transient, call_with_retries
 from connectors.sandbox import SystemClock
-from sync.settings import MailchimpSettings, read_secret
+from sync.settings import MailchimpSettings, Settings, read_secret
 
 log = logging.getLogger(__name__)
 SOURCE = "mailchimp"
@@ -151,3 +151,20 @@ def refusal(exc: ApiClientError, what: str, member: str | None) -> SourceError:
     if member is not None and status is not None and 400 <= status < 500:
         return RecordRejected(text, source=SOURCE, record_id=member)
     return SourceError(text, source=SOURCE, retryable=False)
+
+
+@register_check("mailchimp")
+def check_mailchimp(settings: Settings, base_url: str | None = None) -> CheckResult:
+    """`retention doctor`: the credential works and every allow-listed audience is reachable with it."""
+    section = settings.mailchimp
+    if not section.audiences:
+        return CheckResult("mailchimp", False, "mailchimp.audiences is empty; list the audience ids the tool may use")
+    client = MailchimpClient.from_settings(section, base_url=base_url, policy=RetryPolicy(max_attempts=2))
+    try:
+        names = [client.call(f"reading audience {list_id}", client.sdk.lists.get_list, list_id, fields=["name"])["name"]
+                 for list_id in section.audiences]
+    except SourceError as exc:
+        return CheckResult("mailchimp", False, str(exc))
+    finally:
+        client.close()
+    return CheckResult("mailchimp", True, f"{len(names)} audience(s) reachable: {', '.join(names)}")
