@@ -133,17 +133,16 @@ def _diff(destination: Destination, desired: Mapping[str, Mapping[str, str | Non
 def _apply_batch(store: Store, destination: Destination, batch: list[Change], run_id: int, result: PushResult) -> None:
     target = destination.name
     with store.transaction() as conn:
-        for change in batch:
-            store.record_intent(conn, target, change.object_id, change.field_name, change.value, run_id)
+        store.record_intents(conn, target, [(c.object_id, c.field_name, c.value) for c in batch], run_id)
     receipts = destination.apply(batch)
     with store.transaction() as conn:
+        confirmed = [(r.change.object_id, r.change.field_name) for r in receipts if r.ok]
+        store.confirm_writes(conn, target, confirmed)
+        result.sent += len(confirmed)
         refused = []
         for receipt in receipts:
             change = receipt.change
-            if receipt.ok:
-                store.confirm_write(conn, target, change.object_id, change.field_name)
-                result.sent += 1
-            else:
+            if not receipt.ok:
                 reason = receipt.reason or "refused without a reason"
                 store.reject_write(conn, target, change.object_id, change.field_name, reason)
                 refused.append(

@@ -20,12 +20,14 @@ from typing import Any
 
 from sqlalchemy import (
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
     func,
     insert,
     null,
+    or_,
     select,
     text,
     update,
@@ -245,7 +247,9 @@ class Store:
         for contact in contacts:
             ids_by_source.setdefault(contact.source, []).append(contact.source_id)
         for source, source_ids in ids_by_source.items():  # source = and source_id IN: an index range
-            conn.execute(delete(identities).where(identities.c.source == source, identities.c.source_id.in_(source_ids)))
+            # A survivor's alias links carry the absorbed ids as source_id: drop them with the survivor's own links.
+            linked = or_(identities.c.source_id.in_(source_ids), identities.c.alias_of.in_(source_ids))
+            conn.execute(delete(identities).where(identities.c.source == source, linked))
         links = []
         for contact in contacts:
             emails = ([contact.email] if contact.email else []) + list(contact.additional_emails)
@@ -354,6 +358,36 @@ class Store:
             conn.execute(
                 insert(ledger).values(target=target, object_id=object_id, field=field_name, pending_value=value, pending_run_id=run_id)
             )
+
+    def record_intents(self, conn: Connection, target: str, changes: Sequence[tuple[str, str, str | None]], run_id: int) -> None:
+        """``record_intent`` for a whole batch of (object id, field, value) in one statement: the write path's
+        ledger cost must stay small beside the vendor call it guards."""
+        if not changes:
+            return
+        statement = (sqlite_insert if self.is_sqlite else postgresql_insert)(ledger)
+        statement = statement.on_conflict_do_update(
+            index_elements=[ledger.c.target, ledger.c.object_id, ledger.c.field],
+            set_={"pending_value": statement.excluded.pending_value, "pending_run_id": statement.excluded.pending_run_id},
+        )
+        conn.execute(
+            statement,
+            [{"target": target, "object_id": o, "field": f, "pending_value": v, "pending_run_id": run_id} for o, f, v in changes],
+        )
+
+    def confirm_writes(self, conn: Connection, target: str, keys: Sequence[tuple[str, str]]) -> None:
+        """``confirm_write`` for a batch of (object id, field)."""
+        if not keys:
+            return
+        key = and_(ledger.c.target == target, ledger.c.object_id == bindparam("b_object_id"), ledger.c.field == bindparam("b_field"))
+        conn.execute(
+            update(ledger)
+            .where(key)
+            .values(
+                confirmed_value=ledger.c.pending_value, confirmed_at=_now(), pending_value=None, pending_run_id=None,
+                rejected_value=None, rejected_reason=None,
+            ),
+            [{"b_object_id": o, "b_field": f} for o, f in keys],
+        )
 
     def confirm_write(self, conn: Connection, target: str, object_id: str, field_name: str) -> None:
         key = and_(ledger.c.target == target, ledger.c.object_id == object_id, ledger.c.field == field_name)
