@@ -10,9 +10,20 @@ import pytest
 import requests
 from mailchimp_marketing.api_client import ApiClientError
 
-from connectors.mailchimp.mapping import activity_to_events, member_to_contact, order_to_record, subscriber_hash
+from connectors.mailchimp.mapping import (
+    activity_to_events,
+    member_to_contact,
+    order_to_record,
+    subscriber_hash,
+)
 from connectors.mailchimp.sandbox import MailchimpSandbox, demo
-from connectors.mailchimp.seed import LIST_ID, STORE_ID, member_email, seed_audience, status_for
+from connectors.mailchimp.seed import (
+    LIST_ID,
+    STORE_ID,
+    member_email,
+    seed_audience,
+    status_for,
+)
 
 KEY = "sandboxtest-us6"
 
@@ -43,76 +54,183 @@ def first_with(status: str, size: int = 1_000) -> str:
     return next(member_email(i) for i in range(size) if status_for(i, size) == status)
 
 
-def test_subscribing_an_unsubscribed_or_cleaned_member_is_a_compliance_refusal(box, sdk):
+def test_subscribing_an_unsubscribed_or_cleaned_member_is_a_compliance_refusal(
+    box, sdk
+):
     for status in ("unsubscribed", "cleaned"):
         email = first_with(status)
         for write in (sdk.lists.update_list_member, sdk.lists.set_list_member):
-            problem = refusal(lambda: write(LIST_ID, subscriber_hash(email), {"email_address": email, "status": "subscribed"}))
-            assert (problem["status"], problem["title"]) == (400, "Member In Compliance State")
+            problem = refusal(
+                lambda write=write, email=email: write(
+                    LIST_ID,
+                    subscriber_hash(email),
+                    {"email_address": email, "status": "subscribed"},
+                )
+            )
+            assert (problem["status"], problem["title"]) == (
+                400,
+                "Member In Compliance State",
+            )
         assert box.lists[LIST_ID]["members"][subscriber_hash(email)]["status"] == status
 
 
 def test_put_applies_status_if_new_only_to_new_members(box, sdk):
     email = first_with("unsubscribed")
-    sdk.lists.set_list_member(LIST_ID, subscriber_hash(email), {"email_address": email, "status_if_new": "subscribed"})
-    assert box.lists[LIST_ID]["members"][subscriber_hash(email)]["status"] == "unsubscribed"
-    created = sdk.lists.set_list_member(LIST_ID, subscriber_hash("brand.new@example.com"),
-                                        {"email_address": "brand.new@example.com", "status_if_new": "pending"})
+    sdk.lists.set_list_member(
+        LIST_ID,
+        subscriber_hash(email),
+        {"email_address": email, "status_if_new": "subscribed"},
+    )
+    assert (
+        box.lists[LIST_ID]["members"][subscriber_hash(email)]["status"]
+        == "unsubscribed"
+    )
+    created = sdk.lists.set_list_member(
+        LIST_ID,
+        subscriber_hash("brand.new@example.com"),
+        {"email_address": "brand.new@example.com", "status_if_new": "pending"},
+    )
     assert created["status"] == "pending"
 
 
-def test_post_of_an_existing_member_is_member_exists_and_forgotten_addresses_stay_out(box, sdk):
+def test_post_of_an_existing_member_is_member_exists_and_forgotten_addresses_stay_out(
+    box, sdk
+):
     email = first_with("subscribed")
-    problem = refusal(lambda: sdk.lists.add_list_member(LIST_ID, {"email_address": email, "status": "subscribed"}))
+    problem = refusal(
+        lambda: sdk.lists.add_list_member(
+            LIST_ID, {"email_address": email, "status": "subscribed"}
+        )
+    )
     assert problem["title"] == "Member Exists"
     gone = member_email(999)
     sdk.lists.delete_list_member_permanent(LIST_ID, subscriber_hash(gone))
-    for add in (lambda: sdk.lists.add_list_member(LIST_ID, {"email_address": gone, "status": "pending"}),
-                lambda: sdk.lists.set_list_member(LIST_ID, subscriber_hash(gone), {"email_address": gone, "status_if_new": "pending"})):
+    for add in (
+        lambda: sdk.lists.add_list_member(
+            LIST_ID, {"email_address": gone, "status": "pending"}
+        ),
+        lambda: sdk.lists.set_list_member(
+            LIST_ID,
+            subscriber_hash(gone),
+            {"email_address": gone, "status_if_new": "pending"},
+        ),
+    ):
         assert refusal(add)["title"] == "Forgotten Email Not Subscribed"
     assert subscriber_hash(gone) not in box.lists[LIST_ID]["members"]
 
 
 def test_segment_batches_take_at_most_500_emails_and_report_strangers(box, sdk):
-    segment = sdk.lists.create_segment(LIST_ID, {"name": "batch-check", "static_segment": []})
+    segment = sdk.lists.create_segment(
+        LIST_ID, {"name": "batch-check", "static_segment": []}
+    )
     too_many = [member_email(i) for i in range(501)]
-    assert refusal(lambda: sdk.lists.batch_segment_members({"members_to_add": too_many}, LIST_ID, str(segment["id"])))["status"] == 400
-    answer = sdk.lists.batch_segment_members({"members_to_add": [member_email(900), "nobody@example.com"]}, LIST_ID, str(segment["id"]))
-    assert answer["total_added"] == 1 and answer["errors"][0]["email_addresses"] == ["nobody@example.com"]
+    assert (
+        refusal(
+            lambda: sdk.lists.batch_segment_members(
+                {"members_to_add": too_many}, LIST_ID, str(segment["id"])
+            )
+        )["status"]
+        == 400
+    )
+    answer = sdk.lists.batch_segment_members(
+        {"members_to_add": [member_email(900), "nobody@example.com"]},
+        LIST_ID,
+        str(segment["id"]),
+    )
+    assert answer["total_added"] == 1 and answer["errors"][0]["email_addresses"] == [
+        "nobody@example.com"
+    ]
 
 
 def test_merge_fields_follow_mailchimps_tag_and_type_rules(box, sdk):
-    for bad in ({"name": "Too long", "tag": "ELEVENCHARS", "type": "text"}, {"name": "Lower", "tag": "lower", "type": "text"},
-                {"name": "Odd type", "tag": "ODD", "type": "colour"}):
-        assert refusal(lambda: sdk.lists.add_list_merge_field(LIST_ID, bad))["status"] == 400
-    sdk.lists.add_list_merge_field(LIST_ID, {"name": "Score", "tag": "SCORETEST", "type": "number"})
+    for bad in (
+        {"name": "Too long", "tag": "ELEVENCHARS", "type": "text"},
+        {"name": "Lower", "tag": "lower", "type": "text"},
+        {"name": "Odd type", "tag": "ODD", "type": "colour"},
+    ):
+        assert (
+            refusal(lambda bad=bad: sdk.lists.add_list_merge_field(LIST_ID, bad))[
+                "status"
+            ]
+            == 400
+        )
+    sdk.lists.add_list_merge_field(
+        LIST_ID, {"name": "Score", "tag": "SCORETEST", "type": "number"}
+    )
     email = first_with("subscribed")
-    problem = refusal(lambda: sdk.lists.update_list_member(LIST_ID, subscriber_hash(email), {"merge_fields": {"SCORETEST": "high"}}))
-    assert problem["status"] == 400 and problem["errors"][0]["field"] == "merge_fields.SCORETEST"
-    assert refusal(lambda: sdk.lists.update_list_member(LIST_ID, subscriber_hash(email), {"merge_fields": {"NOPE": 1}}))["status"] == 400
+    problem = refusal(
+        lambda: sdk.lists.update_list_member(
+            LIST_ID, subscriber_hash(email), {"merge_fields": {"SCORETEST": "high"}}
+        )
+    )
+    assert (
+        problem["status"] == 400
+        and problem["errors"][0]["field"] == "merge_fields.SCORETEST"
+    )
+    assert (
+        refusal(
+            lambda: sdk.lists.update_list_member(
+                LIST_ID, subscriber_hash(email), {"merge_fields": {"NOPE": 1}}
+            )
+        )["status"]
+        == 400
+    )
 
 
 def test_member_pages_cap_count_at_1000_and_honour_status_and_fields(box, sdk):
     # The SDK itself refuses count > 1000 before sending; a raw request shows the server does too.
-    raw = requests.get(f"{box.url}/3.0/lists/{LIST_ID}/members", params={"count": 1001}, auth=("user", KEY), timeout=10)
-    assert raw.status_code == 400 and raw.headers["Content-Type"].startswith("application/problem+json")
-    page = sdk.lists.get_list_members_info(LIST_ID, count=1000, status="cleaned", fields=["members.email_address,total_items"])
+    raw = requests.get(
+        f"{box.url}/3.0/lists/{LIST_ID}/members",
+        params={"count": 1001},
+        auth=("user", KEY),
+        timeout=10,
+    )
+    assert raw.status_code == 400 and raw.headers["Content-Type"].startswith(
+        "application/problem+json"
+    )
+    page = sdk.lists.get_list_members_info(
+        LIST_ID,
+        count=1000,
+        status="cleaned",
+        fields=["members.email_address,total_items"],
+    )
     assert page["total_items"] == 20 and set(page["members"][0]) == {"email_address"}
 
 
 def test_demo_seeds_the_documented_status_mix():
     sandbox = demo(10_000, seed=1)
     statuses = [m["status"] for m in sandbox.lists[LIST_ID]["members"].values()]
-    assert [statuses.count(s) for s in ("unsubscribed", "cleaned", "archived")] == [500, 200, 50]
+    assert [statuses.count(s) for s in ("unsubscribed", "cleaned", "archived")] == [
+        500,
+        200,
+        50,
+    ]
     assert sandbox.campaigns and sandbox.stores[STORE_ID]["_orders"]
 
 
 def test_mapping_turns_recorded_payloads_into_records(box, sdk):
     email = first_with("unsubscribed")
-    contact = member_to_contact(sdk.lists.get_list_member(LIST_ID, subscriber_hash(email)), LIST_ID)
-    assert contact.is_unsubscribed and contact.match_email == email and contact.source_id == f"{LIST_ID}/{subscriber_hash(email)}"
-    assert contact.properties["mailchimp_status"] == "unsubscribed" and contact.updated_at.tzinfo is not None
+    contact = member_to_contact(
+        sdk.lists.get_list_member(LIST_ID, subscriber_hash(email)), LIST_ID
+    )
+    assert (
+        contact.is_unsubscribed
+        and contact.match_email == email
+        and contact.source_id == f"{LIST_ID}/{subscriber_hash(email)}"
+    )
+    assert (
+        contact.properties["mailchimp_status"] == "unsubscribed"
+        and contact.updated_at.tzinfo is not None
+    )
     row = sdk.reports.get_email_activity_for_campaign("cmp0001", count=1)["emails"][0]
-    assert [e.event.value for e in activity_to_events(row, "cmp0001")] == [a["action"] for a in row["activity"]]
-    order = order_to_record(sdk.ecommerce.get_store_orders(STORE_ID, count=1)["orders"][0], STORE_ID)
-    assert order.customer_email is not None and order.currency == "EUR" and order.amount > 0
+    assert [e.event.value for e in activity_to_events(row, "cmp0001")] == [
+        a["action"] for a in row["activity"]
+    ]
+    order = order_to_record(
+        sdk.ecommerce.get_store_orders(STORE_ID, count=1)["orders"][0], STORE_ID
+    )
+    assert (
+        order.customer_email is not None
+        and order.currency == "EUR"
+        and order.amount > 0
+    )

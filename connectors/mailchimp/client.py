@@ -19,8 +19,21 @@ import mailchimp_marketing
 import requests
 from mailchimp_marketing.api_client import ApiClientError
 
-from connectors.base import AuthError, CheckResult, ConfigError, RecordRejected, SourceError, register_check
-from connectors.retry import ClockLike, RetryBudget, RetryPolicy, Transient, call_with_retries
+from connectors.base import (
+    AuthError,
+    CheckResult,
+    ConfigError,
+    RecordRejected,
+    SourceError,
+    register_check,
+)
+from connectors.retry import (
+    ClockLike,
+    RetryBudget,
+    RetryPolicy,
+    Transient,
+    call_with_retries,
+)
 from connectors.sandbox import SystemClock
 from sync.settings import MailchimpSettings, Settings, read_secret
 
@@ -35,67 +48,130 @@ R = TypeVar("R")
 class MailchimpClient:
     """One account. ``base_url`` points the SDK somewhere else than ``https://<dc>.api.mailchimp.com/3.0``."""
 
-    def __init__(self, settings: MailchimpSettings, *, api_key: str | None = None, oauth_token: str | None = None,
-                 base_url: str | None = None, metadata_url: str = METADATA_URL, clock: ClockLike | None = None,
-                 policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        settings: MailchimpSettings,
+        *,
+        api_key: str | None = None,
+        oauth_token: str | None = None,
+        base_url: str | None = None,
+        metadata_url: str = METADATA_URL,
+        clock: ClockLike | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
         if not api_key and not oauth_token:
-            raise ConfigError("mailchimp: no credential; set RETENTION_MAILCHIMP_API_KEY (the key ending in -us6 "
-                              "or similar) or RETENTION_MAILCHIMP_OAUTH_TOKEN, or store one in the keyring")
+            raise ConfigError(
+                "mailchimp: no credential; set RETENTION_MAILCHIMP_API_KEY (the key ending in -us6 "
+                "or similar) or RETENTION_MAILCHIMP_OAUTH_TOKEN, or store one in the keyring"
+            )
         self.settings = settings
         self.clock = clock or SystemClock()
         self.policy = policy or RetryPolicy()
         self.budget = RetryBudget(self.policy.budget)
         self._slots = threading.BoundedSemaphore(settings.max_connections)
-        self._pool = ThreadPoolExecutor(max_workers=settings.max_connections, thread_name_prefix="mailchimp")
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.max_connections, thread_name_prefix="mailchimp"
+        )
         self.sdk = mailchimp_marketing.Client()
         if api_key:
             dc = api_key.rpartition("-")[2] if "-" in api_key else ""
             if not dc.isalnum():
-                raise ConfigError("mailchimp: the API key does not end in a data centre such as -us6; copy the whole "
-                                  "key from Mailchimp (Profile → Extras → API keys)")
-            self.sdk.set_config({"api_key": api_key, "server": dc, "timeout": settings.timeout_s})
+                raise ConfigError(
+                    "mailchimp: the API key does not end in a data centre such as -us6; copy the whole "
+                    "key from Mailchimp (Profile → Extras → API keys)"
+                )
+            self.sdk.set_config(
+                {"api_key": api_key, "server": dc, "timeout": settings.timeout_s}
+            )
         else:
             dc = self._data_centre(oauth_token or "", metadata_url)
-            self.sdk.set_config({"access_token": oauth_token, "server": dc, "timeout": settings.timeout_s})
-        self.sdk.api_client.host = (base_url.rstrip("/") + "/3.0") if base_url else f"https://{dc}.api.mailchimp.com/3.0"
+            self.sdk.set_config(
+                {
+                    "access_token": oauth_token,
+                    "server": dc,
+                    "timeout": settings.timeout_s,
+                }
+            )
+        self.sdk.api_client.host = (
+            (base_url.rstrip("/") + "/3.0")
+            if base_url
+            else f"https://{dc}.api.mailchimp.com/3.0"
+        )
 
     @classmethod
-    def from_settings(cls, settings: MailchimpSettings, **options: Any) -> MailchimpClient:
-        return cls(settings, api_key=read_secret("mailchimp_api_key"), oauth_token=read_secret("mailchimp_oauth_token"),
-                   **options)
+    def from_settings(
+        cls, settings: MailchimpSettings, **options: Any
+    ) -> MailchimpClient:
+        return cls(
+            settings,
+            api_key=read_secret("mailchimp_api_key"),
+            oauth_token=read_secret("mailchimp_oauth_token"),
+            **options,
+        )
 
     def _data_centre(self, token: str, metadata_url: str) -> str:
         """Mailchimp OAuth: the token does not name its data centre; the metadata endpoint does."""
         try:
-            response = requests.get(metadata_url, headers={"Authorization": f"OAuth {token}"}, timeout=self.settings.timeout_s)
+            response = requests.get(
+                metadata_url,
+                headers={"Authorization": f"OAuth {token}"},
+                timeout=self.settings.timeout_s,
+            )
         except requests.RequestException as exc:
-            raise SourceError(f"mailchimp: cannot reach the OAuth metadata endpoint ({type(exc).__name__})",
-                              source=SOURCE, retryable=True) from None
+            raise SourceError(
+                f"mailchimp: cannot reach the OAuth metadata endpoint ({type(exc).__name__})",
+                source=SOURCE,
+                retryable=True,
+            ) from None
         if response.status_code in (401, 403):
-            raise AuthError("mailchimp: the OAuth token was refused; connect the account again", source=SOURCE)
+            raise AuthError(
+                "mailchimp: the OAuth token was refused; connect the account again",
+                source=SOURCE,
+            )
         if not response.ok or not str(response.json().get("dc", "")).isalnum():
-            raise SourceError(f"mailchimp: the OAuth metadata endpoint answered {response.status_code} without a "
-                              "data centre", source=SOURCE, retryable=True)
+            raise SourceError(
+                f"mailchimp: the OAuth metadata endpoint answered {response.status_code} without a "
+                "data centre",
+                source=SOURCE,
+                retryable=True,
+            )
         return str(response.json()["dc"])
 
     # --- one call -----------------------------------------------------------------------------------------------
 
-    def call(self, what: str, method: Callable[..., T], *args: Any, member: str | None = None, **kwargs: Any) -> T:
+    def call(
+        self,
+        what: str,
+        method: Callable[..., T],
+        *args: Any,
+        member: str | None = None,
+        **kwargs: Any,
+    ) -> T:
         """``method(*args, **kwargs)`` on the SDK, within the connection bound, retried when transient.
 
         A final vendor refusal becomes one typed line naming ``what`` and the ``member`` it concerns.
         """
+
         def attempt() -> T:
             with self._slots:
                 return method(*args, **kwargs)
 
         try:
-            return call_with_retries(attempt, classify, source=SOURCE, what=what, policy=self.policy,
-                                     budget=self.budget, clock=self.clock)
+            return call_with_retries(
+                attempt,
+                classify,
+                source=SOURCE,
+                what=what,
+                policy=self.policy,
+                budget=self.budget,
+                clock=self.clock,
+            )
         except ApiClientError as exc:
             raise refusal(exc, what, member) from None
 
-    def map(self, work: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
+    def map(
+        self, work: Callable[[T], R], items: Iterable[T], window: int | None = None
+    ) -> Iterator[R]:
         """``work`` over ``items`` on the pool, results in order, at most ``window`` results held ahead."""
         window = window or self.settings.max_connections * 2
         pending: list[Any] = []
@@ -143,11 +219,23 @@ def refusal(exc: ApiClientError, what: str, member: str | None) -> SourceError:
     status = exc.status_code
     title = body.get("title") or f"HTTP {status}"
     detail = str(body.get("detail") or "").strip()
-    fields = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in body.get("errors") or [] if isinstance(e, dict))
+    fields = "; ".join(
+        f"{e.get('field')}: {e.get('message')}"
+        for e in body.get("errors") or []
+        if isinstance(e, dict)
+    )
     about = f" for member {member}" if member else ""
-    text = f"mailchimp refused {what}{about}: {title}" + (f" ({detail})" if detail else "") + (f" [{fields}]" if fields else "")
+    text = (
+        f"mailchimp refused {what}{about}: {title}"
+        + (f" ({detail})" if detail else "")
+        + (f" [{fields}]" if fields else "")
+    )
     if status == 401 or status == 403:
-        return AuthError(text + "; check the API key or OAuth token and that it may use this audience", source=SOURCE)
+        return AuthError(
+            text
+            + "; check the API key or OAuth token and that it may use this audience",
+            source=SOURCE,
+        )
     if member is not None and status is not None and 400 <= status < 500:
         return RecordRejected(text, source=SOURCE, record_id=member)
     return SourceError(text, source=SOURCE, retryable=False)
@@ -158,13 +246,28 @@ def check_mailchimp(settings: Settings, base_url: str | None = None) -> CheckRes
     """`retention doctor`: the credential works and every allow-listed audience is reachable with it."""
     section = settings.mailchimp
     if not section.audiences:
-        return CheckResult("mailchimp", False, "mailchimp.audiences is empty; list the audience ids the tool may use")
-    client = MailchimpClient.from_settings(section, base_url=base_url, policy=RetryPolicy(max_attempts=2))
+        return CheckResult(
+            "mailchimp",
+            False,
+            "mailchimp.audiences is empty; list the audience ids the tool may use",
+        )
+    client = MailchimpClient.from_settings(
+        section, base_url=base_url, policy=RetryPolicy(max_attempts=2)
+    )
     try:
-        names = [client.call(f"reading audience {list_id}", client.sdk.lists.get_list, list_id, fields=["name"])["name"]
-                 for list_id in section.audiences]
+        names = [
+            client.call(
+                f"reading audience {list_id}",
+                client.sdk.lists.get_list,
+                list_id,
+                fields=["name"],
+            )["name"]
+            for list_id in section.audiences
+        ]
     except SourceError as exc:
         return CheckResult("mailchimp", False, str(exc))
     finally:
         client.close()
-    return CheckResult("mailchimp", True, f"{len(names)} audience(s) reachable: {', '.join(names)}")
+    return CheckResult(
+        "mailchimp", True, f"{len(names)} audience(s) reachable: {', '.join(names)}"
+    )

@@ -18,7 +18,9 @@ from connectors.base import Change, ConfigError, Receipt, RecordRejected
 from connectors.mailchimp.client import PAGE_SIZE, MailchimpClient
 from connectors.mailchimp.mapping import MERGE_FIELDS, TAG_FAMILIES, subscriber_hash
 
-NOT_WRITABLE = {"archived": "is archived in Mailchimp; the tool never restores archived members"}
+NOT_WRITABLE = {
+    "archived": "is archived in Mailchimp; the tool never restores archived members"
+}
 
 
 @dataclass
@@ -31,7 +33,9 @@ class Member:
 class MailchimpDestination:
     def __init__(self, client: MailchimpClient, list_id: str) -> None:
         if list_id not in client.settings.audiences:
-            raise ConfigError(f"mailchimp: audience {list_id} is not in mailchimp.audiences; add it there to write to it")
+            raise ConfigError(
+                f"mailchimp: audience {list_id} is not in mailchimp.audiences; add it there to write to it"
+            )
         self.client = client
         self.settings = client.settings
         self.list_id = list_id
@@ -42,7 +46,9 @@ class MailchimpDestination:
         self._directory: dict[str, Member] | None = None
         self._segments: dict[str, int] | None = None
         self._merge_fields_ready = False
-        self.write_calls = 0  # requests that may change the audience, for the bench and the report
+        self.write_calls = (
+            0  # requests that may change the audience, for the bench and the report
+        )
         self._count_lock = threading.Lock()
 
     # --- the Destination protocol ---------------------------------------------------------------------------------
@@ -53,16 +59,26 @@ class MailchimpDestination:
         if field_name in TAG_FAMILIES:
             return value.strip().lower()
         if field_name not in MERGE_FIELDS:
-            raise ConfigError(f"mailchimp: unknown field {field_name!r}; use {', '.join([*TAG_FAMILIES, *MERGE_FIELDS])}")
+            raise ConfigError(
+                f"mailchimp: unknown field {field_name!r}; use {', '.join([*TAG_FAMILIES, *MERGE_FIELDS])}"
+            )
         if MERGE_FIELDS[field_name][1] == "number":
             return _number(value)
         return value.strip()[:255]  # Mailchimp: text merge fields hold 255 characters
 
-    def current(self, object_ids: Sequence[str], field_names: Sequence[str]) -> dict[str, dict[str, str | None]]:
+    def current(
+        self, object_ids: Sequence[str], field_names: Sequence[str]
+    ) -> dict[str, dict[str, str | None]]:
         def read(email: str) -> tuple[str, dict[str, Any] | None]:
             try:
-                return email, self.client.call("reading a member back", self.client.sdk.lists.get_list_member, self.list_id,
-                                               subscriber_hash(email), fields=["tags,merge_fields,status"], member=email)
+                return email, self.client.call(
+                    "reading a member back",
+                    self.client.sdk.lists.get_list_member,
+                    self.list_id,
+                    subscriber_hash(email),
+                    fields=["tags,merge_fields,status"],
+                    member=email,
+                )
             except RecordRejected:
                 return email, None  # not on the audience: nothing of ours is there
 
@@ -74,9 +90,13 @@ class MailchimpDestination:
             values: dict[str, str | None] = {}
             for name in field_names:
                 if name in TAG_FAMILIES:
-                    values[name] = next(iter(sorted(self._family_tags(tags, name))), None)
+                    values[name] = next(
+                        iter(sorted(self._family_tags(tags, name))), None
+                    )
                 elif name in MERGE_FIELDS:
-                    values[name] = self.coerce(name, str(member.get("merge_fields", {}).get(name, "")))
+                    values[name] = self.coerce(
+                        name, str(member.get("merge_fields", {}).get(name, ""))
+                    )
             found[email] = values
         return found
 
@@ -93,11 +113,18 @@ class MailchimpDestination:
                 reason = f"{email} is not on audience {self.list_id}; new members are only added with mailchimp.add_new_contacts = true"
                 receipts.extend(Receipt(c, False, reason) for c in wanted)
             elif member is not None and member.status in NOT_WRITABLE:
-                receipts.extend(Receipt(c, False, f"{email} {NOT_WRITABLE[member.status]}") for c in wanted)
+                receipts.extend(
+                    Receipt(c, False, f"{email} {NOT_WRITABLE[member.status]}")
+                    for c in wanted
+                )
             else:
                 writable[email] = wanted
         existing = {e: c for e, c in writable.items() if e in directory}
-        receipts.extend(self._add_new_members({e: c for e, c in writable.items() if e not in directory}))
+        receipts.extend(
+            self._add_new_members(
+                {e: c for e, c in writable.items() if e not in directory}
+            )
+        )
         receipts.extend(self._write_tags(existing))
         receipts.extend(self._write_merge_fields(existing))
         return receipts
@@ -107,31 +134,61 @@ class MailchimpDestination:
     def _load_directory(self) -> dict[str, Member]:
         """Every member's hash, status and tags, read once per destination (100 calls for 100k members)."""
         if self._directory is None:
+
             def fetch(offset: int) -> dict[str, Any]:
-                return self.client.call(f"reading members of audience {self.list_id}", self.client.sdk.lists.get_list_members_info,
-                                        self.list_id, count=PAGE_SIZE, offset=offset,
-                                        fields=["members.id,members.email_address,members.status,members.tags,total_items"])
+                return self.client.call(
+                    f"reading members of audience {self.list_id}",
+                    self.client.sdk.lists.get_list_members_info,
+                    self.list_id,
+                    count=PAGE_SIZE,
+                    offset=offset,
+                    fields=[
+                        "members.id,members.email_address,members.status,members.tags,total_items"
+                    ],
+                )
 
             first = fetch(0)
-            pages = [first, *self.client.map(fetch, range(PAGE_SIZE, int(first.get("total_items", 0)), PAGE_SIZE))]
+            pages = [
+                first,
+                *self.client.map(
+                    fetch, range(PAGE_SIZE, int(first.get("total_items", 0)), PAGE_SIZE)
+                ),
+            ]
             self._directory = {
-                m["email_address"].strip().lower(): Member(m["id"], m["status"], {t["name"] for t in m.get("tags") or []})
-                for page in pages for m in page.get("members", [])
+                m["email_address"].strip().lower(): Member(
+                    m["id"], m["status"], {t["name"] for t in m.get("tags") or []}
+                )
+                for page in pages
+                for m in page.get("members", [])
             }
         return self._directory
 
     def _add_new_members(self, new: dict[str, list[Change]]) -> list[Receipt]:
         """PUT with status_if_new only: Mailchimp applies it to people not on the audience and to nobody else."""
+
         def add(item: tuple[str, list[Change]]) -> list[Receipt]:
             email, wanted = item
-            merge = {c.field_name: _merge_value(c) for c in wanted if c.field_name in MERGE_FIELDS}
-            body: dict[str, Any] = {"email_address": email, "status_if_new": self.settings.status_if_new}
+            merge = {
+                c.field_name: _merge_value(c)
+                for c in wanted
+                if c.field_name in MERGE_FIELDS
+            }
+            body: dict[str, Any] = {
+                "email_address": email,
+                "status_if_new": self.settings.status_if_new,
+            }
             if merge:
                 body["merge_fields"] = merge
             try:
                 self._count_write()
-                created = self.client.call("adding a new member", self.client.sdk.lists.set_list_member, self.list_id,
-                                           subscriber_hash(email), body, member=email)
+                created = self.client.call(
+                    "adding a new member",
+                    self.client.sdk.lists.set_list_member,
+                    self.list_id,
+                    subscriber_hash(email),
+                    body,
+                    member=email,
+                )
             except RecordRejected as exc:
                 return [Receipt(c, False, str(exc)) for c in wanted]
             assert self._directory is not None
@@ -142,7 +199,9 @@ class MailchimpDestination:
             return []
         self._ensure_merge_fields()
         receipts = [r for batch in self.client.map(add, new.items()) for r in batch]
-        added = {e: c for e, c in new.items() if self._directory and e in self._directory}
+        added = {
+            e: c for e, c in new.items() if self._directory and e in self._directory
+        }
         return receipts + self._write_tags(added)
 
     # --- tags through static segments ------------------------------------------------------------------------------
@@ -160,21 +219,41 @@ class MailchimpDestination:
             held = self._directory[email].tags
             for change in (c for c in wanted if c.field_name in TAG_FAMILIES):
                 # Drop the family's other tags of ours (the confirmed previous one, and any left by a lost run).
-                for old in (self._family_tags(held, change.field_name) | {change.previous} if change.previous else
-                            self._family_tags(held, change.field_name)) - {change.value, None}:
+                for old in (
+                    self._family_tags(held, change.field_name) | {change.previous}
+                    if change.previous
+                    else self._family_tags(held, change.field_name)
+                ) - {change.value, None}:
                     removes.setdefault(old, set()).add(email)
                 if change.value is not None:
                     adds.setdefault(change.value, []).append((email, change))
-        cleared = [(e, c) for e, w in members.items() for c in w if c.field_name in TAG_FAMILIES and c.value is None]
+        cleared = [
+            (e, c)
+            for e, w in members.items()
+            for c in w
+            if c.field_name in TAG_FAMILIES and c.value is None
+        ]
         failed: dict[tuple[str, str], str] = {}
         calls = []
         for tag in sorted(set(adds) | set(removes)):
-            tag_adds, tag_removes = [e for e, _ in adds.get(tag, [])], sorted(removes.get(tag, ()))
+            tag_adds, tag_removes = (
+                [e for e, _ in adds.get(tag, [])],
+                sorted(removes.get(tag, ())),
+            )
             step = self.settings.batch_size
             for start in range(0, max(len(tag_adds), len(tag_removes)), step):
-                calls.append((tag, tag_adds[start : start + step], tag_removes[start : start + step]))
+                calls.append(
+                    (
+                        tag,
+                        tag_adds[start : start + step],
+                        tag_removes[start : start + step],
+                    )
+                )
         # Create missing tags first, one by one: parallel calls for the same new tag would each try to create it.
-        for tag in sorted({tag for tag, to_add, _ in calls if to_add} - set(self._segment_ids() if calls else ())):
+        for tag in sorted(
+            {tag for tag, to_add, _ in calls if to_add}
+            - set(self._segment_ids() if calls else ())
+        ):
             self._create_segment(tag)
         for tag, refused in self.client.map(self._segment_call, calls):
             for email, reason in refused.items():
@@ -185,26 +264,44 @@ class MailchimpDestination:
                 reason = failed.get((email, tag))
                 receipts.append(Receipt(change, reason is None, reason))
                 if reason is None:
-                    self._directory[email].tags = (self._directory[email].tags - self._family_tags(
-                        self._directory[email].tags, change.field_name)) | {tag}
+                    self._directory[email].tags = (
+                        self._directory[email].tags
+                        - self._family_tags(
+                            self._directory[email].tags, change.field_name
+                        )
+                    ) | {tag}
         for email, change in cleared:
-            self._directory[email].tags -= self._family_tags(self._directory[email].tags, change.field_name)
+            self._directory[email].tags -= self._family_tags(
+                self._directory[email].tags, change.field_name
+            )
             receipts.append(Receipt(change, True))
         return receipts
 
-    def _segment_call(self, call: tuple[str, list[str], list[str]]) -> tuple[str, dict[str, str]]:
+    def _segment_call(
+        self, call: tuple[str, list[str], list[str]]
+    ) -> tuple[str, dict[str, str]]:
         tag, to_add, to_remove = call
         segment_id = self._segment_ids().get(tag)
         if segment_id is None:
-            return tag, {}  # removing a tag that does not exist on the audience: nobody holds it
+            return (
+                tag,
+                {},
+            )  # removing a tag that does not exist on the audience: nobody holds it
         body = {"members_to_add": to_add, "members_to_remove": to_remove}
         self._count_write()
-        result = self.client.call(f"updating tag {tag}", self.client.sdk.lists.batch_segment_members, body, self.list_id,
-                                  str(segment_id))
+        result = self.client.call(
+            f"updating tag {tag}",
+            self.client.sdk.lists.batch_segment_members,
+            body,
+            self.list_id,
+            str(segment_id),
+        )
         refused: dict[str, str] = {}
         for error in result.get("errors") or []:
             for email in error.get("email_addresses") or []:
-                refused[email.strip().lower()] = f"mailchimp refused tag {tag} for member {email}: {error.get('error')}"
+                refused[email.strip().lower()] = (
+                    f"mailchimp refused tag {tag} for member {email}: {error.get('error')}"
+                )
         return tag, refused
 
     def _segment_ids(self) -> dict[str, int]:
@@ -213,19 +310,31 @@ class MailchimpDestination:
             found: dict[str, int] = {}
             offset = 0
             while True:
-                body = self.client.call("reading tags", self.client.sdk.lists.list_segments, self.list_id, type="static",
-                                        count=PAGE_SIZE, offset=offset)
+                body = self.client.call(
+                    "reading tags",
+                    self.client.sdk.lists.list_segments,
+                    self.list_id,
+                    type="static",
+                    count=PAGE_SIZE,
+                    offset=offset,
+                )
                 found.update({s["name"]: s["id"] for s in body.get("segments", [])})
                 offset += len(body.get("segments", []))
-                if not body.get("segments") or offset >= int(body.get("total_items", 0)):
+                if not body.get("segments") or offset >= int(
+                    body.get("total_items", 0)
+                ):
                     break
             self._segments = found
         return self._segments
 
     def _create_segment(self, tag: str) -> int:
         self._count_write()
-        created = self.client.call(f"creating tag {tag}", self.client.sdk.lists.create_segment, self.list_id,
-                                   {"name": tag, "static_segment": []})
+        created = self.client.call(
+            f"creating tag {tag}",
+            self.client.sdk.lists.create_segment,
+            self.list_id,
+            {"name": tag, "static_segment": []},
+        )
         self._segment_ids()[tag] = created["id"]
         return created["id"]
 
@@ -234,17 +343,35 @@ class MailchimpDestination:
     def _ensure_merge_fields(self) -> None:
         if self._merge_fields_ready:
             return
-        body = self.client.call("reading merge fields", self.client.sdk.lists.get_list_merge_fields, self.list_id, count=PAGE_SIZE)
+        body = self.client.call(
+            "reading merge fields",
+            self.client.sdk.lists.get_list_merge_fields,
+            self.list_id,
+            count=PAGE_SIZE,
+        )
         have = {f["tag"] for f in body.get("merge_fields", [])}
         for tag, (label, kind) in MERGE_FIELDS.items():
             if tag not in have:
                 self._count_write()
-                self.client.call(f"creating merge field {tag}", self.client.sdk.lists.add_list_merge_field, self.list_id,
-                                 {"tag": tag, "name": label, "type": kind, "required": False, "public": False})
+                self.client.call(
+                    f"creating merge field {tag}",
+                    self.client.sdk.lists.add_list_merge_field,
+                    self.list_id,
+                    {
+                        "tag": tag,
+                        "name": label,
+                        "type": kind,
+                        "required": False,
+                        "public": False,
+                    },
+                )
         self._merge_fields_ready = True
 
     def _write_merge_fields(self, members: dict[str, list[Change]]) -> list[Receipt]:
-        todo = {e: [c for c in w if c.field_name in MERGE_FIELDS] for e, w in members.items()}
+        todo = {
+            e: [c for c in w if c.field_name in MERGE_FIELDS]
+            for e, w in members.items()
+        }
         todo = {e: w for e, w in todo.items() if w}
         if not todo:
             return []
@@ -256,8 +383,14 @@ class MailchimpDestination:
             body = {"merge_fields": {c.field_name: _merge_value(c) for c in wanted}}
             try:
                 self._count_write()
-                self.client.call("writing merge fields", self.client.sdk.lists.update_list_member, self.list_id,
-                                 subscriber_hash(email), body, member=email)
+                self.client.call(
+                    "writing merge fields",
+                    self.client.sdk.lists.update_list_member,
+                    self.list_id,
+                    subscriber_hash(email),
+                    body,
+                    member=email,
+                )
             except RecordRejected as exc:
                 return [Receipt(c, False, str(exc)) for c in wanted]
             return [Receipt(c, True) for c in wanted]
@@ -274,7 +407,9 @@ def _number(value: str) -> str:
     try:
         number = float(value)
     except ValueError:
-        raise ConfigError(f"mailchimp: {value!r} is not a number for a number merge field") from None
+        raise ConfigError(
+            f"mailchimp: {value!r} is not a number for a number merge field"
+        ) from None
     return str(int(number)) if number.is_integer() else str(round(number, 2))
 
 

@@ -5,22 +5,41 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from connectors.base import InvalidRecord, Rejected
-from connectors.records import Contact, EmailAddress, EmailEvent, Order, OrderStatus, Score
+from connectors.records import (
+    Contact,
+    EmailAddress,
+    EmailEvent,
+    Order,
+    OrderStatus,
+    Score,
+)
 
 SOURCE = "mailchimp"
 # Statuses whose holders do not want (or cannot get) email; pending and transactional are not opted out.
 OPTED_OUT = frozenset({"unsubscribed", "cleaned", "archived"})
-ORDER_STATUS = {"paid": OrderStatus.WON, "refunded": OrderStatus.REFUNDED, "partially_refunded": OrderStatus.WON,
-                "cancelled": OrderStatus.LOST, "pending": OrderStatus.OPEN}
+ORDER_STATUS = {
+    "paid": OrderStatus.WON,
+    "refunded": OrderStatus.REFUNDED,
+    "partially_refunded": OrderStatus.WON,
+    "cancelled": OrderStatus.LOST,
+    "pending": OrderStatus.OPEN,
+}
 # Destination fields: three tag families (value = the full tag, prefix included) and three merge fields.
-TAG_FAMILIES = {"churn_tag": "churn", "segment_tag": "segment", "sentiment_tag": "sentiment"}
-MERGE_FIELDS = {"CHURNRISK": ("Churn risk (%)", "number"), "SEGMENT": ("Customer segment", "text"),
-                "CLV": ("Customer lifetime value", "number")}
+TAG_FAMILIES = {
+    "churn_tag": "churn",
+    "segment_tag": "segment",
+    "sentiment_tag": "sentiment",
+}
+MERGE_FIELDS = {
+    "CHURNRISK": ("Churn risk (%)", "number"),
+    "SEGMENT": ("Customer segment", "text"),
+    "CLV": ("Customer lifetime value", "number"),
+}
 
 
 def subscriber_hash(email: str) -> str:
@@ -33,12 +52,12 @@ def parse_time(value: Any, field_name: str) -> datetime | None:
     if not value:
         return None
     try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(str(value))
     except ValueError:
         raise InvalidRecord(field_name, value, "is not an ISO 8601 time") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)  # Mailchimp documents every API time as UTC
-    return moment.astimezone(timezone.utc)
+        moment = moment.replace(tzinfo=UTC)  # Mailchimp documents every API time as UTC
+    return moment.astimezone(UTC)
 
 
 def member_to_contact(member: Mapping[str, Any], list_id: str) -> Contact:
@@ -54,7 +73,13 @@ def member_to_contact(member: Mapping[str, Any], list_id: str) -> Contact:
         "tags": ",".join(sorted(t["name"] for t in member.get("tags") or [])),
         "timestamp_opt": str(member.get("timestamp_opt") or ""),
     }
-    properties.update({f"merge_{tag}": str(value) for tag, value in merge.items() if tag not in ("FNAME", "LNAME") and value != ""})
+    properties.update(
+        {
+            f"merge_{tag}": str(value)
+            for tag, value in merge.items()
+            if tag not in ("FNAME", "LNAME") and value != ""
+        }
+    )
     return Contact(
         source=SOURCE,
         source_id=f"{list_id}/{member['id']}",  # one person on two audiences is two members
@@ -62,19 +87,30 @@ def member_to_contact(member: Mapping[str, Any], list_id: str) -> Contact:
         first_name=str(merge.get("FNAME") or "") or None,
         last_name=str(merge.get("LNAME") or "") or None,
         is_unsubscribed=status in OPTED_OUT,
-        created_at=parse_time(member.get("timestamp_signup") or member.get("timestamp_opt"), "timestamp_signup"),
+        created_at=parse_time(
+            member.get("timestamp_signup") or member.get("timestamp_opt"),
+            "timestamp_signup",
+        ),
         updated_at=parse_time(member.get("last_changed"), "last_changed"),
         properties=properties,
     )
 
 
-def map_members(members: Iterable[Mapping[str, Any]], list_id: str) -> tuple[list[Contact], list[Rejected]]:
+def map_members(
+    members: Iterable[Mapping[str, Any]], list_id: str
+) -> tuple[list[Contact], list[Rejected]]:
     contacts, rejected = [], []
     for member in members:
         try:
             contacts.append(member_to_contact(member, list_id))
         except InvalidRecord as exc:
-            rejected.append(Rejected(f"mailchimp audience {list_id} member {member.get('id')}", str(exc), dict(member)))
+            rejected.append(
+                Rejected(
+                    f"mailchimp audience {list_id} member {member.get('id')}",
+                    str(exc),
+                    dict(member),
+                )
+            )
     return contacts, rejected
 
 
@@ -87,14 +123,29 @@ def activity_to_events(row: Mapping[str, Any], campaign_id: str) -> list[EmailEv
     email = EmailAddress.parse(str(row.get("email_address", "")), "email_address")
     events = []
     for action in row.get("activity") or []:
-        kind = {"open": "open", "click": "click", "bounce": "bounce"}.get(action.get("action"))
+        kind = {"open": "open", "click": "click", "bounce": "bounce"}.get(
+            action.get("action")
+        )
         occurred_at = parse_time(action.get("timestamp"), "timestamp")
         if kind is None or occurred_at is None:
             continue  # Mailchimp documents only these three actions here
-        events.append(EmailEvent(
-            source=SOURCE, source_id=_event_id(campaign_id, email.normalised, kind, action["timestamp"], action.get("url") or ""),
-            email=email, event=kind, occurred_at=occurred_at, campaign_id=campaign_id, url=action.get("url") or None,
-        ))
+        events.append(
+            EmailEvent(
+                source=SOURCE,
+                source_id=_event_id(
+                    campaign_id,
+                    email.normalised,
+                    kind,
+                    action["timestamp"],
+                    action.get("url") or "",
+                ),
+                email=email,
+                event=kind,
+                occurred_at=occurred_at,
+                campaign_id=campaign_id,
+                url=action.get("url") or None,
+            )
+        )
     return events
 
 
@@ -103,21 +154,43 @@ def unsubscribe_to_event(row: Mapping[str, Any], campaign_id: str) -> EmailEvent
     occurred_at = parse_time(row.get("timestamp"), "timestamp")
     if occurred_at is None:
         raise InvalidRecord("timestamp", row.get("timestamp"), "is missing")
-    return EmailEvent(source=SOURCE, source_id=_event_id(campaign_id, email.normalised, "unsubscribe", row["timestamp"]),
-                      email=email, event="unsubscribe", occurred_at=occurred_at, campaign_id=campaign_id)
+    return EmailEvent(
+        source=SOURCE,
+        source_id=_event_id(
+            campaign_id, email.normalised, "unsubscribe", row["timestamp"]
+        ),
+        email=email,
+        event="unsubscribe",
+        occurred_at=occurred_at,
+        campaign_id=campaign_id,
+    )
 
 
 def order_to_record(row: Mapping[str, Any], store_id: str) -> Order:
     customer = row.get("customer") or {}
-    created_at = parse_time(row.get("processed_at_foreign") or row.get("updated_at_foreign"), "processed_at_foreign")
+    created_at = parse_time(
+        row.get("processed_at_foreign") or row.get("updated_at_foreign"),
+        "processed_at_foreign",
+    )
     return Order(
-        source=SOURCE, source_id=f"{store_id}/{row['id']}", amount=Decimal(str(row.get("order_total"))),
+        source=SOURCE,
+        source_id=f"{store_id}/{row['id']}",
+        amount=Decimal(str(row.get("order_total"))),
         currency=str(row.get("currency_code", "")),
-        status=ORDER_STATUS.get(str(row.get("financial_status") or "paid"), OrderStatus.WON),
+        status=ORDER_STATUS.get(
+            str(row.get("financial_status") or "paid"), OrderStatus.WON
+        ),
         created_at=created_at,
-        customer_email=EmailAddress.parse(customer["email_address"], "customer.email_address") if customer.get("email_address") else None,
+        customer_email=EmailAddress.parse(
+            customer["email_address"], "customer.email_address"
+        )
+        if customer.get("email_address")
+        else None,
         customer_source_id=str(customer.get("id") or "") or None,
-        properties={"store_id": store_id, "financial_status": str(row.get("financial_status") or "")},
+        properties={
+            "store_id": store_id,
+            "financial_status": str(row.get("financial_status") or ""),
+        },
     )
 
 
@@ -125,16 +198,27 @@ def order_to_record(row: Mapping[str, Any], store_id: str) -> Order:
 
 
 def slug(text: str) -> str:
-    """"Can't lose them" → "cant-lose-them": tag names a marketer can type and read."""
+    """ "Can't lose them" → "cant-lose-them": tag names a marketer can type and read."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower().replace("'", "")).strip("-")
 
 
 def sentiment_label(sentiment: float) -> str:
-    return "negative" if sentiment <= -0.05 else "positive" if sentiment >= 0.05 else "neutral"
+    return (
+        "negative"
+        if sentiment <= -0.05
+        else "positive"
+        if sentiment >= 0.05
+        else "neutral"
+    )
 
 
-def desired_from_scores(scores: Iterable[Score], *, tag_prefix: str = "rs:", email_for: Mapping[str, str] | None = None,
-                        include_merge_fields: bool = True) -> dict[str, dict[str, str | None]]:
+def desired_from_scores(
+    scores: Iterable[Score],
+    *,
+    tag_prefix: str = "rs:",
+    email_for: Mapping[str, str] | None = None,
+    include_merge_fields: bool = True,
+) -> dict[str, dict[str, str | None]]:
     """Score records → {email: {field: value}} for MailchimpDestination.
 
     ``email_for`` maps a score's customer key to an email; without it the key itself must be an email.
@@ -145,11 +229,15 @@ def desired_from_scores(scores: Iterable[Score], *, tag_prefix: str = "rs:", ema
         email = (email_for or {}).get(score.source_id, score.source_id)
         if "@" not in email:
             continue
-        fields: dict[str, str | None] = {"churn_tag": f"{tag_prefix}churn-{score.risk_band.value}"}
+        fields: dict[str, str | None] = {
+            "churn_tag": f"{tag_prefix}churn-{score.risk_band.value}"
+        }
         if score.segment:
             fields["segment_tag"] = f"{tag_prefix}segment-{slug(score.segment)}"
         if score.sentiment is not None:
-            fields["sentiment_tag"] = f"{tag_prefix}sentiment-{sentiment_label(score.sentiment)}"
+            fields["sentiment_tag"] = (
+                f"{tag_prefix}sentiment-{sentiment_label(score.sentiment)}"
+            )
         if include_merge_fields:
             fields["CHURNRISK"] = str(round(score.churn_probability * 100))
             fields["SEGMENT"] = score.segment

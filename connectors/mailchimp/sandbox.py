@@ -12,16 +12,37 @@ import base64
 import hashlib
 import itertools
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from connectors.sandbox import Clock, Request, Response, Sandbox
 
 API = "/3.0"
 MAX_COUNT = 1_000  # Mailchimp: count is capped at 1000 per page
-MAX_SEGMENT_BATCH = 500  # Mailchimp: members_to_add / members_to_remove take at most 500 emails each
-STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional", "archived")
-MERGE_TYPES = ("text", "number", "address", "phone", "date", "url", "imageurl", "radio", "dropdown", "birthday", "zip")
+MAX_SEGMENT_BATCH = (
+    500  # Mailchimp: members_to_add / members_to_remove take at most 500 emails each
+)
+STATUSES = (
+    "subscribed",
+    "unsubscribed",
+    "cleaned",
+    "pending",
+    "transactional",
+    "archived",
+)
+MERGE_TYPES = (
+    "text",
+    "number",
+    "address",
+    "phone",
+    "date",
+    "url",
+    "imageurl",
+    "radio",
+    "dropdown",
+    "birthday",
+    "zip",
+)
 PROBLEM = "application/problem+json; charset=utf-8"
 
 
@@ -37,8 +58,15 @@ def iso(moment: datetime) -> str:
 class MailchimpSandbox(Sandbox):
     vendor = "mailchimp"
 
-    def __init__(self, *, api_key: str = "sandbox-key-us6", oauth_token: str | None = None, clock: Clock | None = None,
-                 seed: int = 0, max_concurrent: int = 10) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str = "sandbox-key-us6",
+        oauth_token: str | None = None,
+        clock: Clock | None = None,
+        seed: int = 0,
+        max_concurrent: int = 10,
+    ) -> None:
         super().__init__(clock=clock, seed=seed, max_concurrent=max_concurrent)
         self.api_key = api_key
         self.oauth_token = oauth_token
@@ -49,38 +77,109 @@ class MailchimpSandbox(Sandbox):
         self.max_seen_concurrent = 0
         r = self.route
         r("GET", "/oauth2/metadata", self._metadata)
-        r("GET", API + "/ping", lambda req: Response(200, {"health_status": "Everything's Chimpy!"}))
+        r(
+            "GET",
+            API + "/ping",
+            lambda req: Response(200, {"health_status": "Everything's Chimpy!"}),
+        )
         r("GET", API + "/lists", self._get_lists)
         r("GET", API + r"/lists/(?P<list_id>[^/]+)", self._get_list)
         r("GET", API + r"/lists/(?P<list_id>[^/]+)/members", self._get_members)
         r("POST", API + r"/lists/(?P<list_id>[^/]+)/members", self._post_member)
-        r("GET", API + r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)", self._get_member)
-        r("PUT", API + r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)", self._put_member)
-        r("PATCH", API + r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)", self._patch_member)
-        r("POST", API + r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)/tags", self._post_tags)
-        r("POST", API + r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)/actions/delete-permanent", self._forget)
+        r(
+            "GET",
+            API + r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)",
+            self._get_member,
+        )
+        r(
+            "PUT",
+            API + r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)",
+            self._put_member,
+        )
+        r(
+            "PATCH",
+            API + r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)",
+            self._patch_member,
+        )
+        r(
+            "POST",
+            API + r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)/tags",
+            self._post_tags,
+        )
+        r(
+            "POST",
+            API
+            + r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)/actions/delete-permanent",
+            self._forget,
+        )
         r("GET", API + r"/lists/(?P<list_id>[^/]+)/segments", self._get_segments)
         r("POST", API + r"/lists/(?P<list_id>[^/]+)/segments", self._post_segment)
-        r("GET", API + r"/lists/(?P<list_id>[^/]+)/segments/(?P<segment_id>\d+)", self._get_segment)
-        r("POST", API + r"/lists/(?P<list_id>[^/]+)/segments/(?P<segment_id>\d+)", self._batch_segment)
-        r("GET", API + r"/lists/(?P<list_id>[^/]+)/merge-fields", self._get_merge_fields)
-        r("POST", API + r"/lists/(?P<list_id>[^/]+)/merge-fields", self._post_merge_field)
+        r(
+            "GET",
+            API + r"/lists/(?P<list_id>[^/]+)/segments/(?P<segment_id>\d+)",
+            self._get_segment,
+        )
+        r(
+            "POST",
+            API + r"/lists/(?P<list_id>[^/]+)/segments/(?P<segment_id>\d+)",
+            self._batch_segment,
+        )
+        r(
+            "GET",
+            API + r"/lists/(?P<list_id>[^/]+)/merge-fields",
+            self._get_merge_fields,
+        )
+        r(
+            "POST",
+            API + r"/lists/(?P<list_id>[^/]+)/merge-fields",
+            self._post_merge_field,
+        )
         r("GET", API + "/campaigns", self._get_campaigns)
-        r("GET", API + r"/reports/(?P<campaign_id>[^/]+)/email-activity", self._get_activity)
-        r("GET", API + r"/reports/(?P<campaign_id>[^/]+)/unsubscribed", self._get_unsubscribed)
+        r(
+            "GET",
+            API + r"/reports/(?P<campaign_id>[^/]+)/email-activity",
+            self._get_activity,
+        )
+        r(
+            "GET",
+            API + r"/reports/(?P<campaign_id>[^/]+)/unsubscribed",
+            self._get_unsubscribed,
+        )
         r("GET", API + "/ecommerce/stores", self._get_stores)
-        r("GET", API + r"/ecommerce/stores/(?P<store_id>[^/]+)/customers", self._get_customers)
-        r("GET", API + r"/ecommerce/stores/(?P<store_id>[^/]+)/orders", self._get_orders)
+        r(
+            "GET",
+            API + r"/ecommerce/stores/(?P<store_id>[^/]+)/customers",
+            self._get_customers,
+        )
+        r(
+            "GET",
+            API + r"/ecommerce/stores/(?P<store_id>[^/]+)/orders",
+            self._get_orders,
+        )
 
     # --- vendor shape: auth, errors, concurrency ---------------------------------------------------------------
 
-    def error(self, status: int, message: str, request: Request, **detail: Any) -> Response:
-        titles = {400: "Invalid Resource", 401: "API Key Invalid", 403: "Forbidden", 404: "Resource Not Found",
-                  405: "Method Not Allowed", 429: "Too Many Requests", 500: "Internal Server Error",
-                  503: "Service Unavailable"}
+    def error(
+        self, status: int, message: str, request: Request, **detail: Any
+    ) -> Response:
+        titles = {
+            400: "Invalid Resource",
+            401: "API Key Invalid",
+            403: "Forbidden",
+            404: "Resource Not Found",
+            405: "Method Not Allowed",
+            429: "Too Many Requests",
+            500: "Internal Server Error",
+            503: "Service Unavailable",
+        }
         title = detail.pop("title", None) or titles.get(status, "Error")
-        body = {"type": f"https://mailchimp.com/developer/marketing/docs/errors/#{status}", "title": title,
-                "status": status, "detail": message, "instance": f"sandbox-{next(self._ids)}"}
+        body = {
+            "type": f"https://mailchimp.com/developer/marketing/docs/errors/#{status}",
+            "title": title,
+            "status": status,
+            "detail": message,
+            "instance": f"sandbox-{next(self._ids)}",
+        }
         if detail.get("errors"):
             body["errors"] = detail["errors"]
         return Response(status, body, content_type=PROBLEM)
@@ -100,7 +199,11 @@ class MailchimpSandbox(Sandbox):
         else:
             ok = self.oauth_token is not None and auth == f"Bearer {self.oauth_token}"
         if not ok:
-            return self.error(401, "Your request did not include an API key, or the key is invalid.", request)
+            return self.error(
+                401,
+                "Your request did not include an API key, or the key is invalid.",
+                request,
+            )
         return None
 
     def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
@@ -118,19 +221,37 @@ class MailchimpSandbox(Sandbox):
 
     def add_list(self, name: str, list_id: str | None = None) -> str:
         list_id = list_id or hashlib.md5(name.encode()).hexdigest()[:10]
-        self.lists[list_id] = {"id": list_id, "name": name, "members": {}, "segments": {}, "forgotten": set(),
-                               "merge_fields": {}, "date_created": iso(self.clock.now())}
+        self.lists[list_id] = {
+            "id": list_id,
+            "name": name,
+            "members": {},
+            "segments": {},
+            "forgotten": set(),
+            "merge_fields": {},
+            "date_created": iso(self.clock.now()),
+        }
         for tag, name_ in (("FNAME", "First Name"), ("LNAME", "Last Name")):
             self._new_merge_field(self.lists[list_id], tag, name_, "text")
         return list_id
 
-    def add_member(self, list_id: str, email: str, status: str = "subscribed", **extra: Any) -> dict[str, Any]:
+    def add_member(
+        self, list_id: str, email: str, status: str = "subscribed", **extra: Any
+    ) -> dict[str, Any]:
         audience = self.lists[list_id]
         now = iso(self.clock.now())
-        member = {"id": subscriber_hash(email), "email_address": email, "unique_email_id": subscriber_hash(email)[:10],
-                  "status": status, "merge_fields": {}, "member_rating": 2,
-                  "stats": {"avg_open_rate": 0.0, "avg_click_rate": 0.0}, "timestamp_signup": now,
-                  "timestamp_opt": now, "last_changed": now, "list_id": list_id}
+        member = {
+            "id": subscriber_hash(email),
+            "email_address": email,
+            "unique_email_id": subscriber_hash(email)[:10],
+            "status": status,
+            "merge_fields": {},
+            "member_rating": 2,
+            "stats": {"avg_open_rate": 0.0, "avg_click_rate": 0.0},
+            "timestamp_signup": now,
+            "timestamp_opt": now,
+            "last_changed": now,
+            "list_id": list_id,
+        }
         member.update(extra)
         audience["members"][member["id"]] = member
         return member
@@ -140,9 +261,15 @@ class MailchimpSandbox(Sandbox):
         segment["members"].add(member_hash)
 
     def member_tags(self, list_id: str, member_hash: str) -> list[str]:
-        return sorted(s["name"] for s in self.lists[list_id]["segments"].values() if member_hash in s["members"])
+        return sorted(
+            s["name"]
+            for s in self.lists[list_id]["segments"].values()
+            if member_hash in s["members"]
+        )
 
-    def _segment_named(self, audience: dict[str, Any], name: str, create: bool) -> dict[str, Any] | None:
+    def _segment_named(
+        self, audience: dict[str, Any], name: str, create: bool
+    ) -> dict[str, Any] | None:
         for segment in audience["segments"].values():
             if segment["name"] == name:
                 return segment
@@ -150,36 +277,64 @@ class MailchimpSandbox(Sandbox):
             return None
         segment_id = str(next(self._ids))
         now = iso(self.clock.now())
-        segment = {"id": int(segment_id), "name": name, "type": "static", "members": set(), "created_at": now,
-                   "updated_at": now, "list_id": audience["id"]}
+        segment = {
+            "id": int(segment_id),
+            "name": name,
+            "type": "static",
+            "members": set(),
+            "created_at": now,
+            "updated_at": now,
+            "list_id": audience["id"],
+        }
         audience["segments"][segment_id] = segment
         return segment
 
-    def _new_merge_field(self, audience: dict[str, Any], tag: str, name: str, type_: str) -> dict[str, Any]:
-        field = {"merge_id": len(audience["merge_fields"]) + 1, "tag": tag, "name": name, "type": type_,
-                 "required": False, "default_value": "", "public": False, "display_order": len(audience["merge_fields"]) + 1,
-                 "list_id": audience["id"], "options": {}}
+    def _new_merge_field(
+        self, audience: dict[str, Any], tag: str, name: str, type_: str
+    ) -> dict[str, Any]:
+        field = {
+            "merge_id": len(audience["merge_fields"]) + 1,
+            "tag": tag,
+            "name": name,
+            "type": type_,
+            "required": False,
+            "default_value": "",
+            "public": False,
+            "display_order": len(audience["merge_fields"]) + 1,
+            "list_id": audience["id"],
+            "options": {},
+        }
         audience["merge_fields"][tag] = field
         return field
 
     def _audience(self, list_id: str, request: Request) -> dict[str, Any] | Response:
         audience = self.lists.get(list_id)
         if audience is None:
-            return self.error(404, "The requested resource could not be found.", request)
+            return self.error(
+                404, "The requested resource could not be found.", request
+            )
         return audience
 
     def _member(self, audience: dict[str, Any], key: str) -> dict[str, Any] | None:
         # Mailchimp: the member endpoints accept the subscriber hash or the email address itself.
         return audience["members"].get(key if "@" not in key else subscriber_hash(key))
 
-    def _render_member(self, audience: dict[str, Any], member: dict[str, Any]) -> dict[str, Any]:
-        tags = [{"id": s["id"], "name": s["name"]} for s in audience["segments"].values() if member["id"] in s["members"]]
+    def _render_member(
+        self, audience: dict[str, Any], member: dict[str, Any]
+    ) -> dict[str, Any]:
+        tags = [
+            {"id": s["id"], "name": s["name"]}
+            for s in audience["segments"].values()
+            if member["id"] in s["members"]
+        ]
         return {**member, "tags_count": len(tags), "tags": tags}
 
     def _touch(self, member: dict[str, Any]) -> None:
         member["last_changed"] = iso(self.clock.now())
 
-    def _check_merge_fields(self, audience: dict[str, Any], values: Any, request: Request) -> Response | dict[str, Any]:
+    def _check_merge_fields(
+        self, audience: dict[str, Any], values: Any, request: Request
+    ) -> Response | dict[str, Any]:
         if values is None:
             return {}
         if not isinstance(values, dict):
@@ -190,22 +345,54 @@ class MailchimpSandbox(Sandbox):
         for tag, value in values.items():
             field = audience["merge_fields"].get(tag)
             if field is None:
-                errors.append({"field": f"merge_fields.{tag}", "message": f"Merge field {tag} does not exist"})
-            elif field["type"] == "number" and value != "" and not isinstance(value, (int, float)):
+                errors.append(
+                    {
+                        "field": f"merge_fields.{tag}",
+                        "message": f"Merge field {tag} does not exist",
+                    }
+                )
+            elif (
+                field["type"] == "number"
+                and value != ""
+                and not isinstance(value, (int, float))
+            ):
                 try:
                     float(value)
                 except (TypeError, ValueError):
-                    errors.append({"field": f"merge_fields.{tag}", "message": "Please enter a number"})
+                    errors.append(
+                        {
+                            "field": f"merge_fields.{tag}",
+                            "message": "Please enter a number",
+                        }
+                    )
         if errors:
-            return self.error(400, "Your merge fields were invalid.", request, errors=errors)
-        return {tag: (float(v) if audience["merge_fields"][tag]["type"] == "number" and v != "" and isinstance(v, str)
-                      else v) for tag, v in values.items()}
+            return self.error(
+                400, "Your merge fields were invalid.", request, errors=errors
+            )
+        return {
+            tag: (
+                float(v)
+                if audience["merge_fields"][tag]["type"] == "number"
+                and v != ""
+                and isinstance(v, str)
+                else v
+            )
+            for tag, v in values.items()
+        }
 
     # --- oauth, lists, members ------------------------------------------------------------------------------------
 
     def _metadata(self, request: Request) -> Response:
-        return Response(200, {"dc": "us6", "role": "owner", "accountname": "Sandbox Shop",
-                              "login_url": "https://login.mailchimp.com", "api_endpoint": "https://us6.api.mailchimp.com"})
+        return Response(
+            200,
+            {
+                "dc": "us6",
+                "role": "owner",
+                "accountname": "Sandbox Shop",
+                "login_url": "https://login.mailchimp.com",
+                "api_endpoint": "https://us6.api.mailchimp.com",
+            },
+        )
 
     def _get_lists(self, request: Request) -> Response:
         lists = [self._render_list(a) for a in self.lists.values()]
@@ -215,13 +402,24 @@ class MailchimpSandbox(Sandbox):
         counts = {s: 0 for s in STATUSES}
         for member in audience["members"].values():
             counts[member["status"]] += 1
-        return {"id": audience["id"], "name": audience["name"], "date_created": audience["date_created"],
-                "stats": {"member_count": counts["subscribed"], "unsubscribe_count": counts["unsubscribed"],
-                          "cleaned_count": counts["cleaned"]}}
+        return {
+            "id": audience["id"],
+            "name": audience["name"],
+            "date_created": audience["date_created"],
+            "stats": {
+                "member_count": counts["subscribed"],
+                "unsubscribe_count": counts["unsubscribed"],
+                "cleaned_count": counts["cleaned"],
+            },
+        }
 
     def _get_list(self, request: Request, list_id: str) -> Response:
         audience = self._audience(list_id, request)
-        return audience if isinstance(audience, Response) else self._fields(request, self._render_list(audience))
+        return (
+            audience
+            if isinstance(audience, Response)
+            else self._fields(request, self._render_list(audience))
+        )
 
     def _get_members(self, request: Request, list_id: str) -> Response:
         audience = self._audience(list_id, request)
@@ -234,10 +432,15 @@ class MailchimpSandbox(Sandbox):
         since = request.arg("since_last_changed")
         if since:
             # Times are kept in one fixed format, so comparing the strings compares the times.
-            threshold = iso(datetime.fromisoformat(since.replace("Z", "+00:00")).astimezone(timezone.utc))
+            threshold = iso(datetime.fromisoformat(since).astimezone(UTC))
             members = [m for m in members if m["last_changed"] >= threshold]
-        return self._page(request, "members", members, render=lambda m: self._render_member(audience, m),
-                          extra={"list_id": list_id})
+        return self._page(
+            request,
+            "members",
+            members,
+            render=lambda m: self._render_member(audience, m),
+            extra={"list_id": list_id},
+        )
 
     def _get_member(self, request: Request, list_id: str, key: str) -> Response:
         audience = self._audience(list_id, request)
@@ -245,7 +448,9 @@ class MailchimpSandbox(Sandbox):
             return audience
         member = self._member(audience, key)
         if member is None:
-            return self.error(404, "The requested resource could not be found.", request)
+            return self.error(
+                404, "The requested resource could not be found.", request
+            )
         return self._fields(request, self._render_member(audience, member))
 
     def _post_member(self, request: Request, list_id: str) -> Response:
@@ -255,19 +460,49 @@ class MailchimpSandbox(Sandbox):
         body = request.json() or {}
         email = str(body.get("email_address", "")).strip()
         if "@" not in email:
-            return self.error(400, "Please provide a valid email address.", request, title="Invalid Resource")
+            return self.error(
+                400,
+                "Please provide a valid email address.",
+                request,
+                title="Invalid Resource",
+            )
         if self._member(audience, email) is not None:
-            return self.error(400, f"{email} is already a list member. Use PUT to insert or update list members.",
-                              request, title="Member Exists")
+            return self.error(
+                400,
+                f"{email} is already a list member. Use PUT to insert or update list members.",
+                request,
+                title="Member Exists",
+            )
         return self._create(audience, email, body.get("status"), body, request)
 
-    def _create(self, audience: dict[str, Any], email: str, status: Any, body: dict[str, Any], request: Request) -> Response:
+    def _create(
+        self,
+        audience: dict[str, Any],
+        email: str,
+        status: Any,
+        body: dict[str, Any],
+        request: Request,
+    ) -> Response:
         if status not in ("subscribed", "unsubscribed", "pending", "transactional"):
-            return self.error(400, "The resource submitted could not be validated.", request,
-                              errors=[{"field": "status", "message": "Status must be one of subscribed, unsubscribed, pending, transactional"}])
+            return self.error(
+                400,
+                "The resource submitted could not be validated.",
+                request,
+                errors=[
+                    {
+                        "field": "status",
+                        "message": "Status must be one of subscribed, unsubscribed, pending, transactional",
+                    }
+                ],
+            )
         if subscriber_hash(email) in audience["forgotten"]:
-            return self.error(400, f"{email} was permanently deleted and cannot be re-imported. The contact must "
-                              "re-subscribe to get back on the list.", request, title="Forgotten Email Not Subscribed")
+            return self.error(
+                400,
+                f"{email} was permanently deleted and cannot be re-imported. The contact must "
+                "re-subscribe to get back on the list.",
+                request,
+                title="Forgotten Email Not Subscribed",
+            )
         merge = self._check_merge_fields(audience, body.get("merge_fields"), request)
         if isinstance(merge, Response):
             return merge
@@ -286,8 +521,16 @@ class MailchimpSandbox(Sandbox):
             if member is not None:
                 del audience["members"][member["id"]]
                 email = member["email_address"]
-            return self._create(audience, email, body.get("status") or body.get("status_if_new"), body, request)
-        return self._update(audience, member, body, request)  # status_if_new is ignored for existing members
+            return self._create(
+                audience,
+                email,
+                body.get("status") or body.get("status_if_new"),
+                body,
+                request,
+            )
+        return self._update(
+            audience, member, body, request
+        )  # status_if_new is ignored for existing members
 
     def _patch_member(self, request: Request, list_id: str, key: str) -> Response:
         audience = self._audience(list_id, request)
@@ -295,18 +538,35 @@ class MailchimpSandbox(Sandbox):
             return audience
         member = self._member(audience, key)
         if member is None:
-            return self.error(404, "The requested resource could not be found.", request)
+            return self.error(
+                404, "The requested resource could not be found.", request
+            )
         return self._update(audience, member, request.json() or {}, request)
 
-    def _update(self, audience: dict[str, Any], member: dict[str, Any], body: dict[str, Any], request: Request) -> Response:
+    def _update(
+        self,
+        audience: dict[str, Any],
+        member: dict[str, Any],
+        body: dict[str, Any],
+        request: Request,
+    ) -> Response:
         status = body.get("status")
         if status is not None and status != member["status"]:
             if status == "cleaned" or status not in STATUSES:
-                return self.error(400, f"Status {status!r} cannot be set through the API.", request)
-            if status == "subscribed" and member["status"] in ("unsubscribed", "cleaned"):
-                return self.error(400, f"{member['email_address']} is in a compliance state due to unsubscribe, "
-                                  "bounce, or compliance review and cannot be subscribed.", request,
-                                  title="Member In Compliance State")
+                return self.error(
+                    400, f"Status {status!r} cannot be set through the API.", request
+                )
+            if status == "subscribed" and member["status"] in (
+                "unsubscribed",
+                "cleaned",
+            ):
+                return self.error(
+                    400,
+                    f"{member['email_address']} is in a compliance state due to unsubscribe, "
+                    "bounce, or compliance review and cannot be subscribed.",
+                    request,
+                    title="Member In Compliance State",
+                )
         merge = self._check_merge_fields(audience, body.get("merge_fields"), request)
         if isinstance(merge, Response):
             return merge
@@ -322,11 +582,19 @@ class MailchimpSandbox(Sandbox):
             return audience
         member = self._member(audience, key)
         if member is None:
-            return self.error(404, "The requested resource could not be found.", request)
+            return self.error(
+                404, "The requested resource could not be found.", request
+            )
         for tag in (request.json() or {}).get("tags", []):
-            segment = self._segment_named(audience, tag["name"], create=tag.get("status") == "active")
+            segment = self._segment_named(
+                audience, tag["name"], create=tag.get("status") == "active"
+            )
             if segment is not None:
-                (segment["members"].add if tag.get("status") == "active" else segment["members"].discard)(member["id"])
+                (
+                    segment["members"].add
+                    if tag.get("status") == "active"
+                    else segment["members"].discard
+                )(member["id"])
         self._touch(member)
         return Response(204)
 
@@ -336,7 +604,9 @@ class MailchimpSandbox(Sandbox):
             return audience
         member = self._member(audience, key)
         if member is None:
-            return self.error(404, "The requested resource could not be found.", request)
+            return self.error(
+                404, "The requested resource could not be found.", request
+            )
         del audience["members"][member["id"]]
         for segment in audience["segments"].values():
             segment["members"].discard(member["id"])
@@ -346,14 +616,26 @@ class MailchimpSandbox(Sandbox):
     # --- segments and merge fields --------------------------------------------------------------------------------
 
     def _render_segment(self, segment: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in segment.items() if k != "members"} | {"member_count": len(segment["members"])}
+        return {k: v for k, v in segment.items() if k != "members"} | {
+            "member_count": len(segment["members"])
+        }
 
     def _get_segments(self, request: Request, list_id: str) -> Response:
         audience = self._audience(list_id, request)
         if isinstance(audience, Response):
             return audience
-        segments = [s for s in audience["segments"].values() if request.arg("type") in (None, s["type"])]
-        return self._page(request, "segments", segments, render=self._render_segment, extra={"list_id": list_id})
+        segments = [
+            s
+            for s in audience["segments"].values()
+            if request.arg("type") in (None, s["type"])
+        ]
+        return self._page(
+            request,
+            "segments",
+            segments,
+            render=self._render_segment,
+            extra={"list_id": list_id},
+        )
 
     def _get_segment(self, request: Request, list_id: str, segment_id: str) -> Response:
         audience = self._audience(list_id, request)
@@ -361,7 +643,9 @@ class MailchimpSandbox(Sandbox):
             return audience
         segment = audience["segments"].get(segment_id)
         if segment is None:
-            return self.error(404, "The requested resource could not be found.", request)
+            return self.error(
+                404, "The requested resource could not be found.", request
+            )
         return self._fields(request, self._render_segment(segment))
 
     def _post_segment(self, request: Request, list_id: str) -> Response:
@@ -371,7 +655,11 @@ class MailchimpSandbox(Sandbox):
         body = request.json() or {}
         name = str(body.get("name", "")).strip()
         if not name or "static_segment" not in body:
-            return self.error(400, "A segment needs a name and static_segment (a list of emails, may be empty).", request)
+            return self.error(
+                400,
+                "A segment needs a name and static_segment (a list of emails, may be empty).",
+                request,
+            )
         if self._segment_named(audience, name, create=False) is not None:
             return self.error(400, f"A segment named {name!r} already exists.", request)
         segment = self._segment_named(audience, name, create=True)
@@ -381,20 +669,34 @@ class MailchimpSandbox(Sandbox):
                 segment["members"].add(member["id"])
         return Response(200, self._render_segment(segment))
 
-    def _batch_segment(self, request: Request, list_id: str, segment_id: str) -> Response:
+    def _batch_segment(
+        self, request: Request, list_id: str, segment_id: str
+    ) -> Response:
         audience = self._audience(list_id, request)
         if isinstance(audience, Response):
             return audience
         segment = audience["segments"].get(segment_id)
         if segment is None:
-            return self.error(404, "The requested resource could not be found.", request)
+            return self.error(
+                404, "The requested resource could not be found.", request
+            )
         body = request.json() or {}
-        to_add, to_remove = body.get("members_to_add") or [], body.get("members_to_remove") or []
+        to_add, to_remove = (
+            body.get("members_to_add") or [],
+            body.get("members_to_remove") or [],
+        )
         if len(to_add) > MAX_SEGMENT_BATCH or len(to_remove) > MAX_SEGMENT_BATCH:
-            return self.error(400, "members_to_add and members_to_remove take at most 500 emails each.", request,
-                              errors=[{"field": "members_to_add", "message": "Maximum 500 items"}])
+            return self.error(
+                400,
+                "members_to_add and members_to_remove take at most 500 emails each.",
+                request,
+                errors=[{"field": "members_to_add", "message": "Maximum 500 items"}],
+            )
         added, removed, missing = [], [], []
-        for emails, change, done in ((to_add, segment["members"].add, added), (to_remove, segment["members"].discard, removed)):
+        for emails, change, done in (
+            (to_add, segment["members"].add, added),
+            (to_remove, segment["members"].discard, removed),
+        ):
             for email in emails:
                 member = self._member(audience, str(email))
                 if member is None:
@@ -402,31 +704,83 @@ class MailchimpSandbox(Sandbox):
                     continue
                 change(member["id"])
                 done.append(self._render_member(audience, member))
-        errors = [{"email_addresses": missing, "error": "Email addresses are not subscribed to the list"}] if missing else []
-        return Response(200, {"members_added": added, "members_removed": removed, "errors": errors,
-                              "total_added": len(added), "total_removed": len(removed), "error_count": len(missing)})
+        errors = (
+            [
+                {
+                    "email_addresses": missing,
+                    "error": "Email addresses are not subscribed to the list",
+                }
+            ]
+            if missing
+            else []
+        )
+        return Response(
+            200,
+            {
+                "members_added": added,
+                "members_removed": removed,
+                "errors": errors,
+                "total_added": len(added),
+                "total_removed": len(removed),
+                "error_count": len(missing),
+            },
+        )
 
     def _get_merge_fields(self, request: Request, list_id: str) -> Response:
         audience = self._audience(list_id, request)
         if isinstance(audience, Response):
             return audience
-        return self._page(request, "merge_fields", list(audience["merge_fields"].values()), extra={"list_id": list_id})
+        return self._page(
+            request,
+            "merge_fields",
+            list(audience["merge_fields"].values()),
+            extra={"list_id": list_id},
+        )
 
     def _post_merge_field(self, request: Request, list_id: str) -> Response:
         audience = self._audience(list_id, request)
         if isinstance(audience, Response):
             return audience
         body = request.json() or {}
-        name, tag, type_ = str(body.get("name", "")), str(body.get("tag", "")), body.get("type")
+        name, tag, type_ = (
+            str(body.get("name", "")),
+            str(body.get("tag", "")),
+            body.get("type"),
+        )
         # Mailchimp: a merge tag is at most 10 characters, upper-case letters, digits and underscores.
         if not name or type_ not in MERGE_TYPES:
-            return self.error(400, "A merge field needs a name and a type.", request,
-                              errors=[{"field": "type", "message": f"must be one of {', '.join(MERGE_TYPES)}"}])
-        if not tag or len(tag) > 10 or not tag.replace("_", "").isalnum() or tag.upper() != tag:
-            return self.error(400, "The merge tag is invalid.", request,
-                              errors=[{"field": "tag", "message": "at most 10 upper-case letters, digits or _"}])
+            return self.error(
+                400,
+                "A merge field needs a name and a type.",
+                request,
+                errors=[
+                    {
+                        "field": "type",
+                        "message": f"must be one of {', '.join(MERGE_TYPES)}",
+                    }
+                ],
+            )
+        if (
+            not tag
+            or len(tag) > 10
+            or not tag.replace("_", "").isalnum()
+            or tag.upper() != tag
+        ):
+            return self.error(
+                400,
+                "The merge tag is invalid.",
+                request,
+                errors=[
+                    {
+                        "field": "tag",
+                        "message": "at most 10 upper-case letters, digits or _",
+                    }
+                ],
+            )
         if tag in audience["merge_fields"]:
-            return self.error(400, f"A merge field with the tag {tag} already exists.", request)
+            return self.error(
+                400, f"A merge field with the tag {tag} already exists.", request
+            )
         return Response(200, self._new_merge_field(audience, tag, name, type_))
 
     # --- campaigns, reports, e-commerce ---------------------------------------------------------------------------
@@ -436,64 +790,131 @@ class MailchimpSandbox(Sandbox):
         if request.arg("status"):
             campaigns = [c for c in campaigns if c["status"] == request.arg("status")]
         if request.arg("list_id"):
-            campaigns = [c for c in campaigns if c["recipients"]["list_id"] == request.arg("list_id")]
+            campaigns = [
+                c
+                for c in campaigns
+                if c["recipients"]["list_id"] == request.arg("list_id")
+            ]
         since = request.arg("since_send_time")
         if since:
-            threshold = datetime.fromisoformat(since.replace("Z", "+00:00"))
-            campaigns = [c for c in campaigns if c["send_time"] and datetime.fromisoformat(c["send_time"]) >= threshold]
-        return self._page(request, "campaigns", campaigns, render=lambda c: {k: v for k, v in c.items() if k[0] != "_"})
+            threshold = datetime.fromisoformat(since)
+            campaigns = [
+                c
+                for c in campaigns
+                if c["send_time"]
+                and datetime.fromisoformat(c["send_time"]) >= threshold
+            ]
+        return self._page(
+            request,
+            "campaigns",
+            campaigns,
+            render=lambda c: {k: v for k, v in c.items() if k[0] != "_"},
+        )
 
-    def _campaign(self, campaign_id: str, request: Request) -> dict[str, Any] | Response:
+    def _campaign(
+        self, campaign_id: str, request: Request
+    ) -> dict[str, Any] | Response:
         campaign = self.campaigns.get(campaign_id)
-        return campaign if campaign is not None else self.error(404, "The requested resource could not be found.", request)
+        return (
+            campaign
+            if campaign is not None
+            else self.error(404, "The requested resource could not be found.", request)
+        )
 
     def _get_activity(self, request: Request, campaign_id: str) -> Response:
         campaign = self._campaign(campaign_id, request)
         if isinstance(campaign, Response):
             return campaign
-        rows = [{"campaign_id": campaign_id, "list_id": campaign["recipients"]["list_id"], "email_id": subscriber_hash(e),
-                 "email_address": e, "activity": a} for e, a in campaign["_activity"].items()]
+        rows = [
+            {
+                "campaign_id": campaign_id,
+                "list_id": campaign["recipients"]["list_id"],
+                "email_id": subscriber_hash(e),
+                "email_address": e,
+                "activity": a,
+            }
+            for e, a in campaign["_activity"].items()
+        ]
         return self._page(request, "emails", rows, extra={"campaign_id": campaign_id})
 
     def _get_unsubscribed(self, request: Request, campaign_id: str) -> Response:
         campaign = self._campaign(campaign_id, request)
         if isinstance(campaign, Response):
             return campaign
-        rows = [{"email_id": subscriber_hash(e), "email_address": e, "timestamp": t, "reason": "",
-                 "campaign_id": campaign_id, "list_id": campaign["recipients"]["list_id"]}
-                for e, t in campaign["_unsubscribed"].items()]
-        return self._page(request, "unsubscribes", rows, extra={"campaign_id": campaign_id})
+        rows = [
+            {
+                "email_id": subscriber_hash(e),
+                "email_address": e,
+                "timestamp": t,
+                "reason": "",
+                "campaign_id": campaign_id,
+                "list_id": campaign["recipients"]["list_id"],
+            }
+            for e, t in campaign["_unsubscribed"].items()
+        ]
+        return self._page(
+            request, "unsubscribes", rows, extra={"campaign_id": campaign_id}
+        )
 
     def _get_stores(self, request: Request) -> Response:
-        return self._page(request, "stores", [{k: v for k, v in s.items() if k[0] != "_"} for s in self.stores.values()])
+        return self._page(
+            request,
+            "stores",
+            [{k: v for k, v in s.items() if k[0] != "_"} for s in self.stores.values()],
+        )
 
     def _store(self, store_id: str, request: Request) -> dict[str, Any] | Response:
         store = self.stores.get(store_id)
-        return store if store is not None else self.error(404, "The requested resource could not be found.", request)
+        return (
+            store
+            if store is not None
+            else self.error(404, "The requested resource could not be found.", request)
+        )
 
     def _get_customers(self, request: Request, store_id: str) -> Response:
         store = self._store(store_id, request)
-        return store if isinstance(store, Response) else self._page(request, "customers", list(store["_customers"].values()))
+        return (
+            store
+            if isinstance(store, Response)
+            else self._page(request, "customers", list(store["_customers"].values()))
+        )
 
     def _get_orders(self, request: Request, store_id: str) -> Response:
         store = self._store(store_id, request)
         if isinstance(store, Response):
             return store
-        return self._page(request, "orders", store["_orders"], extra={"store_id": store_id})
+        return self._page(
+            request, "orders", store["_orders"], extra={"store_id": store_id}
+        )
 
     # --- paging and field filters ---------------------------------------------------------------------------------
 
-    def _page(self, request: Request, key: str, items: list[Any], render: Any = None, extra: dict[str, Any] | None = None) -> Response:
+    def _page(
+        self,
+        request: Request,
+        key: str,
+        items: list[Any],
+        render: Any = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Response:
         try:
             count = int(request.arg("count", "10"))
             offset = int(request.arg("offset", "0"))
         except ValueError:
             return self.error(400, "count and offset must be whole numbers.", request)
         if count > MAX_COUNT or count < 0 or offset < 0:
-            return self.error(400, f"count must be between 0 and {MAX_COUNT}; offset at least 0.", request,
-                              errors=[{"field": "count", "message": f"Maximum {MAX_COUNT}"}])
+            return self.error(
+                400,
+                f"count must be between 0 and {MAX_COUNT}; offset at least 0.",
+                request,
+                errors=[{"field": "count", "message": f"Maximum {MAX_COUNT}"}],
+            )
         window = items[offset : offset + count]
-        body = {key: [render(i) for i in window] if render else window, **(extra or {}), "total_items": len(items)}
+        body = {
+            key: [render(i) for i in window] if render else window,
+            **(extra or {}),
+            "total_items": len(items),
+        }
         return self._fields(request, body)
 
     def _fields(self, request: Request, body: dict[str, Any]) -> Response:
@@ -516,7 +937,11 @@ def _keep(value: Any, paths: list[list[str]]) -> Any:
         if name not in value:
             continue
         rest = [p[1:] for p in paths if p[0] == name]
-        kept[name] = value[name] if any(not r for r in rest) else _keep(value[name], [r for r in rest if r])
+        kept[name] = (
+            value[name]
+            if any(not r for r in rest)
+            else _keep(value[name], [r for r in rest if r])
+        )
     return kept
 
 

@@ -16,8 +16,35 @@ from connectors.mailchimp.sandbox import iso, subscriber_hash
 if TYPE_CHECKING:
     from connectors.mailchimp.sandbox import MailchimpSandbox
 
-FIRST = ("Ana", "Ben", "Chloé", "Dev", "Eva", "Femi", "Greta", "Hiro", "Ines", "Jon", "Kai", "Lena", "Mo", "Nia")
-LAST = ("Silva", "Meyer", "Okafor", "Rossi", "Dubois", "Tanaka", "Novak", "Larsen", "Khan", "Brown", "García")
+FIRST = (
+    "Ana",
+    "Ben",
+    "Chloé",
+    "Dev",
+    "Eva",
+    "Femi",
+    "Greta",
+    "Hiro",
+    "Ines",
+    "Jon",
+    "Kai",
+    "Lena",
+    "Mo",
+    "Nia",
+)
+LAST = (
+    "Silva",
+    "Meyer",
+    "Okafor",
+    "Rossi",
+    "Dubois",
+    "Tanaka",
+    "Novak",
+    "Larsen",
+    "Khan",
+    "Brown",
+    "García",
+)
 SHOP_TAGS = ("VIP", "newsletter-2023", "wholesale", "event-visitor")
 LIST_ID = "a1b2c3d4e5"
 STORE_ID = "shop-1"
@@ -41,7 +68,13 @@ def member_email(index: int) -> str:
     return f"member{index:06d}@example.com"
 
 
-def seed_audience(sandbox: MailchimpSandbox, size: int, seed: int, campaigns: int = 3, orders: int | None = None) -> str:
+def seed_audience(
+    sandbox: MailchimpSandbox,
+    size: int,
+    seed: int,
+    campaigns: int = 3,
+    orders: int | None = None,
+) -> str:
     """Fill ``sandbox``; returns the audience id. Same seed, same shop."""
     rng = random.Random(seed)
     now = sandbox.clock.now()
@@ -49,13 +82,21 @@ def seed_audience(sandbox: MailchimpSandbox, size: int, seed: int, campaigns: in
     emails = []
     for index in range(size):
         email = member_email(index)
-        signup = now - timedelta(days=rng.randint(5, 900), seconds=rng.randint(0, 86_399))
+        signup = now - timedelta(
+            days=rng.randint(5, 900), seconds=rng.randint(0, 86_399)
+        )
         sandbox.add_member(
-            list_id, email, status_for(index, size),
+            list_id,
+            email,
+            status_for(index, size),
             merge_fields={"FNAME": rng.choice(FIRST), "LNAME": rng.choice(LAST)},
             member_rating=rng.randint(1, 5),
-            stats={"avg_open_rate": round(rng.random() * 0.6, 2), "avg_click_rate": round(rng.random() * 0.1, 2)},
-            timestamp_signup=iso(signup), timestamp_opt=iso(signup + timedelta(minutes=3)),
+            stats={
+                "avg_open_rate": round(rng.random() * 0.6, 2),
+                "avg_click_rate": round(rng.random() * 0.1, 2),
+            },
+            timestamp_signup=iso(signup),
+            timestamp_opt=iso(signup + timedelta(minutes=3)),
             last_changed=iso(signup + timedelta(days=rng.randint(0, 4))),
         )
         emails.append(email)
@@ -72,42 +113,95 @@ def seed_audience(sandbox: MailchimpSandbox, size: int, seed: int, campaigns: in
             events = [{"action": "open", "timestamp": iso(moment), "ip": "203.0.113.9"}]
             roll = rng.random()
             if roll < 0.3:
-                events.append({"action": "click", "timestamp": iso(moment + timedelta(minutes=1)),
-                               "url": "https://shop.example.com/sale", "ip": "203.0.113.9"})
+                events.append(
+                    {
+                        "action": "click",
+                        "timestamp": iso(moment + timedelta(minutes=1)),
+                        "url": "https://shop.example.com/sale",
+                        "ip": "203.0.113.9",
+                    }
+                )
             elif roll < 0.35:
-                events = [{"action": "bounce", "timestamp": iso(moment), "type": "soft"}]
+                events = [
+                    {"action": "bounce", "timestamp": iso(moment), "type": "soft"}
+                ]
             elif roll < 0.37:
                 unsubscribed[email] = iso(moment + timedelta(minutes=2))
             activity[email] = events
         sandbox.campaigns[campaign_id] = {
-            "id": campaign_id, "web_id": 1000 + number, "type": "regular", "status": "sent",
-            "create_time": iso(sent - timedelta(days=1)), "send_time": iso(sent), "emails_sent": len(reachable),
+            "id": campaign_id,
+            "web_id": 1000 + number,
+            "type": "regular",
+            "status": "sent",
+            "create_time": iso(sent - timedelta(days=1)),
+            "send_time": iso(sent),
+            "emails_sent": len(reachable),
             "recipients": {"list_id": list_id, "list_name": "Sandbox Shop customers"},
-            "settings": {"subject_line": f"Weekly picks #{number + 1}", "title": f"Weekly {number + 1}"},
-            "_activity": activity, "_unsubscribed": unsubscribed,
+            "settings": {
+                "subject_line": f"Weekly picks #{number + 1}",
+                "title": f"Weekly {number + 1}",
+            },
+            "_activity": activity,
+            "_unsubscribed": unsubscribed,
         }
-    _seed_store(sandbox, rng, list_id, emails, orders if orders is not None else min(size, 2_000))
+    _seed_store(
+        sandbox,
+        rng,
+        list_id,
+        emails,
+        orders if orders is not None else min(size, 2_000),
+    )
     return list_id
 
 
-def _seed_store(sandbox: MailchimpSandbox, rng: random.Random, list_id: str, emails: list[str], orders: int) -> None:
+def _seed_store(
+    sandbox: MailchimpSandbox,
+    rng: random.Random,
+    list_id: str,
+    emails: list[str],
+    orders: int,
+) -> None:
     now = sandbox.clock.now()
     customers: dict[str, dict[str, object]] = {}
     order_rows = []
     for number in range(orders):
         email = rng.choice(emails)
-        customer = customers.setdefault(email, {
-            "id": f"cust-{subscriber_hash(email)[:8]}", "email_address": email, "opt_in_status": False,
-            "orders_count": 0, "total_spent": 0.0,
-        })
+        customer = customers.setdefault(
+            email,
+            {
+                "id": f"cust-{subscriber_hash(email)[:8]}",
+                "email_address": email,
+                "opt_in_status": False,
+                "orders_count": 0,
+                "total_spent": 0.0,
+            },
+        )
         amount = round(rng.uniform(12, 240), 2)
         customer["orders_count"] += 1
         customer["total_spent"] = round(customer["total_spent"] + amount, 2)
-        placed = now - timedelta(days=rng.randint(1, 700), minutes=rng.randint(0, 1_439))
-        order_rows.append({
-            "id": f"ord-{number + 1:06d}", "store_id": STORE_ID, "customer": {"id": customer["id"], "email_address": email},
-            "currency_code": "EUR", "order_total": amount, "financial_status": rng.choice(("paid",) * 12 + ("refunded", "pending")),
-            "processed_at_foreign": iso(placed), "updated_at_foreign": iso(placed),
-        })
-    sandbox.stores[STORE_ID] = {"id": STORE_ID, "list_id": list_id, "name": "Sandbox Shop", "platform": "custom",
-                                "currency_code": "EUR", "_customers": customers, "_orders": order_rows}
+        placed = now - timedelta(
+            days=rng.randint(1, 700), minutes=rng.randint(0, 1_439)
+        )
+        order_rows.append(
+            {
+                "id": f"ord-{number + 1:06d}",
+                "store_id": STORE_ID,
+                "customer": {"id": customer["id"], "email_address": email},
+                "currency_code": "EUR",
+                "order_total": amount,
+                "financial_status": rng.choice(
+                    ("paid",) * 12 + ("refunded", "pending")
+                ),
+                "processed_at_foreign": iso(placed),
+                "updated_at_foreign": iso(placed),
+            }
+        )
+    sandbox.stores[STORE_ID] = {
+        "id": STORE_ID,
+        "list_id": list_id,
+        "name": "Sandbox Shop",
+        "platform": "custom",
+        "currency_code": "EUR",
+        "_customers": customers,
+        "_orders": order_rows,
+    }
