@@ -22,7 +22,6 @@ CONTACT_PROPERTIES = ("email", "firstname", "lastname", "phone", "company", "lif
 COMPANY_PROPERTIES = ("name", "domain", "createdate", "hs_lastmodifieddate")
 DEAL_PROPERTIES = ("dealname", "amount", "dealstage", "pipeline", "closedate", "deal_currency_code", "createdate", "hs_lastmodifieddate")
 MODIFIED_PROPERTY = {"contacts": "lastmodifieddate", "companies": "hs_lastmodifieddate", "deals": "hs_lastmodifieddate"}
-ARCHIVED_FLAG = "hs_archived"  # set in Contact/Company/Order.properties for tombstones (records.py has no field yet)
 DEFAULT_CURRENCY = "USD"  # HubSpot: a deal without deal_currency_code is in the account's company currency
 
 
@@ -44,10 +43,6 @@ def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(";") if part.strip()]
 
 
-def _archived(raw: Mapping[str, Any]) -> dict[str, str]:
-    return {ARCHIVED_FLAG: "true", "hs_archived_at": str(raw.get("archivedAt") or "")} if raw.get("archived") else {}
-
-
 def map_contact(raw: Mapping[str, Any]) -> Contact:
     props = raw.get("properties") or {}
     email = EmailAddress.parse(props["email"]) if props.get("email") else None
@@ -65,7 +60,7 @@ def map_contact(raw: Mapping[str, Any]) -> Contact:
         is_unsubscribed=None if optout in (None, "") else optout == "true",
         created_at=parse_time(props.get("createdate") or raw.get("createdAt")),
         updated_at=parse_time(props.get("lastmodifieddate") or raw.get("updatedAt")),
-        merged_ids=tuple(_split(props.get("hs_merged_object_ids"))), properties=_archived(raw),
+        merged_ids=tuple(_split(props.get("hs_merged_object_ids"))),
     )
 
 
@@ -74,7 +69,7 @@ def map_company(raw: Mapping[str, Any]) -> Company:
     return Company(
         source=SOURCE, source_id=str(raw["id"]), name=props.get("name") or None, domain=props.get("domain") or None,
         created_at=parse_time(props.get("createdate") or raw.get("createdAt")),
-        updated_at=parse_time(props.get("hs_lastmodifieddate") or raw.get("updatedAt")), properties=_archived(raw),
+        updated_at=parse_time(props.get("hs_lastmodifieddate") or raw.get("updatedAt")),
     )
 
 
@@ -107,7 +102,7 @@ def map_deal(raw: Mapping[str, Any], statuses: Mapping[str, OrderStatus], contac
         created_at=parse_time(props.get("createdate") or raw.get("createdAt")),
         closed_at=parse_time(props.get("closedate")) if status is not OrderStatus.OPEN else None,
         customer_email=EmailAddress.parse(contact_email, "contact email") if contact_email else None,
-        customer_source_id=contact_id, title=props.get("dealname") or None, properties=_archived(raw),
+        customer_source_id=contact_id, title=props.get("dealname") or None,
     )
 
 

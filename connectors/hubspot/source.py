@@ -78,8 +78,7 @@ class HubSpotSource:
 
     def _read_archived(self, object_type: str) -> Iterator[Page]:
         """HubSpot search never returns archived objects and archiving leaves the modified date alone: list them."""
-        build = self._builder(object_type)
-        properties = {"contacts": mapping.CONTACT_PROPERTIES, "companies": mapping.COMPANY_PROPERTIES, "deals": mapping.DEAL_PROPERTIES}[object_type]
-        for raws in self.client.list_archived(object_type, properties):
-            records, rejected = build(raws)
-            yield Page(records, None, rejected)
+        # Only the ids matter: the store tombstones what it holds under them (kept for history and the ledger,
+        # no longer scored or written to); an object archived before we ever saw it leaves no trace.
+        for raws in self.client.list_archived(object_type, ("hs_object_id",)):
+            yield Page([], None, deleted=[str(raw["id"]) for raw in raws if raw.get("id")])
