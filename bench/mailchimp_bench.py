@@ -100,12 +100,8 @@ def main() -> None:
         child.join(timeout=10)
 
     reachable = [i for i in range(members) if status_for(i, members) != "archived"]
-    per_tag = Counter(BANDS[i % 3] for i in reachable) + Counter(
-        "s" + SEGMENTS[(i // 3) % 3] for i in reachable
-    )
-    minimum = sum(math.ceil(n / settings.batch_size) for n in per_tag.values()) + len(
-        per_tag
-    )  # + creating 6 tags
+    per_tag = Counter(BANDS[i % 3] for i in reachable) + Counter("s" + SEGMENTS[(i // 3) % 3] for i in reachable)
+    minimum = sum(math.ceil(n / settings.batch_size) for n in per_tag.values()) + len(per_tag)  # + creating 6 tags
     bound = settings.max_connections * PAGE_SIZE / page_s
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print_table(

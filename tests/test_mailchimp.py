@@ -36,9 +36,7 @@ def sandbox():
         yield box
 
 
-def make_client(
-    sandbox: MailchimpSandbox, api_key: str = KEY, **overrides
-) -> MailchimpClient:
+def make_client(sandbox: MailchimpSandbox, api_key: str = KEY, **overrides) -> MailchimpClient:
     settings = MailchimpSettings(enabled=True, audiences=(LIST_ID,), **overrides)
     return MailchimpClient(
         settings,
@@ -93,51 +91,37 @@ def store(tmp_path: Path) -> Store:
 # --- read path ---------------------------------------------------------------------------------------------------
 
 
-def test_members_activity_and_orders_of_the_allowed_audience_reach_the_store(
-    sandbox, store
-):
+def test_members_activity_and_orders_of_the_allowed_audience_reach_the_store(sandbox, store):
     other = sandbox.add_list("Not allowed")
     sandbox.add_member(other, "secret@example.com")
-    result = run_source_once(
-        store, MailchimpSource(make_client(sandbox)), "sync", "mailchimp"
-    )
+    result = run_source_once(store, MailchimpSource(make_client(sandbox)), "sync", "mailchimp")
     contacts = dict(store.stored_records("contact", "mailchimp"))
     assert len(contacts) == SIZE
     assert not any("secret@example.com" in payload for payload in contacts.values())
     assert not any(e.path.startswith(f"/3.0/lists/{other}") for e in sandbox.journal)
-    opted_out = sum(
-        '"is_unsubscribed":true' in payload for payload in contacts.values()
-    )
+    opted_out = sum('"is_unsubscribed":true' in payload for payload in contacts.values())
     assert opted_out == 500 + 200 + 50
     assert result.counts["email_event"].read > 0 and result.counts["order"].read == 500
     events = [p for _, p in store.stored_records("email_event", "mailchimp")]
     assert {
-        kind
-        for kind in ("open", "click", "bounce", "unsubscribe")
-        if any(f'"event":"{kind}"' in p for p in events)
+        kind for kind in ("open", "click", "bounce", "unsubscribe") if any(f'"event":"{kind}"' in p for p in events)
     } == {"open", "click", "bounce", "unsubscribe"}
 
 
-def test_second_read_asks_only_for_members_changed_since_the_cursor_minus_lookback(
-    sandbox, store
-):
+def test_second_read_asks_only_for_members_changed_since_the_cursor_minus_lookback(sandbox, store):
     source = MailchimpSource(make_client(sandbox))
     run_source_once(store, source, "sync", "mailchimp")
     sandbox.journal.clear()
     run_source_once(store, source, "sync", "mailchimp")
     member_reads = sandbox.journal.entries("GET", r"/lists/[^/]+/members\Z")
     assert member_reads and all("since_last_changed" in e.query for e in member_reads)
-    assert (
-        len(member_reads) == 1
-    )  # only the newest few members fall inside the look-back window
+    assert len(member_reads) == 1  # only the newest few members fall inside the look-back window
 
 
 # --- write path --------------------------------------------------------------------------------------------------
 
 
-def test_scores_reach_every_reachable_member_and_never_touch_consent_or_shop_tags(
-    sandbox, store
-):
+def test_scores_reach_every_reachable_member_and_never_touch_consent_or_shop_tags(sandbox, store):
     before_status, before_tags = statuses(sandbox), shop_tags(sandbox)
     destination = MailchimpDestination(make_client(sandbox), LIST_ID)
     # Tags for all 10k (merge fields cost one PATCH per member, so they have their own, smaller test below).
@@ -163,26 +147,15 @@ def test_scores_reach_every_reachable_member_and_never_touch_consent_or_shop_tag
     assert shop_tags(sandbox) == before_tags
     existing = {m["email_address"] for m in members.values()}
     for entry in writes(sandbox):
-        assert not (
-            isinstance(entry.body, dict)
-            and ("status" in entry.body or "status_if_new" in entry.body)
-        ), entry
-    assert not sandbox.journal.entries("PUT") and not sandbox.journal.entries(
-        "POST", r"/members\Z"
-    )
-    assert (
-        len({r.change.object_id for r in result.rejected}) == 50
-    )  # the archived ones, each reported
+        assert not (isinstance(entry.body, dict) and ("status" in entry.body or "status_if_new" in entry.body)), entry
+    assert not sandbox.journal.entries("PUT") and not sandbox.journal.entries("POST", r"/members\Z")
+    assert len({r.change.object_id for r in result.rejected}) == 50  # the archived ones, each reported
     assert all("archived" in r.reason for r in result.rejected)
     assert existing  # the scan above covered real members
 
 
-def test_merge_fields_are_created_with_mailchimps_rules_and_written_without_status(
-    sandbox, store
-):
-    emails = all_emails(1_000)[
-        400:700
-    ]  # includes unsubscribed, cleaned and archived members
+def test_merge_fields_are_created_with_mailchimps_rules_and_written_without_status(sandbox, store):
+    emails = all_emails(1_000)[400:700]  # includes unsubscribed, cleaned and archived members
     push_changes(
         store,
         MailchimpDestination(make_client(sandbox), LIST_ID),
@@ -208,9 +181,7 @@ def test_merge_fields_are_created_with_mailchimps_rules_and_written_without_stat
             ) == (80, "Champions", 120.5)
 
 
-def test_second_run_writes_nothing_and_a_changed_score_swaps_only_that_members_tool_tags(
-    sandbox, store
-):
+def test_second_run_writes_nothing_and_a_changed_score_swaps_only_that_members_tool_tags(sandbox, store):
     emails = all_emails(600)
     push_changes(
         store,
@@ -227,21 +198,16 @@ def test_second_run_writes_nothing_and_a_changed_score_swaps_only_that_members_t
     changed = member_email(500)
     desired = desired_from_scores(scores_for(emails))
     desired.update(desired_from_scores(scores_for([changed], band="low")))
-    before = {
-        h: sandbox.member_tags(LIST_ID, h) for h in sandbox.lists[LIST_ID]["members"]
-    }
+    before = {h: sandbox.member_tags(LIST_ID, h) for h in sandbox.lists[LIST_ID]["members"]}
     push_changes(store, MailchimpDestination(make_client(sandbox), LIST_ID), desired)
-    after = {
-        h: sandbox.member_tags(LIST_ID, h) for h in sandbox.lists[LIST_ID]["members"]
-    }
+    after = {h: sandbox.member_tags(LIST_ID, h) for h in sandbox.lists[LIST_ID]["members"]}
     changed_hash = subscriber_hash(changed)
     assert {h for h in after if after[h] != before[h]} == {changed_hash}
     assert set(before[changed_hash]) - set(after[changed_hash]) == {"rs:churn-high"}
     assert set(after[changed_hash]) - set(before[changed_hash]) == {"rs:churn-low"}
     for entry in writes(sandbox):
         touched = (
-            entry.body.get("members_to_add", [])
-            + entry.body.get("members_to_remove", [])
+            entry.body.get("members_to_add", []) + entry.body.get("members_to_remove", [])
             if "members_to_add" in entry.body
             else [changed]
         )
@@ -258,21 +224,13 @@ def test_a_forgotten_address_is_never_re_added_and_reported_once(sandbox, store)
         subscriber_hash(forgotten),
     )
     newcomer = "new.customer@example.org"
-    desired = desired_from_scores(
-        scores_for([forgotten, newcomer, member_email(9_000)])
-    )
+    desired = desired_from_scores(scores_for([forgotten, newcomer, member_email(9_000)]))
     first = push_changes(store, MailchimpDestination(client, LIST_ID), desired)
     assert subscriber_hash(forgotten) not in sandbox.lists[LIST_ID]["members"]
     refused = {r.change.object_id for r in first.rejected}
     assert refused == {forgotten}
-    assert any(
-        "Forgotten Email Not Subscribed" in r.reason and forgotten in r.reason
-        for r in first.rejected
-    )
-    assert (
-        sandbox.lists[LIST_ID]["members"][subscriber_hash(newcomer)]["status"]
-        == "pending"
-    )
+    assert any("Forgotten Email Not Subscribed" in r.reason and forgotten in r.reason for r in first.rejected)
+    assert sandbox.lists[LIST_ID]["members"][subscriber_hash(newcomer)]["status"] == "pending"
     puts = sandbox.journal.entries("PUT")
     assert [e.body.get("status_if_new") for e in puts] == [
         "pending",
@@ -289,9 +247,7 @@ def test_a_forgotten_address_is_never_re_added_and_reported_once(sandbox, store)
     assert len([row for row in store.quarantined() if forgotten in str(row)]) >= 1
 
 
-def test_without_add_new_contacts_strangers_are_refused_without_a_request(
-    sandbox, store
-):
+def test_without_add_new_contacts_strangers_are_refused_without_a_request(sandbox, store):
     result = push_changes(
         store,
         MailchimpDestination(make_client(sandbox), LIST_ID),
@@ -306,12 +262,8 @@ def test_without_add_new_contacts_strangers_are_refused_without_a_request(
 
 
 def test_concurrency_never_exceeds_max_connections(sandbox, store):
-    sandbox.max_concurrent = (
-        3  # a stricter account: any 4th connection would be refused with 429
-    )
-    sandbox.faults.add(
-        Fault(kind="stall", stall_s=0.02, times=None, match="PATCH ")
-    )  # so requests overlap
+    sandbox.max_concurrent = 3  # a stricter account: any 4th connection would be refused with 429
+    sandbox.faults.add(Fault(kind="stall", stall_s=0.02, times=None, match="PATCH "))  # so requests overlap
     client = make_client(sandbox, max_connections=3)
     push_changes(
         store,
@@ -322,27 +274,15 @@ def test_concurrency_never_exceeds_max_connections(sandbox, store):
     assert not [e for e in sandbox.journal if e.fault == "concurrency"]
 
 
-def test_rate_limits_and_server_errors_are_retried_until_everything_is_written(
-    sandbox, store
-):
+def test_rate_limits_and_server_errors_are_retried_until_everything_is_written(sandbox, store):
     sandbox.faults.random(0.2, status=429)
     sandbox.faults.add(Fault(status=503, times=4, match="POST /3.0/lists/.*/segments/"))
     sandbox.faults.add(Fault(kind="drop", times=1, match="PATCH "))
-    desired = desired_from_scores(
-        scores_for(all_emails(1_500)), include_merge_fields=False
-    )
-    desired.update(
-        desired_from_scores(scores_for(all_emails(1_000)[900:]))
-    )  # and some merge-field PATCHes
-    result = push_changes(
-        store, MailchimpDestination(make_client(sandbox), LIST_ID), desired
-    )
-    assert result.rejected and all(
-        "archived" in r.reason for r in result.rejected
-    )  # nothing refused but those
-    assert [e for e in sandbox.journal if e.status == 429] and [
-        e for e in sandbox.journal if e.status == 503
-    ]
+    desired = desired_from_scores(scores_for(all_emails(1_500)), include_merge_fields=False)
+    desired.update(desired_from_scores(scores_for(all_emails(1_000)[900:])))  # and some merge-field PATCHes
+    result = push_changes(store, MailchimpDestination(make_client(sandbox), LIST_ID), desired)
+    assert result.rejected and all("archived" in r.reason for r in result.rejected)  # nothing refused but those
+    assert [e for e in sandbox.journal if e.status == 429] and [e for e in sandbox.journal if e.status == 503]
     assert all(
         "rs:churn-high" in sandbox.member_tags(LIST_ID, subscriber_hash(e))
         for e in all_emails(1_500)
@@ -351,9 +291,7 @@ def test_rate_limits_and_server_errors_are_retried_until_everything_is_written(
 
 
 def test_a_stalled_request_times_out_and_is_retried(sandbox):
-    sandbox.faults.add(
-        Fault(kind="stall", stall_s=1.5, times=1, match="GET /3.0/lists/[^/]+\\Z")
-    )
+    sandbox.faults.add(Fault(kind="stall", stall_s=1.5, times=1, match="GET /3.0/lists/[^/]+\\Z"))
     client = make_client(sandbox, timeout_s=1.0)
     body = client.call("reading the audience", client.sdk.lists.get_list, LIST_ID)
     assert body["id"] == LIST_ID
@@ -375,12 +313,7 @@ def test_a_problem_document_becomes_one_line_naming_the_member(sandbox):
             member=email,
         )
     text = str(raised.value)
-    assert (
-        "\n" not in text
-        and email in text
-        and "NOSUCH" in text
-        and raised.value.record_id == email
-    )
+    assert "\n" not in text and email in text and "NOSUCH" in text and raised.value.record_id == email
 
 
 def test_a_wrong_key_is_an_auth_error_that_says_what_to_do(sandbox):
@@ -400,10 +333,7 @@ def test_an_oauth_token_finds_its_data_centre_through_the_metadata_endpoint(sand
         clock=sandbox.clock,
     )
     assert client.sdk.api_client.server == "us6"
-    assert (
-        client.call("reading the audience", client.sdk.lists.get_list, LIST_ID)["id"]
-        == LIST_ID
-    )
+    assert client.call("reading the audience", client.sdk.lists.get_list, LIST_ID)["id"] == LIST_ID
 
 
 def test_the_api_key_appears_nowhere(sandbox, store, tmp_path, caplog):
@@ -420,20 +350,12 @@ def test_the_api_key_appears_nowhere(sandbox, store, tmp_path, caplog):
         client.call("reading the audience", client.sdk.lists.get_list, LIST_ID)
     secret = KEY.split("-")[0]
     assert secret not in caplog.text
-    assert secret not in str(raised.value) and secret not in repr(
-        raised.value.__cause__
-    )
+    assert secret not in str(raised.value) and secret not in repr(raised.value.__cause__)
     assert secret not in repr(list(sandbox.journal))
-    assert all(
-        secret.encode() not in path.read_bytes()
-        for path in tmp_path.rglob("*")
-        if path.is_file()
-    )
+    assert all(secret.encode() not in path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
 
 
-def test_doctor_check_reports_reachable_audiences_and_a_refused_key(
-    sandbox, monkeypatch
-):
+def test_doctor_check_reports_reachable_audiences_and_a_refused_key(sandbox, monkeypatch):
     from connectors.mailchimp.client import check_mailchimp
     from sync.settings import Settings
 
@@ -443,8 +365,4 @@ def test_doctor_check_reports_reachable_audiences_and_a_refused_key(
     assert healthy.ok and "Sandbox Shop customers" in healthy.detail
     monkeypatch.setenv("RETENTION_MAILCHIMP_API_KEY", "revoked-us6")
     refused = check_mailchimp(settings, base_url=sandbox.url)
-    assert (
-        not refused.ok
-        and "check the API key" in refused.detail
-        and "revoked" not in refused.detail
-    )
+    assert not refused.ok and "check the API key" in refused.detail and "revoked" not in refused.detail

@@ -28,13 +28,7 @@ from sync.engine import push_changes, run_source_once
 from sync.settings import MailchimpSettings
 from sync.store import Store
 
-SPEC = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "specs"
-    / "mailchimp"
-    / "marketing-api-3.0.55.openapi.yaml"
-)
+SPEC = Path(__file__).resolve().parents[2] / "shared" / "specs" / "mailchimp" / "marketing-api-3.0.55.openapi.yaml"
 KEY = "conformance-us6"
 # Schema-name collisions in the generated 3.0.55 document: some list wrappers give their own name to their
 # items (List_Members_2.members[] → List_Members_2), and the one-member GET answers the wrapper. The member
@@ -47,9 +41,7 @@ MEMBER_SCHEMA = "#/components/schemas/List_Members"
 def read_yaml_blocks(text: str) -> dict[str, Any]:
     """Block-style YAML → nested dicts; list items go under "_items"; scalars under "_value"."""
     root: dict[str, Any] = {}
-    stack: list[tuple[int, dict[str, Any], bool]] = [
-        (-1, root, False)
-    ]  # (indent, node, is a list item)
+    stack: list[tuple[int, dict[str, Any], bool]] = [(-1, root, False)]  # (indent, node, is a list item)
     for raw in text.splitlines():
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
@@ -57,9 +49,7 @@ def read_yaml_blocks(text: str) -> dict[str, Any]:
         indent = len(raw) - len(raw.lstrip(" "))
         is_item = stripped.startswith("- ") or stripped == "-"
         # A list may sit at its key's own indent ("parameters:" then "- name: ..." below it, same column).
-        while stack[-1][0] > indent or (
-            stack[-1][0] == indent and (stack[-1][2] or not is_item)
-        ):
+        while stack[-1][0] > indent or (stack[-1][0] == indent and (stack[-1][2] or not is_item)):
             stack.pop()
         parent = stack[-1][1]
         if is_item:
@@ -116,9 +106,7 @@ def spec_path_for(concrete: str, method: str) -> str | None:
     return max(matches, key=lambda t: len(re.sub(r"\{[^}]+\}", "", t)), default=None)
 
 
-def check_fields(
-    body: Any, schema: dict[str, Any], where: str, depth: int = 2
-) -> list[str]:
+def check_fields(body: Any, schema: dict[str, Any], where: str, depth: int = 2) -> list[str]:
     """Names in ``body`` that the schema does not declare, down to ``depth`` levels."""
     declared = properties(schema)
     if not isinstance(body, dict) or not declared:
@@ -129,17 +117,10 @@ def check_fields(
             if name not in declared:
                 continue
             sub = resolve(declared[name])
-            if (
-                isinstance(value, list)
-                and value
-                and isinstance(value[0], dict)
-                and "items" in sub
-            ):
+            if isinstance(value, list) and value and isinstance(value[0], dict) and "items" in sub:
                 if resolve(sub["items"]) is resolve(schema):
                     continue  # the document lost this item schema (see ITEM_SCHEMAS)
-                problems += check_fields(
-                    value[0], sub["items"], f"{where}.{name}[]", depth - 1
-                )
+                problems += check_fields(value[0], sub["items"], f"{where}.{name}[]", depth - 1)
             elif isinstance(value, dict) and properties(sub):
                 problems += check_fields(value, sub, f"{where}.{name}", depth - 1)
     return problems
@@ -148,18 +129,12 @@ def check_fields(
 @pytest.fixture(scope="module")
 def exercised(tmp_path_factory):
     if not SPEC.is_file():
-        pytest.skip(
-            f"{SPEC} is absent: the conformance test needs ../shared/specs/mailchimp beside the repository"
-        )
+        pytest.skip(f"{SPEC} is absent: the conformance test needs ../shared/specs/mailchimp beside the repository")
     sandbox = MailchimpSandbox(api_key=KEY)
     seed_audience(sandbox, 1_200, seed=5, orders=50)
     with sandbox:
-        settings = MailchimpSettings(
-            enabled=True, audiences=(LIST_ID,), add_new_contacts=True
-        )
-        client = MailchimpClient(
-            settings, api_key=KEY, base_url=sandbox.url, clock=sandbox.clock
-        )
+        settings = MailchimpSettings(enabled=True, audiences=(LIST_ID,), add_new_contacts=True)
+        client = MailchimpClient(settings, api_key=KEY, base_url=sandbox.url, clock=sandbox.clock)
         store = Store.open(f"sqlite:///{tmp_path_factory.mktemp('mc')}/r.db")
         run_source_once(store, MailchimpSource(client), "sync", "mailchimp")
         as_of = datetime(2026, 11, 1, tzinfo=UTC)
@@ -174,12 +149,9 @@ def exercised(tmp_path_factory):
                 clv=Decimal("10.00"),
                 clv_currency="EUR",
             )
-            for e in [member_email(i) for i in range(1_000, 1_100)]
-            + ["fresh@example.org"]
+            for e in [member_email(i) for i in range(1_000, 1_100)] + ["fresh@example.org"]
         ]
-        push_changes(
-            store, MailchimpDestination(client, LIST_ID), desired_from_scores(scores)
-        )
+        push_changes(store, MailchimpDestination(client, LIST_ID), desired_from_scores(scores))
         sdk = client.sdk
         answers = {
             ("GET", "/lists/{list_id}"): sdk.lists.get_list(LIST_ID),
@@ -187,13 +159,9 @@ def exercised(tmp_path_factory):
                 "GET",
                 "/lists/{list_id}/members/{subscriber_hash}",
             ): sdk.lists.get_list_member(LIST_ID, subscriber_hash(member_email(1_000))),
-            ("GET", "/lists/{list_id}/members"): sdk.lists.get_list_members_info(
-                LIST_ID, count=5
-            ),
+            ("GET", "/lists/{list_id}/members"): sdk.lists.get_list_members_info(LIST_ID, count=5),
             ("GET", "/lists/{list_id}/segments"): sdk.lists.list_segments(LIST_ID),
-            ("GET", "/lists/{list_id}/merge-fields"): sdk.lists.get_list_merge_fields(
-                LIST_ID
-            ),
+            ("GET", "/lists/{list_id}/merge-fields"): sdk.lists.get_list_merge_fields(LIST_ID),
             ("GET", "/campaigns"): sdk.campaigns.list(count=2),
             (
                 "GET",
@@ -231,16 +199,10 @@ def test_every_request_the_connector_sends_is_declared_in_the_spec(exercised):
             for p in op.get("parameters", {}).get("_items", [])
             if p.get("in", {}).get("_value") == "query"
         }
-        problems |= {
-            f"{entry.method} {template}?{name}"
-            for name in entry.query
-            if name not in declared
-        }
+        problems |= {f"{entry.method} {template}?{name}" for name in entry.query if name not in declared}
         if isinstance(entry.body, dict):
             schema = op["requestBody"]["content"]["application/json"]["schema"]
-            problems |= set(
-                check_fields(entry.body, schema, f"{entry.method} {template} body")
-            )
+            problems |= set(check_fields(entry.body, schema, f"{entry.method} {template} body"))
     assert len(sandbox.journal) > 20 and not problems, sorted(problems)
 
 
@@ -248,9 +210,7 @@ def test_every_field_the_sandbox_answers_with_is_declared_in_the_spec(exercised)
     _, answers = exercised
     problems = []
     for (method, path), body in answers.items():
-        schema = operation(path, method)["responses"]["200"]["content"][
-            "application/json"
-        ]["schema"]
+        schema = operation(path, method)["responses"]["200"]["content"]["application/json"]["schema"]
         if (method, path) == ("GET", "/lists/{list_id}/members/{subscriber_hash}"):
             schema = {"$ref": {"_value": MEMBER_SCHEMA}}
         problems += check_fields(body, schema, f"{method} {path}")
@@ -263,14 +223,6 @@ def test_errors_are_problem_documents_with_the_declared_fields(exercised):
     declared = set(properties(error_schema))
     import requests
 
-    response = requests.get(
-        f"{sandbox.url}/3.0/lists/nope", auth=("user", KEY), timeout=5
-    )
-    assert response.status_code == 404 and response.headers["Content-Type"].startswith(
-        "application/problem+json"
-    )
-    assert (
-        {"type", "title", "status", "detail", "instance"}
-        <= set(response.json())
-        <= declared | {"errors"}
-    )
+    response = requests.get(f"{sandbox.url}/3.0/lists/nope", auth=("user", KEY), timeout=5)
+    assert response.status_code == 404 and response.headers["Content-Type"].startswith("application/problem+json")
+    assert {"type", "title", "status", "detail", "instance"} <= set(response.json()) <= declared | {"errors"}

@@ -54,9 +54,7 @@ def first_with(status: str, size: int = 1_000) -> str:
     return next(member_email(i) for i in range(size) if status_for(i, size) == status)
 
 
-def test_subscribing_an_unsubscribed_or_cleaned_member_is_a_compliance_refusal(
-    box, sdk
-):
+def test_subscribing_an_unsubscribed_or_cleaned_member_is_a_compliance_refusal(box, sdk):
     for status in ("unsubscribed", "cleaned"):
         email = first_with(status)
         for write in (sdk.lists.update_list_member, sdk.lists.set_list_member):
@@ -81,10 +79,7 @@ def test_put_applies_status_if_new_only_to_new_members(box, sdk):
         subscriber_hash(email),
         {"email_address": email, "status_if_new": "subscribed"},
     )
-    assert (
-        box.lists[LIST_ID]["members"][subscriber_hash(email)]["status"]
-        == "unsubscribed"
-    )
+    assert box.lists[LIST_ID]["members"][subscriber_hash(email)]["status"] == "unsubscribed"
     created = sdk.lists.set_list_member(
         LIST_ID,
         subscriber_hash("brand.new@example.com"),
@@ -93,22 +88,14 @@ def test_put_applies_status_if_new_only_to_new_members(box, sdk):
     assert created["status"] == "pending"
 
 
-def test_post_of_an_existing_member_is_member_exists_and_forgotten_addresses_stay_out(
-    box, sdk
-):
+def test_post_of_an_existing_member_is_member_exists_and_forgotten_addresses_stay_out(box, sdk):
     email = first_with("subscribed")
-    problem = refusal(
-        lambda: sdk.lists.add_list_member(
-            LIST_ID, {"email_address": email, "status": "subscribed"}
-        )
-    )
+    problem = refusal(lambda: sdk.lists.add_list_member(LIST_ID, {"email_address": email, "status": "subscribed"}))
     assert problem["title"] == "Member Exists"
     gone = member_email(999)
     sdk.lists.delete_list_member_permanent(LIST_ID, subscriber_hash(gone))
     for add in (
-        lambda: sdk.lists.add_list_member(
-            LIST_ID, {"email_address": gone, "status": "pending"}
-        ),
+        lambda: sdk.lists.add_list_member(LIST_ID, {"email_address": gone, "status": "pending"}),
         lambda: sdk.lists.set_list_member(
             LIST_ID,
             subscriber_hash(gone),
@@ -120,16 +107,12 @@ def test_post_of_an_existing_member_is_member_exists_and_forgotten_addresses_sta
 
 
 def test_segment_batches_take_at_most_500_emails_and_report_strangers(box, sdk):
-    segment = sdk.lists.create_segment(
-        LIST_ID, {"name": "batch-check", "static_segment": []}
-    )
+    segment = sdk.lists.create_segment(LIST_ID, {"name": "batch-check", "static_segment": []})
     too_many = [member_email(i) for i in range(501)]
     assert (
-        refusal(
-            lambda: sdk.lists.batch_segment_members(
-                {"members_to_add": too_many}, LIST_ID, str(segment["id"])
-            )
-        )["status"]
+        refusal(lambda: sdk.lists.batch_segment_members({"members_to_add": too_many}, LIST_ID, str(segment["id"])))[
+            "status"
+        ]
         == 400
     )
     answer = sdk.lists.batch_segment_members(
@@ -137,9 +120,7 @@ def test_segment_batches_take_at_most_500_emails_and_report_strangers(box, sdk):
         LIST_ID,
         str(segment["id"]),
     )
-    assert answer["total_added"] == 1 and answer["errors"][0]["email_addresses"] == [
-        "nobody@example.com"
-    ]
+    assert answer["total_added"] == 1 and answer["errors"][0]["email_addresses"] == ["nobody@example.com"]
 
 
 def test_merge_fields_follow_mailchimps_tag_and_type_rules(box, sdk):
@@ -148,31 +129,17 @@ def test_merge_fields_follow_mailchimps_tag_and_type_rules(box, sdk):
         {"name": "Lower", "tag": "lower", "type": "text"},
         {"name": "Odd type", "tag": "ODD", "type": "colour"},
     ):
-        assert (
-            refusal(lambda bad=bad: sdk.lists.add_list_merge_field(LIST_ID, bad))[
-                "status"
-            ]
-            == 400
-        )
-    sdk.lists.add_list_merge_field(
-        LIST_ID, {"name": "Score", "tag": "SCORETEST", "type": "number"}
-    )
+        assert refusal(lambda bad=bad: sdk.lists.add_list_merge_field(LIST_ID, bad))["status"] == 400
+    sdk.lists.add_list_merge_field(LIST_ID, {"name": "Score", "tag": "SCORETEST", "type": "number"})
     email = first_with("subscribed")
     problem = refusal(
-        lambda: sdk.lists.update_list_member(
-            LIST_ID, subscriber_hash(email), {"merge_fields": {"SCORETEST": "high"}}
-        )
+        lambda: sdk.lists.update_list_member(LIST_ID, subscriber_hash(email), {"merge_fields": {"SCORETEST": "high"}})
     )
+    assert problem["status"] == 400 and problem["errors"][0]["field"] == "merge_fields.SCORETEST"
     assert (
-        problem["status"] == 400
-        and problem["errors"][0]["field"] == "merge_fields.SCORETEST"
-    )
-    assert (
-        refusal(
-            lambda: sdk.lists.update_list_member(
-                LIST_ID, subscriber_hash(email), {"merge_fields": {"NOPE": 1}}
-            )
-        )["status"]
+        refusal(lambda: sdk.lists.update_list_member(LIST_ID, subscriber_hash(email), {"merge_fields": {"NOPE": 1}}))[
+            "status"
+        ]
         == 400
     )
 
@@ -185,9 +152,7 @@ def test_member_pages_cap_count_at_1000_and_honour_status_and_fields(box, sdk):
         auth=("user", KEY),
         timeout=10,
     )
-    assert raw.status_code == 400 and raw.headers["Content-Type"].startswith(
-        "application/problem+json"
-    )
+    assert raw.status_code == 400 and raw.headers["Content-Type"].startswith("application/problem+json")
     page = sdk.lists.get_list_members_info(
         LIST_ID,
         count=1000,
@@ -210,27 +175,14 @@ def test_demo_seeds_the_documented_status_mix():
 
 def test_mapping_turns_recorded_payloads_into_records(box, sdk):
     email = first_with("unsubscribed")
-    contact = member_to_contact(
-        sdk.lists.get_list_member(LIST_ID, subscriber_hash(email)), LIST_ID
-    )
+    contact = member_to_contact(sdk.lists.get_list_member(LIST_ID, subscriber_hash(email)), LIST_ID)
     assert (
         contact.is_unsubscribed
         and contact.match_email == email
         and contact.source_id == f"{LIST_ID}/{subscriber_hash(email)}"
     )
-    assert (
-        contact.properties["mailchimp_status"] == "unsubscribed"
-        and contact.updated_at.tzinfo is not None
-    )
+    assert contact.properties["mailchimp_status"] == "unsubscribed" and contact.updated_at.tzinfo is not None
     row = sdk.reports.get_email_activity_for_campaign("cmp0001", count=1)["emails"][0]
-    assert [e.event.value for e in activity_to_events(row, "cmp0001")] == [
-        a["action"] for a in row["activity"]
-    ]
-    order = order_to_record(
-        sdk.ecommerce.get_store_orders(STORE_ID, count=1)["orders"][0], STORE_ID
-    )
-    assert (
-        order.customer_email is not None
-        and order.currency == "EUR"
-        and order.amount > 0
-    )
+    assert [e.event.value for e in activity_to_events(row, "cmp0001")] == [a["action"] for a in row["activity"]]
+    order = order_to_record(sdk.ecommerce.get_store_orders(STORE_ID, count=1)["orders"][0], STORE_ID)
+    assert order.customer_email is not None and order.currency == "EUR" and order.amount > 0

@@ -69,9 +69,7 @@ class MailchimpClient:
         self.policy = policy or RetryPolicy()
         self.budget = RetryBudget(self.policy.budget)
         self._slots = threading.BoundedSemaphore(settings.max_connections)
-        self._pool = ThreadPoolExecutor(
-            max_workers=settings.max_connections, thread_name_prefix="mailchimp"
-        )
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_connections, thread_name_prefix="mailchimp")
         self.sdk = mailchimp_marketing.Client()
         if api_key:
             dc = api_key.rpartition("-")[2] if "-" in api_key else ""
@@ -80,9 +78,7 @@ class MailchimpClient:
                     "mailchimp: the API key does not end in a data centre such as -us6; copy the whole "
                     "key from Mailchimp (Profile → Extras → API keys)"
                 )
-            self.sdk.set_config(
-                {"api_key": api_key, "server": dc, "timeout": settings.timeout_s}
-            )
+            self.sdk.set_config({"api_key": api_key, "server": dc, "timeout": settings.timeout_s})
         else:
             dc = self._data_centre(oauth_token or "", metadata_url)
             self.sdk.set_config(
@@ -93,15 +89,11 @@ class MailchimpClient:
                 }
             )
         self.sdk.api_client.host = (
-            (base_url.rstrip("/") + "/3.0")
-            if base_url
-            else f"https://{dc}.api.mailchimp.com/3.0"
+            (base_url.rstrip("/") + "/3.0") if base_url else f"https://{dc}.api.mailchimp.com/3.0"
         )
 
     @classmethod
-    def from_settings(
-        cls, settings: MailchimpSettings, **options: Any
-    ) -> MailchimpClient:
+    def from_settings(cls, settings: MailchimpSettings, **options: Any) -> MailchimpClient:
         return cls(
             settings,
             api_key=read_secret("mailchimp_api_key"),
@@ -130,8 +122,7 @@ class MailchimpClient:
             )
         if not response.ok or not str(response.json().get("dc", "")).isalnum():
             raise SourceError(
-                f"mailchimp: the OAuth metadata endpoint answered {response.status_code} without a "
-                "data centre",
+                f"mailchimp: the OAuth metadata endpoint answered {response.status_code} without a data centre",
                 source=SOURCE,
                 retryable=True,
             )
@@ -169,9 +160,7 @@ class MailchimpClient:
         except ApiClientError as exc:
             raise refusal(exc, what, member) from None
 
-    def map(
-        self, work: Callable[[T], R], items: Iterable[T], window: int | None = None
-    ) -> Iterator[R]:
+    def map(self, work: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
         """``work`` over ``items`` on the pool, results in order, at most ``window`` results held ahead."""
         window = window or self.settings.max_connections * 2
         pending: list[Any] = []
@@ -219,11 +208,7 @@ def refusal(exc: ApiClientError, what: str, member: str | None) -> SourceError:
     status = exc.status_code
     title = body.get("title") or f"HTTP {status}"
     detail = str(body.get("detail") or "").strip()
-    fields = "; ".join(
-        f"{e.get('field')}: {e.get('message')}"
-        for e in body.get("errors") or []
-        if isinstance(e, dict)
-    )
+    fields = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in body.get("errors") or [] if isinstance(e, dict))
     about = f" for member {member}" if member else ""
     text = (
         f"mailchimp refused {what}{about}: {title}"
@@ -232,8 +217,7 @@ def refusal(exc: ApiClientError, what: str, member: str | None) -> SourceError:
     )
     if status == 401 or status == 403:
         return AuthError(
-            text
-            + "; check the API key or OAuth token and that it may use this audience",
+            text + "; check the API key or OAuth token and that it may use this audience",
             source=SOURCE,
         )
     if member is not None and status is not None and 400 <= status < 500:
@@ -251,9 +235,7 @@ def check_mailchimp(settings: Settings, base_url: str | None = None) -> CheckRes
             False,
             "mailchimp.audiences is empty; list the audience ids the tool may use",
         )
-    client = MailchimpClient.from_settings(
-        section, base_url=base_url, policy=RetryPolicy(max_attempts=2)
-    )
+    client = MailchimpClient.from_settings(section, base_url=base_url, policy=RetryPolicy(max_attempts=2))
     try:
         names = [
             client.call(
@@ -268,6 +250,4 @@ def check_mailchimp(settings: Settings, base_url: str | None = None) -> CheckRes
         return CheckResult("mailchimp", False, str(exc))
     finally:
         client.close()
-    return CheckResult(
-        "mailchimp", True, f"{len(names)} audience(s) reachable: {', '.join(names)}"
-    )
+    return CheckResult("mailchimp", True, f"{len(names)} audience(s) reachable: {', '.join(names)}")

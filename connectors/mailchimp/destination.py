@@ -18,9 +18,7 @@ from connectors.base import Change, ConfigError, Receipt, RecordRejected
 from connectors.mailchimp.client import PAGE_SIZE, MailchimpClient
 from connectors.mailchimp.mapping import MERGE_FIELDS, TAG_FAMILIES, subscriber_hash
 
-NOT_WRITABLE = {
-    "archived": "is archived in Mailchimp; the tool never restores archived members"
-}
+NOT_WRITABLE = {"archived": "is archived in Mailchimp; the tool never restores archived members"}
 
 
 @dataclass
@@ -46,9 +44,7 @@ class MailchimpDestination:
         self._directory: dict[str, Member] | None = None
         self._segments: dict[str, int] | None = None
         self._merge_fields_ready = False
-        self.write_calls = (
-            0  # requests that may change the audience, for the bench and the report
-        )
+        self.write_calls = 0  # requests that may change the audience, for the bench and the report
         self._count_lock = threading.Lock()
 
     # --- the Destination protocol ---------------------------------------------------------------------------------
@@ -66,9 +62,7 @@ class MailchimpDestination:
             return _number(value)
         return value.strip()[:255]  # Mailchimp: text merge fields hold 255 characters
 
-    def current(
-        self, object_ids: Sequence[str], field_names: Sequence[str]
-    ) -> dict[str, dict[str, str | None]]:
+    def current(self, object_ids: Sequence[str], field_names: Sequence[str]) -> dict[str, dict[str, str | None]]:
         def read(email: str) -> tuple[str, dict[str, Any] | None]:
             try:
                 return email, self.client.call(
@@ -90,13 +84,9 @@ class MailchimpDestination:
             values: dict[str, str | None] = {}
             for name in field_names:
                 if name in TAG_FAMILIES:
-                    values[name] = next(
-                        iter(sorted(self._family_tags(tags, name))), None
-                    )
+                    values[name] = next(iter(sorted(self._family_tags(tags, name))), None)
                 elif name in MERGE_FIELDS:
-                    values[name] = self.coerce(
-                        name, str(member.get("merge_fields", {}).get(name, ""))
-                    )
+                    values[name] = self.coerce(name, str(member.get("merge_fields", {}).get(name, "")))
             found[email] = values
         return found
 
@@ -113,18 +103,11 @@ class MailchimpDestination:
                 reason = f"{email} is not on audience {self.list_id}; new members are only added with mailchimp.add_new_contacts = true"
                 receipts.extend(Receipt(c, False, reason) for c in wanted)
             elif member is not None and member.status in NOT_WRITABLE:
-                receipts.extend(
-                    Receipt(c, False, f"{email} {NOT_WRITABLE[member.status]}")
-                    for c in wanted
-                )
+                receipts.extend(Receipt(c, False, f"{email} {NOT_WRITABLE[member.status]}") for c in wanted)
             else:
                 writable[email] = wanted
         existing = {e: c for e, c in writable.items() if e in directory}
-        receipts.extend(
-            self._add_new_members(
-                {e: c for e, c in writable.items() if e not in directory}
-            )
-        )
+        receipts.extend(self._add_new_members({e: c for e, c in writable.items() if e not in directory}))
         receipts.extend(self._write_tags(existing))
         receipts.extend(self._write_merge_fields(existing))
         return receipts
@@ -142,17 +125,13 @@ class MailchimpDestination:
                     self.list_id,
                     count=PAGE_SIZE,
                     offset=offset,
-                    fields=[
-                        "members.id,members.email_address,members.status,members.tags,total_items"
-                    ],
+                    fields=["members.id,members.email_address,members.status,members.tags,total_items"],
                 )
 
             first = fetch(0)
             pages = [
                 first,
-                *self.client.map(
-                    fetch, range(PAGE_SIZE, int(first.get("total_items", 0)), PAGE_SIZE)
-                ),
+                *self.client.map(fetch, range(PAGE_SIZE, int(first.get("total_items", 0)), PAGE_SIZE)),
             ]
             self._directory = {
                 m["email_address"].strip().lower(): Member(
@@ -168,11 +147,7 @@ class MailchimpDestination:
 
         def add(item: tuple[str, list[Change]]) -> list[Receipt]:
             email, wanted = item
-            merge = {
-                c.field_name: _merge_value(c)
-                for c in wanted
-                if c.field_name in MERGE_FIELDS
-            }
+            merge = {c.field_name: _merge_value(c) for c in wanted if c.field_name in MERGE_FIELDS}
             body: dict[str, Any] = {
                 "email_address": email,
                 "status_if_new": self.settings.status_if_new,
@@ -199,9 +174,7 @@ class MailchimpDestination:
             return []
         self._ensure_merge_fields()
         receipts = [r for batch in self.client.map(add, new.items()) for r in batch]
-        added = {
-            e: c for e, c in new.items() if self._directory and e in self._directory
-        }
+        added = {e: c for e, c in new.items() if self._directory and e in self._directory}
         return receipts + self._write_tags(added)
 
     # --- tags through static segments ------------------------------------------------------------------------------
@@ -227,12 +200,7 @@ class MailchimpDestination:
                     removes.setdefault(old, set()).add(email)
                 if change.value is not None:
                     adds.setdefault(change.value, []).append((email, change))
-        cleared = [
-            (e, c)
-            for e, w in members.items()
-            for c in w
-            if c.field_name in TAG_FAMILIES and c.value is None
-        ]
+        cleared = [(e, c) for e, w in members.items() for c in w if c.field_name in TAG_FAMILIES and c.value is None]
         failed: dict[tuple[str, str], str] = {}
         calls = []
         for tag in sorted(set(adds) | set(removes)):
@@ -250,10 +218,7 @@ class MailchimpDestination:
                     )
                 )
         # Create missing tags first, one by one: parallel calls for the same new tag would each try to create it.
-        for tag in sorted(
-            {tag for tag, to_add, _ in calls if to_add}
-            - set(self._segment_ids() if calls else ())
-        ):
+        for tag in sorted({tag for tag, to_add, _ in calls if to_add} - set(self._segment_ids() if calls else ())):
             self._create_segment(tag)
         for tag, refused in self.client.map(self._segment_call, calls):
             for email, reason in refused.items():
@@ -265,21 +230,14 @@ class MailchimpDestination:
                 receipts.append(Receipt(change, reason is None, reason))
                 if reason is None:
                     self._directory[email].tags = (
-                        self._directory[email].tags
-                        - self._family_tags(
-                            self._directory[email].tags, change.field_name
-                        )
+                        self._directory[email].tags - self._family_tags(self._directory[email].tags, change.field_name)
                     ) | {tag}
         for email, change in cleared:
-            self._directory[email].tags -= self._family_tags(
-                self._directory[email].tags, change.field_name
-            )
+            self._directory[email].tags -= self._family_tags(self._directory[email].tags, change.field_name)
             receipts.append(Receipt(change, True))
         return receipts
 
-    def _segment_call(
-        self, call: tuple[str, list[str], list[str]]
-    ) -> tuple[str, dict[str, str]]:
+    def _segment_call(self, call: tuple[str, list[str], list[str]]) -> tuple[str, dict[str, str]]:
         tag, to_add, to_remove = call
         segment_id = self._segment_ids().get(tag)
         if segment_id is None:
@@ -299,9 +257,7 @@ class MailchimpDestination:
         refused: dict[str, str] = {}
         for error in result.get("errors") or []:
             for email in error.get("email_addresses") or []:
-                refused[email.strip().lower()] = (
-                    f"mailchimp refused tag {tag} for member {email}: {error.get('error')}"
-                )
+                refused[email.strip().lower()] = f"mailchimp refused tag {tag} for member {email}: {error.get('error')}"
         return tag, refused
 
     def _segment_ids(self) -> dict[str, int]:
@@ -320,9 +276,7 @@ class MailchimpDestination:
                 )
                 found.update({s["name"]: s["id"] for s in body.get("segments", [])})
                 offset += len(body.get("segments", []))
-                if not body.get("segments") or offset >= int(
-                    body.get("total_items", 0)
-                ):
+                if not body.get("segments") or offset >= int(body.get("total_items", 0)):
                     break
             self._segments = found
         return self._segments
@@ -368,10 +322,7 @@ class MailchimpDestination:
         self._merge_fields_ready = True
 
     def _write_merge_fields(self, members: dict[str, list[Change]]) -> list[Receipt]:
-        todo = {
-            e: [c for c in w if c.field_name in MERGE_FIELDS]
-            for e, w in members.items()
-        }
+        todo = {e: [c for c in w if c.field_name in MERGE_FIELDS] for e, w in members.items()}
         todo = {e: w for e, w in todo.items() if w}
         if not todo:
             return []
@@ -407,9 +358,7 @@ def _number(value: str) -> str:
     try:
         number = float(value)
     except ValueError:
-        raise ConfigError(
-            f"mailchimp: {value!r} is not a number for a number merge field"
-        ) from None
+        raise ConfigError(f"mailchimp: {value!r} is not a number for a number merge field") from None
     return str(int(number)) if number.is_integer() else str(round(number, 2))
 
 

@@ -74,11 +74,7 @@ def member_to_contact(member: Mapping[str, Any], list_id: str) -> Contact:
         "timestamp_opt": str(member.get("timestamp_opt") or ""),
     }
     properties.update(
-        {
-            f"merge_{tag}": str(value)
-            for tag, value in merge.items()
-            if tag not in ("FNAME", "LNAME") and value != ""
-        }
+        {f"merge_{tag}": str(value) for tag, value in merge.items() if tag not in ("FNAME", "LNAME") and value != ""}
     )
     return Contact(
         source=SOURCE,
@@ -96,9 +92,7 @@ def member_to_contact(member: Mapping[str, Any], list_id: str) -> Contact:
     )
 
 
-def map_members(
-    members: Iterable[Mapping[str, Any]], list_id: str
-) -> tuple[list[Contact], list[Rejected]]:
+def map_members(members: Iterable[Mapping[str, Any]], list_id: str) -> tuple[list[Contact], list[Rejected]]:
     contacts, rejected = [], []
     for member in members:
         try:
@@ -123,9 +117,7 @@ def activity_to_events(row: Mapping[str, Any], campaign_id: str) -> list[EmailEv
     email = EmailAddress.parse(str(row.get("email_address", "")), "email_address")
     events = []
     for action in row.get("activity") or []:
-        kind = {"open": "open", "click": "click", "bounce": "bounce"}.get(
-            action.get("action")
-        )
+        kind = {"open": "open", "click": "click", "bounce": "bounce"}.get(action.get("action"))
         occurred_at = parse_time(action.get("timestamp"), "timestamp")
         if kind is None or occurred_at is None:
             continue  # Mailchimp documents only these three actions here
@@ -156,9 +148,7 @@ def unsubscribe_to_event(row: Mapping[str, Any], campaign_id: str) -> EmailEvent
         raise InvalidRecord("timestamp", row.get("timestamp"), "is missing")
     return EmailEvent(
         source=SOURCE,
-        source_id=_event_id(
-            campaign_id, email.normalised, "unsubscribe", row["timestamp"]
-        ),
+        source_id=_event_id(campaign_id, email.normalised, "unsubscribe", row["timestamp"]),
         email=email,
         event="unsubscribe",
         occurred_at=occurred_at,
@@ -177,13 +167,9 @@ def order_to_record(row: Mapping[str, Any], store_id: str) -> Order:
         source_id=f"{store_id}/{row['id']}",
         amount=Decimal(str(row.get("order_total"))),
         currency=str(row.get("currency_code", "")),
-        status=ORDER_STATUS.get(
-            str(row.get("financial_status") or "paid"), OrderStatus.WON
-        ),
+        status=ORDER_STATUS.get(str(row.get("financial_status") or "paid"), OrderStatus.WON),
         created_at=created_at,
-        customer_email=EmailAddress.parse(
-            customer["email_address"], "customer.email_address"
-        )
+        customer_email=EmailAddress.parse(customer["email_address"], "customer.email_address")
         if customer.get("email_address")
         else None,
         customer_source_id=str(customer.get("id") or "") or None,
@@ -203,13 +189,7 @@ def slug(text: str) -> str:
 
 
 def sentiment_label(sentiment: float) -> str:
-    return (
-        "negative"
-        if sentiment <= -0.05
-        else "positive"
-        if sentiment >= 0.05
-        else "neutral"
-    )
+    return "negative" if sentiment <= -0.05 else "positive" if sentiment >= 0.05 else "neutral"
 
 
 def desired_from_scores(
@@ -229,15 +209,11 @@ def desired_from_scores(
         email = (email_for or {}).get(score.source_id, score.source_id)
         if "@" not in email:
             continue
-        fields: dict[str, str | None] = {
-            "churn_tag": f"{tag_prefix}churn-{score.risk_band.value}"
-        }
+        fields: dict[str, str | None] = {"churn_tag": f"{tag_prefix}churn-{score.risk_band.value}"}
         if score.segment:
             fields["segment_tag"] = f"{tag_prefix}segment-{slug(score.segment)}"
         if score.sentiment is not None:
-            fields["sentiment_tag"] = (
-                f"{tag_prefix}sentiment-{sentiment_label(score.sentiment)}"
-            )
+            fields["sentiment_tag"] = f"{tag_prefix}sentiment-{sentiment_label(score.sentiment)}"
         if include_merge_fields:
             fields["CHURNRISK"] = str(round(score.churn_probability * 100))
             fields["SEGMENT"] = score.segment

@@ -15,13 +15,13 @@ import socket
 from datetime import UTC, datetime
 from typing import Any
 
+from connectors.mailchimp.mapping import subscriber_hash
+from connectors.mailchimp.sandbox_reports import ReportAndShopRoutes
+from connectors.mailchimp.sandbox_segments import SegmentRoutes
 from connectors.sandbox import Clock, Request, Response, Sandbox
 
 API = "/3.0"
 MAX_COUNT = 1_000  # Mailchimp: count is capped at 1000 per page
-MAX_SEGMENT_BATCH = (
-    500  # Mailchimp: members_to_add / members_to_remove take at most 500 emails each
-)
 STATUSES = (
     "subscribed",
     "unsubscribed",
@@ -30,32 +30,14 @@ STATUSES = (
     "transactional",
     "archived",
 )
-MERGE_TYPES = (
-    "text",
-    "number",
-    "address",
-    "phone",
-    "date",
-    "url",
-    "imageurl",
-    "radio",
-    "dropdown",
-    "birthday",
-    "zip",
-)
 PROBLEM = "application/problem+json; charset=utf-8"
-
-
-def subscriber_hash(email: str) -> str:
-    """Mailchimp: the MD5 hex digest of the lower-cased email address."""
-    return hashlib.md5(email.strip().lower().encode()).hexdigest()
 
 
 def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
-class MailchimpSandbox(Sandbox):
+class MailchimpSandbox(SegmentRoutes, ReportAndShopRoutes, Sandbox):
     vendor = "mailchimp"
 
     def __init__(
@@ -108,8 +90,7 @@ class MailchimpSandbox(Sandbox):
         )
         r(
             "POST",
-            API
-            + r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)/actions/delete-permanent",
+            API + r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)/actions/delete-permanent",
             self._forget,
         )
         r("GET", API + r"/lists/(?P<list_id>[^/]+)/segments", self._get_segments)
@@ -159,9 +140,7 @@ class MailchimpSandbox(Sandbox):
 
     # --- vendor shape: auth, errors, concurrency ---------------------------------------------------------------
 
-    def error(
-        self, status: int, message: str, request: Request, **detail: Any
-    ) -> Response:
+    def error(self, status: int, message: str, request: Request, **detail: Any) -> Response:
         titles = {
             400: "Invalid Resource",
             401: "API Key Invalid",
@@ -234,9 +213,7 @@ class MailchimpSandbox(Sandbox):
             self._new_merge_field(self.lists[list_id], tag, name_, "text")
         return list_id
 
-    def add_member(
-        self, list_id: str, email: str, status: str = "subscribed", **extra: Any
-    ) -> dict[str, Any]:
+    def add_member(self, list_id: str, email: str, status: str = "subscribed", **extra: Any) -> dict[str, Any]:
         audience = self.lists[list_id]
         now = iso(self.clock.now())
         member = {
@@ -261,15 +238,9 @@ class MailchimpSandbox(Sandbox):
         segment["members"].add(member_hash)
 
     def member_tags(self, list_id: str, member_hash: str) -> list[str]:
-        return sorted(
-            s["name"]
-            for s in self.lists[list_id]["segments"].values()
-            if member_hash in s["members"]
-        )
+        return sorted(s["name"] for s in self.lists[list_id]["segments"].values() if member_hash in s["members"])
 
-    def _segment_named(
-        self, audience: dict[str, Any], name: str, create: bool
-    ) -> dict[str, Any] | None:
+    def _segment_named(self, audience: dict[str, Any], name: str, create: bool) -> dict[str, Any] | None:
         for segment in audience["segments"].values():
             if segment["name"] == name:
                 return segment
@@ -289,9 +260,7 @@ class MailchimpSandbox(Sandbox):
         audience["segments"][segment_id] = segment
         return segment
 
-    def _new_merge_field(
-        self, audience: dict[str, Any], tag: str, name: str, type_: str
-    ) -> dict[str, Any]:
+    def _new_merge_field(self, audience: dict[str, Any], tag: str, name: str, type_: str) -> dict[str, Any]:
         field = {
             "merge_id": len(audience["merge_fields"]) + 1,
             "tag": tag,
@@ -310,31 +279,23 @@ class MailchimpSandbox(Sandbox):
     def _audience(self, list_id: str, request: Request) -> dict[str, Any] | Response:
         audience = self.lists.get(list_id)
         if audience is None:
-            return self.error(
-                404, "The requested resource could not be found.", request
-            )
+            return self.error(404, "The requested resource could not be found.", request)
         return audience
 
     def _member(self, audience: dict[str, Any], key: str) -> dict[str, Any] | None:
         # Mailchimp: the member endpoints accept the subscriber hash or the email address itself.
         return audience["members"].get(key if "@" not in key else subscriber_hash(key))
 
-    def _render_member(
-        self, audience: dict[str, Any], member: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _render_member(self, audience: dict[str, Any], member: dict[str, Any]) -> dict[str, Any]:
         tags = [
-            {"id": s["id"], "name": s["name"]}
-            for s in audience["segments"].values()
-            if member["id"] in s["members"]
+            {"id": s["id"], "name": s["name"]} for s in audience["segments"].values() if member["id"] in s["members"]
         ]
         return {**member, "tags_count": len(tags), "tags": tags}
 
     def _touch(self, member: dict[str, Any]) -> None:
         member["last_changed"] = iso(self.clock.now())
 
-    def _check_merge_fields(
-        self, audience: dict[str, Any], values: Any, request: Request
-    ) -> Response | dict[str, Any]:
+    def _check_merge_fields(self, audience: dict[str, Any], values: Any, request: Request) -> Response | dict[str, Any]:
         if values is None:
             return {}
         if not isinstance(values, dict):
@@ -351,11 +312,7 @@ class MailchimpSandbox(Sandbox):
                         "message": f"Merge field {tag} does not exist",
                     }
                 )
-            elif (
-                field["type"] == "number"
-                and value != ""
-                and not isinstance(value, (int, float))
-            ):
+            elif field["type"] == "number" and value != "" and not isinstance(value, (int, float)):
                 try:
                     float(value)
                 except (TypeError, ValueError):
@@ -366,16 +323,10 @@ class MailchimpSandbox(Sandbox):
                         }
                     )
         if errors:
-            return self.error(
-                400, "Your merge fields were invalid.", request, errors=errors
-            )
+            return self.error(400, "Your merge fields were invalid.", request, errors=errors)
         return {
             tag: (
-                float(v)
-                if audience["merge_fields"][tag]["type"] == "number"
-                and v != ""
-                and isinstance(v, str)
-                else v
+                float(v) if audience["merge_fields"][tag]["type"] == "number" and v != "" and isinstance(v, str) else v
             )
             for tag, v in values.items()
         }
@@ -415,11 +366,7 @@ class MailchimpSandbox(Sandbox):
 
     def _get_list(self, request: Request, list_id: str) -> Response:
         audience = self._audience(list_id, request)
-        return (
-            audience
-            if isinstance(audience, Response)
-            else self._fields(request, self._render_list(audience))
-        )
+        return audience if isinstance(audience, Response) else self._fields(request, self._render_list(audience))
 
     def _get_members(self, request: Request, list_id: str) -> Response:
         audience = self._audience(list_id, request)
@@ -448,9 +395,7 @@ class MailchimpSandbox(Sandbox):
             return audience
         member = self._member(audience, key)
         if member is None:
-            return self.error(
-                404, "The requested resource could not be found.", request
-            )
+            return self.error(404, "The requested resource could not be found.", request)
         return self._fields(request, self._render_member(audience, member))
 
     def _post_member(self, request: Request, list_id: str) -> Response:
@@ -528,9 +473,7 @@ class MailchimpSandbox(Sandbox):
                 body,
                 request,
             )
-        return self._update(
-            audience, member, body, request
-        )  # status_if_new is ignored for existing members
+        return self._update(audience, member, body, request)  # status_if_new is ignored for existing members
 
     def _patch_member(self, request: Request, list_id: str, key: str) -> Response:
         audience = self._audience(list_id, request)
@@ -538,9 +481,7 @@ class MailchimpSandbox(Sandbox):
             return audience
         member = self._member(audience, key)
         if member is None:
-            return self.error(
-                404, "The requested resource could not be found.", request
-            )
+            return self.error(404, "The requested resource could not be found.", request)
         return self._update(audience, member, request.json() or {}, request)
 
     def _update(
@@ -553,9 +494,7 @@ class MailchimpSandbox(Sandbox):
         status = body.get("status")
         if status is not None and status != member["status"]:
             if status == "cleaned" or status not in STATUSES:
-                return self.error(
-                    400, f"Status {status!r} cannot be set through the API.", request
-                )
+                return self.error(400, f"Status {status!r} cannot be set through the API.", request)
             if status == "subscribed" and member["status"] in (
                 "unsubscribed",
                 "cleaned",
@@ -582,19 +521,11 @@ class MailchimpSandbox(Sandbox):
             return audience
         member = self._member(audience, key)
         if member is None:
-            return self.error(
-                404, "The requested resource could not be found.", request
-            )
+            return self.error(404, "The requested resource could not be found.", request)
         for tag in (request.json() or {}).get("tags", []):
-            segment = self._segment_named(
-                audience, tag["name"], create=tag.get("status") == "active"
-            )
+            segment = self._segment_named(audience, tag["name"], create=tag.get("status") == "active")
             if segment is not None:
-                (
-                    segment["members"].add
-                    if tag.get("status") == "active"
-                    else segment["members"].discard
-                )(member["id"])
+                (segment["members"].add if tag.get("status") == "active" else segment["members"].discard)(member["id"])
         self._touch(member)
         return Response(204)
 
@@ -604,288 +535,12 @@ class MailchimpSandbox(Sandbox):
             return audience
         member = self._member(audience, key)
         if member is None:
-            return self.error(
-                404, "The requested resource could not be found.", request
-            )
+            return self.error(404, "The requested resource could not be found.", request)
         del audience["members"][member["id"]]
         for segment in audience["segments"].values():
             segment["members"].discard(member["id"])
         audience["forgotten"].add(member["id"])
         return Response(204)
-
-    # --- segments and merge fields --------------------------------------------------------------------------------
-
-    def _render_segment(self, segment: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in segment.items() if k != "members"} | {
-            "member_count": len(segment["members"])
-        }
-
-    def _get_segments(self, request: Request, list_id: str) -> Response:
-        audience = self._audience(list_id, request)
-        if isinstance(audience, Response):
-            return audience
-        segments = [
-            s
-            for s in audience["segments"].values()
-            if request.arg("type") in (None, s["type"])
-        ]
-        return self._page(
-            request,
-            "segments",
-            segments,
-            render=self._render_segment,
-            extra={"list_id": list_id},
-        )
-
-    def _get_segment(self, request: Request, list_id: str, segment_id: str) -> Response:
-        audience = self._audience(list_id, request)
-        if isinstance(audience, Response):
-            return audience
-        segment = audience["segments"].get(segment_id)
-        if segment is None:
-            return self.error(
-                404, "The requested resource could not be found.", request
-            )
-        return self._fields(request, self._render_segment(segment))
-
-    def _post_segment(self, request: Request, list_id: str) -> Response:
-        audience = self._audience(list_id, request)
-        if isinstance(audience, Response):
-            return audience
-        body = request.json() or {}
-        name = str(body.get("name", "")).strip()
-        if not name or "static_segment" not in body:
-            return self.error(
-                400,
-                "A segment needs a name and static_segment (a list of emails, may be empty).",
-                request,
-            )
-        if self._segment_named(audience, name, create=False) is not None:
-            return self.error(400, f"A segment named {name!r} already exists.", request)
-        segment = self._segment_named(audience, name, create=True)
-        for email in body["static_segment"]:
-            member = self._member(audience, str(email))
-            if member is not None:
-                segment["members"].add(member["id"])
-        return Response(200, self._render_segment(segment))
-
-    def _batch_segment(
-        self, request: Request, list_id: str, segment_id: str
-    ) -> Response:
-        audience = self._audience(list_id, request)
-        if isinstance(audience, Response):
-            return audience
-        segment = audience["segments"].get(segment_id)
-        if segment is None:
-            return self.error(
-                404, "The requested resource could not be found.", request
-            )
-        body = request.json() or {}
-        to_add, to_remove = (
-            body.get("members_to_add") or [],
-            body.get("members_to_remove") or [],
-        )
-        if len(to_add) > MAX_SEGMENT_BATCH or len(to_remove) > MAX_SEGMENT_BATCH:
-            return self.error(
-                400,
-                "members_to_add and members_to_remove take at most 500 emails each.",
-                request,
-                errors=[{"field": "members_to_add", "message": "Maximum 500 items"}],
-            )
-        added, removed, missing = [], [], []
-        for emails, change, done in (
-            (to_add, segment["members"].add, added),
-            (to_remove, segment["members"].discard, removed),
-        ):
-            for email in emails:
-                member = self._member(audience, str(email))
-                if member is None:
-                    missing.append(str(email))
-                    continue
-                change(member["id"])
-                done.append(self._render_member(audience, member))
-        errors = (
-            [
-                {
-                    "email_addresses": missing,
-                    "error": "Email addresses are not subscribed to the list",
-                }
-            ]
-            if missing
-            else []
-        )
-        return Response(
-            200,
-            {
-                "members_added": added,
-                "members_removed": removed,
-                "errors": errors,
-                "total_added": len(added),
-                "total_removed": len(removed),
-                "error_count": len(missing),
-            },
-        )
-
-    def _get_merge_fields(self, request: Request, list_id: str) -> Response:
-        audience = self._audience(list_id, request)
-        if isinstance(audience, Response):
-            return audience
-        return self._page(
-            request,
-            "merge_fields",
-            list(audience["merge_fields"].values()),
-            extra={"list_id": list_id},
-        )
-
-    def _post_merge_field(self, request: Request, list_id: str) -> Response:
-        audience = self._audience(list_id, request)
-        if isinstance(audience, Response):
-            return audience
-        body = request.json() or {}
-        name, tag, type_ = (
-            str(body.get("name", "")),
-            str(body.get("tag", "")),
-            body.get("type"),
-        )
-        # Mailchimp: a merge tag is at most 10 characters, upper-case letters, digits and underscores.
-        if not name or type_ not in MERGE_TYPES:
-            return self.error(
-                400,
-                "A merge field needs a name and a type.",
-                request,
-                errors=[
-                    {
-                        "field": "type",
-                        "message": f"must be one of {', '.join(MERGE_TYPES)}",
-                    }
-                ],
-            )
-        if (
-            not tag
-            or len(tag) > 10
-            or not tag.replace("_", "").isalnum()
-            or tag.upper() != tag
-        ):
-            return self.error(
-                400,
-                "The merge tag is invalid.",
-                request,
-                errors=[
-                    {
-                        "field": "tag",
-                        "message": "at most 10 upper-case letters, digits or _",
-                    }
-                ],
-            )
-        if tag in audience["merge_fields"]:
-            return self.error(
-                400, f"A merge field with the tag {tag} already exists.", request
-            )
-        return Response(200, self._new_merge_field(audience, tag, name, type_))
-
-    # --- campaigns, reports, e-commerce ---------------------------------------------------------------------------
-
-    def _get_campaigns(self, request: Request) -> Response:
-        campaigns = list(self.campaigns.values())
-        if request.arg("status"):
-            campaigns = [c for c in campaigns if c["status"] == request.arg("status")]
-        if request.arg("list_id"):
-            campaigns = [
-                c
-                for c in campaigns
-                if c["recipients"]["list_id"] == request.arg("list_id")
-            ]
-        since = request.arg("since_send_time")
-        if since:
-            threshold = datetime.fromisoformat(since)
-            campaigns = [
-                c
-                for c in campaigns
-                if c["send_time"]
-                and datetime.fromisoformat(c["send_time"]) >= threshold
-            ]
-        return self._page(
-            request,
-            "campaigns",
-            campaigns,
-            render=lambda c: {k: v for k, v in c.items() if k[0] != "_"},
-        )
-
-    def _campaign(
-        self, campaign_id: str, request: Request
-    ) -> dict[str, Any] | Response:
-        campaign = self.campaigns.get(campaign_id)
-        return (
-            campaign
-            if campaign is not None
-            else self.error(404, "The requested resource could not be found.", request)
-        )
-
-    def _get_activity(self, request: Request, campaign_id: str) -> Response:
-        campaign = self._campaign(campaign_id, request)
-        if isinstance(campaign, Response):
-            return campaign
-        rows = [
-            {
-                "campaign_id": campaign_id,
-                "list_id": campaign["recipients"]["list_id"],
-                "email_id": subscriber_hash(e),
-                "email_address": e,
-                "activity": a,
-            }
-            for e, a in campaign["_activity"].items()
-        ]
-        return self._page(request, "emails", rows, extra={"campaign_id": campaign_id})
-
-    def _get_unsubscribed(self, request: Request, campaign_id: str) -> Response:
-        campaign = self._campaign(campaign_id, request)
-        if isinstance(campaign, Response):
-            return campaign
-        rows = [
-            {
-                "email_id": subscriber_hash(e),
-                "email_address": e,
-                "timestamp": t,
-                "reason": "",
-                "campaign_id": campaign_id,
-                "list_id": campaign["recipients"]["list_id"],
-            }
-            for e, t in campaign["_unsubscribed"].items()
-        ]
-        return self._page(
-            request, "unsubscribes", rows, extra={"campaign_id": campaign_id}
-        )
-
-    def _get_stores(self, request: Request) -> Response:
-        return self._page(
-            request,
-            "stores",
-            [{k: v for k, v in s.items() if k[0] != "_"} for s in self.stores.values()],
-        )
-
-    def _store(self, store_id: str, request: Request) -> dict[str, Any] | Response:
-        store = self.stores.get(store_id)
-        return (
-            store
-            if store is not None
-            else self.error(404, "The requested resource could not be found.", request)
-        )
-
-    def _get_customers(self, request: Request, store_id: str) -> Response:
-        store = self._store(store_id, request)
-        return (
-            store
-            if isinstance(store, Response)
-            else self._page(request, "customers", list(store["_customers"].values()))
-        )
-
-    def _get_orders(self, request: Request, store_id: str) -> Response:
-        store = self._store(store_id, request)
-        if isinstance(store, Response):
-            return store
-        return self._page(
-            request, "orders", store["_orders"], extra={"store_id": store_id}
-        )
 
     # --- paging and field filters ---------------------------------------------------------------------------------
 
@@ -937,11 +592,7 @@ def _keep(value: Any, paths: list[list[str]]) -> Any:
         if name not in value:
             continue
         rest = [p[1:] for p in paths if p[0] == name]
-        kept[name] = (
-            value[name]
-            if any(not r for r in rest)
-            else _keep(value[name], [r for r in rest if r])
-        )
+        kept[name] = value[name] if any(not r for r in rest) else _keep(value[name], [r for r in rest if r])
     return kept
 
 

@@ -82,9 +82,7 @@ def seed_audience(
     emails = []
     for index in range(size):
         email = member_email(index)
-        signup = now - timedelta(
-            days=rng.randint(5, 900), seconds=rng.randint(0, 86_399)
-        )
+        signup = now - timedelta(days=rng.randint(5, 900), seconds=rng.randint(0, 86_399))
         sandbox.add_member(
             list_id,
             email,
@@ -122,9 +120,7 @@ def seed_audience(
                     }
                 )
             elif roll < 0.35:
-                events = [
-                    {"action": "bounce", "timestamp": iso(moment), "type": "soft"}
-                ]
+                events = [{"action": "bounce", "timestamp": iso(moment), "type": "soft"}]
             elif roll < 0.37:
                 unsubscribed[email] = iso(moment + timedelta(minutes=2))
             activity[email] = events
@@ -179,9 +175,7 @@ def _seed_store(
         amount = round(rng.uniform(12, 240), 2)
         customer["orders_count"] += 1
         customer["total_spent"] = round(customer["total_spent"] + amount, 2)
-        placed = now - timedelta(
-            days=rng.randint(1, 700), minutes=rng.randint(0, 1_439)
-        )
+        placed = now - timedelta(days=rng.randint(1, 700), minutes=rng.randint(0, 1_439))
         order_rows.append(
             {
                 "id": f"ord-{number + 1:06d}",
@@ -189,9 +183,7 @@ def _seed_store(
                 "customer": {"id": customer["id"], "email_address": email},
                 "currency_code": "EUR",
                 "order_total": amount,
-                "financial_status": rng.choice(
-                    ("paid",) * 12 + ("refunded", "pending")
-                ),
+                "financial_status": rng.choice(("paid",) * 12 + ("refunded", "pending")),
                 "processed_at_foreign": iso(placed),
                 "updated_at_foreign": iso(placed),
             }

@@ -49,11 +49,7 @@ class MailchimpSource:
 
     def _since(self, saved: str | None) -> str | None:
         """The saved high-water mark minus the look-back: late writes with an earlier timestamp are not missed."""
-        return (
-            (datetime.fromisoformat(saved) - self.lookback).isoformat()
-            if saved
-            else None
-        )
+        return (datetime.fromisoformat(saved) - self.lookback).isoformat() if saved else None
 
     # --- members --------------------------------------------------------------------------------------------------
 
@@ -65,18 +61,14 @@ class MailchimpSource:
             for members in self._member_pages(list_id, since):
                 contacts, rejected = mapping.map_members(members, list_id)
                 for contact in contacts:
-                    if contact.updated_at and (
-                        newest is None or contact.updated_at.isoformat() > newest
-                    ):
+                    if contact.updated_at and (newest is None or contact.updated_at.isoformat() > newest):
                         newest = contact.updated_at.isoformat()
                 yield Page(contacts, None, rejected)
             if newest is not None:
                 marks[list_id] = newest
             yield Page((), json.dumps(marks, sort_keys=True))
 
-    def _member_pages(
-        self, list_id: str, since: str | None
-    ) -> Iterator[list[dict[str, Any]]]:
+    def _member_pages(self, list_id: str, since: str | None) -> Iterator[list[dict[str, Any]]]:
         def fetch(offset: int) -> dict[str, Any]:
             options: dict[str, Any] = {
                 "count": PAGE_SIZE,
@@ -114,12 +106,8 @@ class MailchimpSource:
             ):
                 campaign_id = campaign["id"]
                 yield self._activity_page(campaign_id)
-                if campaign.get("send_time") and (
-                    newest is None or campaign["send_time"] > newest
-                ):
-                    newest = mapping.parse_time(
-                        campaign["send_time"], "send_time"
-                    ).isoformat()
+                if campaign.get("send_time") and (newest is None or campaign["send_time"] > newest):
+                    newest = mapping.parse_time(campaign["send_time"], "send_time").isoformat()
         yield Page((), newest)
 
     def _activity_page(self, campaign_id: str) -> Page:
@@ -163,9 +151,7 @@ class MailchimpSource:
     def read_orders(self, cursor: str | None) -> Iterator[Page]:
         # The orders endpoint has no "changed since" filter: every run reads them all; the store keeps what changed.
         ecommerce = self.client.sdk.ecommerce
-        for store in self._paged(
-            "stores", ecommerce.stores, "reading e-commerce stores"
-        ):
+        for store in self._paged("stores", ecommerce.stores, "reading e-commerce stores"):
             if store.get("list_id") not in self.settings.audiences:
                 continue  # a store tied to an audience outside the allow-list is not ours to read
             orders, rejected = [], []
@@ -190,14 +176,10 @@ class MailchimpSource:
                     orders, rejected = [], []
             yield Page(orders, None, rejected)
 
-    def _paged(
-        self, key: str, method: Any, what: str, *args: Any, **options: Any
-    ) -> Iterator[dict[str, Any]]:
+    def _paged(self, key: str, method: Any, what: str, *args: Any, **options: Any) -> Iterator[dict[str, Any]]:
         offset = 0
         while True:
-            body = self.client.call(
-                what, method, *args, count=PAGE_SIZE, offset=offset, **options
-            )
+            body = self.client.call(what, method, *args, count=PAGE_SIZE, offset=offset, **options)
             rows = body.get(key, [])
             yield from rows
             offset += len(rows)
