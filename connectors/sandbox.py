@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -349,7 +350,7 @@ class Sandbox:
         return f"http://{host}:{port}"
 
     def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._server = _LoopbackServer((host, port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"{self.vendor}-sandbox", daemon=True)
         self._thread.start()
@@ -367,6 +368,18 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _LoopbackServer(ThreadingHTTPServer):
+    # SDKs opening a connection per request from 8 threads overflow the default backlog of 5, and each refused
+    # connection then waits a full second before its retry: the emulator, not the connector, would set the pace.
+    request_queue_size = 128
+
+    def server_bind(self) -> None:
+        # Accepted sockets inherit this: without it the separate header and body writes meet the client's delayed
+        # ACK and every response with a body waits ~40 ms (Nagle), which would be the emulator's cost, not the tool's.
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().server_bind()
 
 
 def _journal_body(body: bytes) -> Any:

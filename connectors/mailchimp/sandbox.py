@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -184,17 +183,6 @@ class MailchimpSandbox(SegmentRoutes, ReportAndShopRoutes, Sandbox):
                 request,
             )
         return None
-
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        url = super().start(port, host)
-        # Accepted sockets inherit this: without it the kit's separate header and body writes meet the client's
-        # delayed ACK and every response with a body waits ~40 ms (Nagle), which is the sandbox, not Mailchimp.
-        assert self._server is not None
-        self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # socketserver listens with a backlog of 5: an SDK opening a new connection per request from 8 threads
-        # overflows it, and each refused SYN is retried after a full second. Linux lets listen() raise it.
-        self._server.socket.listen(128)
-        return url
 
     # --- state helpers --------------------------------------------------------------------------------------------
 
