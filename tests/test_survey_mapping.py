@@ -127,13 +127,13 @@ def test_google_needs_form_ids_and_says_which_credentials_it_can_use(monkeypatch
         google_forms.GoogleFormsSource(FormsSettings(), token="t")
     monkeypatch.delenv("RETENTION_GOOGLE_ACCESS_TOKEN", raising=False)
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
-    key_file = tmp_path / "service.json"
-    key_file.write_text(json.dumps({"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----"}))
-    monkeypatch.setenv("RETENTION_GOOGLE_CREDENTIALS", str(key_file))
-    with pytest.raises(ConfigError, match="service-account keys need the google-auth package") as raised:
+    user_file = tmp_path / "authorized_user.json"
+    user_file.write_text(json.dumps({"type": "authorized_user", "token": "ya29.from-file"}))
+    monkeypatch.setenv("RETENTION_GOOGLE_CREDENTIALS", str(user_file))
+    assert google_forms.token_from_settings(None) == "ya29.from-file"  # no refresh token: the stored token as it is
+    other_file = tmp_path / "other.json"
+    other_file.write_text(json.dumps({"type": "external_account", "private_key": "-----BEGIN PRIVATE KEY-----"}))
+    monkeypatch.setenv("RETENTION_GOOGLE_CREDENTIALS", str(other_file))
+    with pytest.raises(ConfigError, match="neither a service-account key nor an authorized-user file") as raised:
         google_forms.GoogleFormsSource(FormsSettings(forms=("f",)))
     assert "PRIVATE KEY" not in str(raised.value)
-    user_file = tmp_path / "authorized_user.json"
-    user_file.write_text(json.dumps({"type": "authorized_user", "token": "ya29.from-file", "refresh_token": "r"}))
-    monkeypatch.setenv("RETENTION_GOOGLE_CREDENTIALS", str(user_file))
-    assert google_forms.access_token_from_settings() == "ya29.from-file"

@@ -1,10 +1,10 @@
 """Google Forms: forms.get and forms.responses.list over plain HTTPS, read incrementally into SurveyResponse records.
 
-Why ``requests`` and not google-api-python-client: neither that library nor google-auth is a dependency of
-the project, and the two calls we need are simple GETs on the discovery-document paths, which the sandbox
-serves at any base URL. Credentials: an OAuth access token (``google_access_token``), or an authorized-user
-JSON file (``google_credentials``) holding one. Service-account keys need google-auth to sign a JWT; until it
-is a dependency they are refused with one line saying so.
+Why ``requests`` and not google-api-python-client: the two calls we need are simple GETs on the discovery-document
+paths, which the sandbox serves at any base URL. Credentials: an OAuth access token (``google_access_token``), or a
+JSON file (``google_credentials``) read through google-auth: a service-account key (a JWT-bearer grant signed with
+its private key) or an authorized-user file (its refresh token). Either way the access token is fetched from the
+file's ``token_uri`` and refreshed before it expires, measured on the connector's clock.
 
 Google returns responses in no guaranteed order, so every page of the window is read and the high-water mark
 is the newest ``lastSubmittedTime`` seen; the next run asks for ``timestamp >= mark - look-back``.
@@ -15,16 +15,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import google.auth.exceptions
+from google.auth.transport.requests import Request as GoogleRequest
+from google.oauth2 import credentials as user_credentials
+from google.oauth2 import service_account
 
 from connectors.base import (
+    AuthError,
     CheckResult,
     ConfigError,
     Page,
     Rejected,
     RetentionError,
+    SourceError,
     Stream,
     register_check,
 )
@@ -40,6 +48,17 @@ BASE_URL = "https://forms.googleapis.com"
 PAGE_SIZE = 5000  # Google Forms: responses.list returns at most 5000 per page
 AUTH_HINT = ("sign in again and store a fresh access token with the forms.responses.readonly and forms.body.readonly "
              "scopes in RETENTION_GOOGLE_ACCESS_TOKEN (or the keyring entry google_access_token)")
+FILE_AUTH_HINT = ("share the forms with the account in RETENTION_GOOGLE_CREDENTIALS (or the keyring entry google_credentials) "
+                  "and grant it the forms.responses.readonly and forms.body.readonly scopes")
+SCOPES = ("https://www.googleapis.com/auth/forms.responses.readonly", "https://www.googleapis.com/auth/forms.body.readonly")
+TRUSTED_TOKEN_HOSTS = {"oauth2.googleapis.com", "accounts.google.com", "127.0.0.1", "localhost", "::1"}
+REFRESH_MARGIN_S = 300.0  # refresh this long before the token expires
+GRANT_HINTS = {
+    "service_account": "the key was deleted or disabled: create a new JSON key for the service account in the Google Cloud "
+                       "console and point RETENTION_GOOGLE_CREDENTIALS at it",
+    "authorized_user": "the sign-in was revoked or has expired: sign in again (e.g. gcloud auth application-default login) "
+                       "and point RETENTION_GOOGLE_CREDENTIALS at the new authorized-user JSON",
+}
 
 
 def map_item(item: Mapping[str, Any]) -> list[kit.Question]:
@@ -95,8 +114,45 @@ def map_response(item: Mapping[str, Any], form_id: str, questions: Mapping[str, 
     return kit.build_response(SOURCE, form_id, parts, known, email_question, stats)
 
 
-def access_token_from_settings() -> str | None:
-    """An OAuth access token: the secret itself, or the ``token`` in an authorized-user JSON file."""
+class RefreshingToken:
+    """The access token of google-auth credentials, fetched on first use and refreshed before it expires.
+
+    Expiry is measured on the connector's clock (google-auth's own ``valid`` is checked too), so a test that moves
+    the sandbox clock past ``expires_in`` sees a refresh. Errors name the file and what to do, never key or token.
+    """
+
+    def __init__(self, credentials: Any, kind: str, path: str, clock: Any) -> None:
+        self.credentials, self.kind, self.path, self.clock = credentials, kind, path, clock
+        self.expires_at: float | None = None  # clock.monotonic() seconds
+        self.refreshes = 0
+
+    def __call__(self) -> str:
+        stale = self.expires_at is not None and self.clock.monotonic() >= self.expires_at - REFRESH_MARGIN_S
+        if stale or not self.credentials.valid:
+            self.refresh()
+        return str(self.credentials.token)
+
+    def refresh(self) -> None:
+        try:
+            self.credentials.refresh(GoogleRequest())
+        except google.auth.exceptions.RefreshError as exc:
+            data = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], Mapping) else {}
+            reason = str(data.get("error") or "refused")[:40]
+            raise AuthError(f"google_forms: the token endpoint refused the {self.kind} credentials in {self.path} ({reason}); "
+                            f"{GRANT_HINTS[self.kind]}", source=SOURCE) from None
+        except google.auth.exceptions.TransportError:
+            raise SourceError(f"google_forms: the token endpoint of {self.path} could not be reached", source=SOURCE,
+                              retryable=True) from None
+        expiry = self.credentials.expiry  # google-auth: naive UTC
+        remaining = None if expiry is None else (expiry - datetime.now(UTC).replace(tzinfo=None)).total_seconds()
+        self.expires_at = None if remaining is None else self.clock.monotonic() + remaining
+        self.refreshes += 1
+        log.info("google_forms: access token refreshed from %s credentials (valid for %s s)", self.kind,
+                 "?" if remaining is None else int(remaining))
+
+
+def token_from_settings(clock: Any) -> str | RefreshingToken | None:
+    """An OAuth access token (``google_access_token``), or google-auth credentials from ``google_credentials``."""
     token = read_secret("google_access_token")
     if token:
         return token
@@ -107,10 +163,33 @@ def access_token_from_settings() -> str | None:
         document = json.loads(Path(path).expanduser().read_text())
     except (OSError, ValueError):
         raise ConfigError(f"google_credentials: {path} is not a readable JSON credentials file") from None
-    if document.get("type") == "service_account":
-        raise ConfigError("google_credentials: service-account keys need the google-auth package, which is not installed; "
-                          "use an OAuth access token (RETENTION_GOOGLE_ACCESS_TOKEN) instead")
-    return document.get("token") or document.get("access_token")
+    kind = document.get("type") if isinstance(document, Mapping) else None
+    if kind == "service_account":
+        try:
+            credentials = service_account.Credentials.from_service_account_info(document, scopes=list(SCOPES))
+        except (ValueError, TypeError, KeyError, IndexError):
+            raise ConfigError(f"google_credentials: {path} is not a valid service-account key (it needs client_email, "
+                              "private_key and token_uri); download a new JSON key from the Google Cloud console") from None
+        return RefreshingToken(credentials, kind, path, clock)
+    if kind == "authorized_user":
+        if {"refresh_token", "client_id", "client_secret"} <= document.keys():
+            try:
+                credentials = user_credentials.Credentials.from_authorized_user_info(document, scopes=list(SCOPES))
+            except (ValueError, TypeError):
+                raise ConfigError(f"google_credentials: {path} is not a valid authorized-user file") from None
+            token_uri = str(document.get("token_uri") or "")
+            if token_uri:
+                # google-auth always sends an authorized user's refresh token to Google; we follow token_uri (the
+                # sandbox) only when it is Google's or on this machine, so a file cannot send the token elsewhere.
+                if urlsplit(token_uri).hostname not in TRUSTED_TOKEN_HOSTS:
+                    raise ConfigError(f"google_credentials: {path} names token_uri {token_uri}, which is not Google's "
+                                      "(oauth2.googleapis.com); remove it or sign in again to get a Google-issued file")
+                credentials = credentials.with_token_uri(token_uri)
+            return RefreshingToken(credentials, kind, path, clock)
+        if document.get("token"):
+            return str(document["token"])  # no refresh token: used as it is until it expires
+    raise ConfigError(f"google_credentials: {path} is neither a service-account key nor an authorized-user file "
+                      "with a refresh token (type, client_id, client_secret, refresh_token)")
 
 
 class GoogleFormsSource:
@@ -118,15 +197,19 @@ class GoogleFormsSource:
 
     name = SOURCE
 
-    def __init__(self, settings: FormsSettings, *, token: str | None = None, base_url: str = BASE_URL, clock: Any = None) -> None:
+    def __init__(self, settings: FormsSettings, *, token: str | RefreshingToken | None = None, base_url: str = BASE_URL,
+                 clock: Any = None) -> None:
         if not settings.forms:
             raise ConfigError("google_forms.forms is empty: list the form ids to read (the part of the edit URL after /d/)")
         self.settings = settings
         clock = clock or SystemClock()
+        credentials = token if token is not None else token_from_settings(clock)
+        refreshing = credentials if isinstance(credentials, RefreshingToken) else None
         self.api = kit.JsonApi(
-            SOURCE, base_url, token if token is not None else access_token_from_settings(), settings.timeout_s,
-            describe_error=_describe_error, auth_hint=AUTH_HINT, clock=clock,
+            SOURCE, base_url, None if refreshing else credentials, settings.timeout_s,
+            describe_error=_describe_error, auth_hint=FILE_AUTH_HINT if refreshing else AUTH_HINT, clock=clock,
             limiter=WindowLimiter(250, 60.0, clock),  # Google: read requests per minute per user (quota, UNVERIFIED)
+            token_source=refreshing,
         )
         self.last_stats = kit.ReadStats()
 
@@ -184,4 +267,4 @@ def check_google_forms(settings: Any) -> CheckResult:
             source.api.get(f"/v1/forms/{form_id}", None, f"reading form {form_id}")
     except RetentionError as exc:
         return CheckResult("google_forms", False, str(exc))
-    return CheckResult("google_forms", True, f"access token accepted; {len(settings.google_forms.forms)} form(s) readable")
+    return CheckResult("google_forms", True, f"credentials accepted; {len(settings.google_forms.forms)} form(s) readable")

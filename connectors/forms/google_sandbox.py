@@ -5,6 +5,11 @@ choice/scale/rating/text kind), ``forms.responses.list`` with ``filter`` limited
 ``timestamp >= T`` (RFC 3339 Zulu), ``pageSize`` (≤ 5000, 0 = 5000), opaque ``pageToken`` that must be reused
 with the same filter, responses in no guaranteed order, ``respondentEmail`` when the form collects it, Google's
 ``{"error": {"code", "message", "status"}}`` body, and a per-minute read quota (300, UNVERIFIED) answered with 429.
+
+``POST /token`` stands in for https://oauth2.googleapis.com/token (point a credentials file's ``token_uri`` at it):
+the JWT-bearer grant of a service account, its RS256 signature checked with the public key a test registers
+(``add_service_account``), and the refresh_token grant of an authorized user. Access tokens expire after
+``token_lifetime_s`` on the sandbox clock (then 401); a revoked key or refresh token gets 400 ``invalid_grant``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import re
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs
+
+from google.auth import jwt
 
 from connectors.forms.survey_kit import SeedAnswerSet, seed_answer_sets
 from connectors.sandbox import Clock, Request, Response, Sandbox
@@ -26,6 +34,10 @@ READS_PER_MINUTE = 300
 DEMO_FORM_ID = "1FAIpQLSd_feedback_shop_2025"
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # the audience google-auth puts in every assertion
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+FORMS_SCOPES = {"https://www.googleapis.com/auth/forms.responses.readonly", "https://www.googleapis.com/auth/forms.body.readonly",
+                "https://www.googleapis.com/auth/forms.readonly", "https://www.googleapis.com/auth/drive.readonly"}
 FILTER = re.compile(r"\s*timestamp\s*(>=|>)\s*(\S+)\s*\Z")
 
 
@@ -57,11 +69,17 @@ class GoogleFormsSandbox(Sandbox):
     def __init__(self, *, token: str = "ya29.sandbox_token", clock: Clock | None = None, seed: int = 0) -> None:
         super().__init__(clock=clock, seed=seed)
         self.tokens = {token}
+        self.token_lifetime_s = 3600
+        self.expiring: dict[str, float] = {}  # issued access token -> sandbox monotonic second it expires
+        self.service_accounts: dict[str, str] = {}  # client_email -> public key PEM
+        self.refresh_tokens: dict[str, str] = {}  # refresh token -> client_id
+        self.grants: list[str] = []  # "jwt-bearer:<email>" / "refresh_token:<client_id>", in order
         self.forms: dict[str, dict[str, Any]] = {}
         self.responses: dict[str, list[dict[str, Any]]] = {}
         self.respondents: dict[str, str | None] = {}
         self._rng = random.Random(seed)
         self._reads: deque[float] = deque()
+        self.route("POST", r"/token", self.token)
         self.route("GET", r"/v1/forms/(?P<form_id>[^/]+)", self.get_form)
         self.route("GET", r"/v1/forms/(?P<form_id>[^/]+)/responses", self.list_responses)
 
@@ -109,7 +127,20 @@ class GoogleFormsSandbox(Sandbox):
             form["revisionId"] = f"{int(form['revisionId']) + 1:08d}"
 
     def revoke(self, token: str) -> None:
-        self.tokens.discard(token)
+        """An access token, a service account (by client_email) or a refresh token stops working."""
+        with self.lock:
+            self.tokens.discard(token)
+            self.expiring.pop(token, None)
+            self.service_accounts.pop(token, None)
+            self.refresh_tokens.pop(token, None)
+
+    def add_service_account(self, client_email: str, public_key_pem: str) -> None:
+        with self.lock:
+            self.service_accounts[client_email] = public_key_pem
+
+    def add_refresh_token(self, refresh_token: str, client_id: str) -> None:
+        with self.lock:
+            self.refresh_tokens[refresh_token] = client_id
 
     def _render(self, form_id: str, a: SeedAnswerSet) -> dict[str, Any]:
         form = self.forms[form_id]
@@ -148,9 +179,43 @@ class GoogleFormsSandbox(Sandbox):
     def error(self, status: int, message: str, request: Request, **detail: Any) -> Response:
         return Response(status, {"error": {"code": status, "message": message, "status": STATUS_NAMES.get(status, "UNKNOWN")}})
 
+    def token(self, request: Request) -> Response:
+        """OAuth 2 token endpoint: ``{"access_token", "expires_in", "token_type"}`` or ``{"error": "invalid_grant"}``."""
+        form = {k: v[-1] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
+        grant = form.get("grant_type")
+        if grant == JWT_BEARER:
+            try:
+                unverified = jwt.decode(form.get("assertion", ""), verify=False)
+                key = self.service_accounts.get(str(unverified.get("iss")))
+                claims = jwt.decode(form["assertion"], certs=key, audience=GOOGLE_TOKEN_URI) if key else None
+            except (ValueError, KeyError):
+                claims = None
+            if claims is None:
+                return Response(400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})
+            if not set(str(claims.get("scope", "")).split()) & FORMS_SCOPES:
+                return Response(400, {"error": "invalid_scope", "error_description": "No Forms scope was requested."})
+            self.grants.append(f"jwt-bearer:{claims['iss']}")
+        elif grant == "refresh_token":
+            client_id = self.refresh_tokens.get(form.get("refresh_token", ""))
+            if client_id is None or client_id != form.get("client_id"):
+                return Response(400, {"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
+            self.grants.append(f"refresh_token:{client_id}")
+        else:
+            return Response(400, {"error": "unsupported_grant_type", "error_description": f"Invalid grant_type: {grant}"})
+        access_token = f"ya29.sandbox-{self._rng.getrandbits(128):032x}"
+        self.tokens.add(access_token)
+        self.expiring[access_token] = self.clock.monotonic() + self.token_lifetime_s
+        return Response(200, {"access_token": access_token, "expires_in": self.token_lifetime_s, "token_type": "Bearer"})
+
     def admit(self, request: Request) -> Response | None:
+        if request.path == "/token":
+            return None
         header = request.headers.get("authorization", "")
-        if not header.startswith("Bearer ") or header[7:] not in self.tokens:
+        token = header[7:]
+        with self.lock:
+            if token in self.expiring and self.clock.monotonic() >= self.expiring[token]:
+                self.tokens.discard(token)
+        if not header.startswith("Bearer ") or token not in self.tokens:
             return self.error(401, "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie "
                                    "or other valid authentication credential.", request)
         now = self.clock.monotonic()

@@ -311,9 +311,10 @@ class JsonApi:
     limiter: WindowLimiter | None = None
     clock: Any = field(default_factory=SystemClock)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    token_source: Callable[[], str] | None = None  # a fresh token per request (refreshed before expiry), instead of ``token``
 
     def __post_init__(self) -> None:
-        if not self.token:
+        if not self.token and self.token_source is None:
             raise AuthError(f"{self.source}: no access token is set; {self.auth_hint}", source=self.source)
         self.base_url = self.base_url.rstrip("/")
         self.session = requests.Session()
@@ -347,6 +348,8 @@ class JsonApi:
             raise SourceError(f"{self.source} could not be reached while {what} ({type(exc).__name__})", source=self.source, retryable=True) from None
 
     def _get_once(self, url: str, params: Mapping[str, Any] | None) -> Any:
+        if self.token_source is not None:
+            self.session.headers["Authorization"] = f"Bearer {self.token_source()}"
         response = self.session.get(url, params=params, timeout=self.timeout_s)
         if response.status_code >= 400:
             try:
