@@ -542,8 +542,14 @@ def _prepare_private_file(path: Path) -> None:
         raise StoreError(f"{directory}: on a network filesystem ({fs_type}); SQLite's WAL needs a local disk — choose a local data_dir")
     old_umask = os.umask(0o077)
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(directory, 0o700)
+        if not directory.exists():
+            directory.mkdir(parents=True, mode=0o700)
+        elif directory.stat().st_mode & 0o1000:
+            # A shared sticky directory such as /tmp: never tighten it (that locks every other user out); the
+            # store's own files are still 0600.
+            pass
+        elif directory.stat().st_uid == os.getuid():
+            os.chmod(directory, 0o700)
         for suffix in ("", "-wal", "-shm"):
             sidecar = Path(f"{path}{suffix}")
             if suffix == "":

@@ -195,6 +195,18 @@ def test_sqlite_files_are_private_even_under_a_permissive_umask(tmp_path: Path) 
     assert set(modes.values()) == {0o600}, modes
 
 
+def test_a_store_in_a_shared_sticky_directory_leaves_that_directory_open_to_others(tmp_path: Path) -> None:
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp: tightening it would lock every other user and service out
+
+    store = Store.open(f"sqlite:///{shared / 'retention.db'}")
+    store.close()
+
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((shared / "retention.db").stat().st_mode) == 0o600
+
+
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{tmp_path / 'retention.db'}")
     with store.engine.connect() as conn:
