@@ -28,7 +28,8 @@ from sync.settings import HubSpotSettings
 from sync.store import Store
 
 SPECS = Path(__file__).resolve().parents[2] / "shared" / "specs" / "hubspot"
-SPEC_FILES = ("contacts-v3.json", "deals-v3.json", "properties-v3.json", "pipelines-v3.json", "associations-v4.json")
+SPEC_FILES = ("contacts-v3.json", "deals-v3.json", "properties-v3.json", "pipelines-v3.json", "associations-v4.json",
+              "events-v3.json")
 # Where HubSpot's live API and its spec disagree, the sandbox follows the live API; each gap is named here.
 KNOWN_GAPS = (
     (re.compile(r"^request POST \S+/search: \$\.sorts\[\d+\]: dict where string"),
@@ -88,7 +89,8 @@ def load_operations() -> list[tuple[str, re.Pattern[str], dict[str, Any], dict[s
 
 
 def find_operation(operations: list, method: str, path: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    spec_path = path.replace("/objects/deals", "/objects/0-3").replace("/objects/companies", "/objects/contacts")
+    # The events SDK asks for "/events/v3/events/" with a trailing slash, which HubSpot serves as the spec's path.
+    spec_path = path.rstrip("/").replace("/objects/deals", "/objects/0-3").replace("/objects/companies", "/objects/contacts")
     for op_method, pattern, op, spec in operations:
         if op_method == method and pattern.match(spec_path):
             return op, spec

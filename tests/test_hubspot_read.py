@@ -195,3 +195,38 @@ def test_doctor_check_without_a_token_says_where_to_put_one(monkeypatch):
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")  # no keyring entry either
     with pytest.raises(AuthError, match="RETENTION_HUBSPOT_TOKEN"):
         check(Settings())
+
+
+def test_marketing_email_events_are_read_with_the_contacts_email_then_only_new_ones(store):
+    with hubspot_sandbox(400) as box:
+        source = HubSpotSource(make_client(box))
+        first = run_source_once(store, source, "sync", "hubspot")
+        events = stored(store, "email_event")
+        assert first.counts["email_event"].written == len(box.events) == len(events) > 100
+        kinds = {e.event.value for e in events.values()}
+        assert {"open", "click"} <= kinds
+        for raw in box.events[:50]:
+            contact = box.objects["contacts"][raw["objectId"]]["properties"]
+            assert events[raw["id"]].email.normalised == contact["email"].lower()
+
+        box.clock.advance(60)
+        contact_id = sorted(box.objects["contacts"])[5]
+        new_id = box.add_event(contact_id, "e_marketing_email_clicked", properties={"hs_email_campaign_id": "autumn", "hs_url": "https://shop.example/a"})
+        box.journal.clear()
+        second = run_source_once(store, source, "sync", "hubspot")
+        assert second.counts["email_event"].written == 1
+        assert stored(store, "email_event")[new_id].url == "https://shop.example/a"
+        # Every event page of the second run asked only for events since the first run's newest one.
+        pages = box.journal.entries(method="GET", path="/events/v3/events")
+        assert pages and all(e.status == 200 for e in pages)
+        assert second.counts["email_event"].read <= 5
+
+
+def test_an_account_without_event_analytics_is_read_without_email_events_and_says_so(store, caplog):
+    with hubspot_sandbox(50) as box, caplog.at_level("INFO"):
+        box.missing_scopes.add("events")
+        result = run_source_once(store, HubSpotSource(make_client(box)), "sync", "hubspot")
+        assert result.counts["contact"].written == len(box.objects["contacts"])
+        assert result.counts["email_event"].read == 0
+        assert "marketing email events are not read" in caplog.text
+        assert store.cursor("hubspot", "email_events") is None  # nothing to resume from: the next run asks again

@@ -40,6 +40,7 @@ SOURCE = "hubspot"
 SEARCH_CAP = 10_000  # HubSpot: search returns at most 10,000 results per query; paging past it is a 400
 SEARCH_PAGE = 200  # HubSpot: search limit is at most 200
 BATCH_SIZE = 100  # HubSpot: batch endpoints take at most 100 inputs
+EVENTS_PAGE = 100  # event analytics pages we ask for
 DAILY_WAIT_S = 86_400.0  # a DAILY 429 without Retry-After: wait for tomorrow, i.e. stop with a checkpoint
 # Twelve attempts with capped full-jitter backoff ride out about a minute and a half of outage per call.
 HUBSPOT_RETRIES = RetryPolicy(max_attempts=12)
@@ -58,6 +59,10 @@ class OAuthGrant:
 
 REFRESH_MARGIN_S = 60.0  # refresh this long before the access token expires, so no call meets an expired token
 RECONNECT_HELP = "reconnect HubSpot (run the OAuth install again) and store the new refresh token as 'hubspot_refresh_token'"
+
+
+class Unavailable(SourceError):
+    """403 or 404 on an API the account may lack (event analytics needs Enterprise and its scope): skip, don't fail."""
 
 
 class AlreadyExists(SourceError):
@@ -85,8 +90,12 @@ class HubSpotClient:
 
     # --- one request ---------------------------------------------------------------------------------------------
 
-    def call(self, what: str, send: Callable[[Any], Callable[..., Any]], *args: Any, is_search: bool = False) -> dict[str, Any]:
-        """Send one SDK call (``send`` picks the SDK method) with limits and retries; returns the parsed JSON body."""
+    def call(self, what: str, send: Callable[[Any], Callable[..., Any]], *args: Any, is_search: bool = False,
+             optional: bool = False) -> dict[str, Any]:
+        """Send one SDK call (``send`` picks the SDK method) with limits and retries; returns the parsed JSON body.
+
+        ``optional``: the account may lack this API; a 403 or 404 raises Unavailable instead of an AuthError.
+        """
 
         def attempt() -> dict[str, Any]:
             if self.clock.monotonic() >= self._token_expires_at - REFRESH_MARGIN_S:
@@ -108,6 +117,8 @@ class HubSpotClient:
                     self._token_expires_at = float("-inf")  # HubSpot says it expired early: refresh once, try once more
                     continue
                 # Each SDK package has its own ApiException class; they share the name and the status/body/headers.
+                if optional and _is_api_exception(exc) and getattr(exc, "status", 0) in (403, 404):
+                    raise Unavailable(f"HubSpot refused {what}: {describe(exc)}", source=SOURCE) from None
                 if _is_api_exception(exc):
                     raise typed_error(exc, what) from None
                 raise
@@ -176,6 +187,24 @@ class HubSpotClient:
                 if targets:
                     owners[str(result["from"]["id"])] = str(targets[0])
         return owners
+
+    def event_types(self) -> list[str]:
+        """The event type names the account can query (event analytics); Unavailable when the account lacks the API."""
+        reply = self.call("listing event types", lambda sdk: sdk.events.events_api.get_types, optional=True)
+        return [str(name) for name in reply.get("eventTypes", [])]
+
+    def events(self, event_type: str, occurred_after: str, occurred_before: str) -> Iterator[list[dict[str, Any]]]:
+        """Every contact event of ``event_type`` in (occurred_after, occurred_before), oldest first, in pages."""
+        after = None
+        while True:
+            kwargs = {"object_type": "contact", "event_type": event_type, "occurred_after": occurred_after,
+                      "occurred_before": occurred_before, "limit": EVENTS_PAGE, "sort": ["occurredAt"], **({"after": after} if after else {})}
+            body = self.call(f"reading {event_type} events", lambda sdk, kwargs=kwargs: lambda **extra: sdk.events.events_api.get_page(**kwargs, **extra),
+                             optional=True)
+            yield body.get("results", [])
+            after = ((body.get("paging") or {}).get("next") or {}).get("after")
+            if not after:
+                return
 
     def pipelines(self, object_type: str) -> dict[str, Any]:
         return self.call(f"reading {object_type} pipelines", lambda sdk: sdk.crm.pipelines.pipelines_api.get_all, object_type)

@@ -11,6 +11,8 @@ from connectors.records import (
     Company,
     Contact,
     EmailAddress,
+    EmailEvent,
+    EmailEventKind,
     Order,
     OrderStatus,
     Record,
@@ -22,6 +24,13 @@ CONTACT_PROPERTIES = ("email", "firstname", "lastname", "phone", "company", "lif
 COMPANY_PROPERTIES = ("name", "domain", "createdate", "hs_lastmodifieddate")
 DEAL_PROPERTIES = ("dealname", "amount", "dealstage", "pipeline", "closedate", "deal_currency_code", "createdate", "hs_lastmodifieddate")
 MODIFIED_PROPERTY = {"contacts": "lastmodifieddate", "companies": "hs_lastmodifieddate", "deals": "hs_lastmodifieddate"}
+# HubSpot's standard marketing email event types (event analytics API, /events/v3/events) → our kinds. The spec
+# does not enumerate the names; the source reads only those the account's /events/v3/events/event-types lists.
+EMAIL_EVENT_TYPES = {"e_marketing_email_opened": EmailEventKind.OPEN, "e_marketing_email_clicked": EmailEventKind.CLICK,
+                     "e_marketing_email_bounced": EmailEventKind.BOUNCE,
+                     "e_marketing_email_unsubscribed": EmailEventKind.UNSUBSCRIBE}
+EVENT_CAMPAIGN_PROPERTY = "hs_email_campaign_id"
+EVENT_URL_PROPERTY = "hs_url"
 DEFAULT_CURRENCY = "USD"  # HubSpot: a deal without deal_currency_code is in the account's company currency
 
 
@@ -37,6 +46,11 @@ def parse_time(value: str | None) -> datetime | None:
 
 def to_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
+
+
+def iso_ms(moment: datetime) -> str:
+    """HubSpot's date-time form for query parameters: ISO 8601 in UTC with milliseconds and a Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _split(value: str | None) -> list[str]:
@@ -103,6 +117,21 @@ def map_deal(raw: Mapping[str, Any], statuses: Mapping[str, OrderStatus], contac
         closed_at=parse_time(props.get("closedate")) if status is not OrderStatus.OPEN else None,
         customer_email=EmailAddress.parse(contact_email, "contact email") if contact_email else None,
         customer_source_id=contact_id, title=props.get("dealname") or None,
+    )
+
+
+def map_email_event(raw: Mapping[str, Any], contact_email: str | None) -> EmailEvent:
+    """One event analytics event of a marketing email type, with its contact's primary email."""
+    if not contact_email:
+        raise InvalidRecord("objectId", raw.get("objectId"), "names no contact with an email address (deleted or merged away?)")
+    props = raw.get("properties") or {}
+    kind = EMAIL_EVENT_TYPES.get(str(raw.get("eventType")))
+    if kind is None:
+        raise InvalidRecord("eventType", raw.get("eventType"), "is not a marketing email event type")
+    return EmailEvent(
+        source=SOURCE, source_id=str(raw["id"]), email=EmailAddress.parse(contact_email, "contact email"), event=kind,
+        occurred_at=parse_time(raw.get("occurredAt")), campaign_id=props.get(EVENT_CAMPAIGN_PROPERTY) or None,
+        url=props.get(EVENT_URL_PROPERTY) or None,
     )
 
 

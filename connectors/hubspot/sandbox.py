@@ -9,6 +9,7 @@ rate-limit headers and 429 policy names). Objects are kept per type with an inde
 from __future__ import annotations
 
 import bisect
+import random
 import uuid
 from collections import deque
 from dataclasses import replace
@@ -23,6 +24,10 @@ MODIFIED_PROPERTY = {"contacts": "lastmodifieddate", "companies": "hs_lastmodifi
 SEARCH_CAP = 10_000  # HubSpot: search returns at most 10,000 results per query
 MAX_SEARCH_LIMIT = 200
 MAX_BATCH_INPUTS = 100
+MAX_EVENTS_LIMIT = 100
+# The event analytics types the sandbox account lists (/events/v3/events/event-types): HubSpot's form "e_{label}".
+EVENT_TYPES = ("e_visited_page", "e_submitted_form", "e_marketing_email_opened", "e_marketing_email_clicked",
+               "e_marketing_email_bounced", "e_marketing_email_unsubscribed")
 CATEGORY_BY_STATUS = {400: "VALIDATION_ERROR", 401: "INVALID_AUTHENTICATION", 403: "MISSING_SCOPES",
                       404: "OBJECT_NOT_FOUND", 409: "CONFLICT", 429: "RATE_LIMITS"}
 # HubSpot's valid (type, fieldType) pairs for custom properties (specs README rule 7).
@@ -94,7 +99,8 @@ class HubSpotSandbox(Sandbox):
         self.searches_per_s = searches_per_s
         self.daily_limit = daily_limit
         self.batch_errors = batch_errors  # "partial": 207 multi-status; "whole": one bad input fails the batch with 400
-        self.missing_scopes: set[str] = set()  # object types the token may not touch ("deals" → 403 MISSING_SCOPES)
+        # Object types the token may not touch ("deals" → 403 MISSING_SCOPES); "events": no event analytics access.
+        self.missing_scopes: set[str] = set()
         self.objects: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OBJECT_TYPES}
         self.archived: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OBJECT_TYPES}
         self.merged_into: dict[str, str] = {}  # merged-away contact id → survivor id
@@ -103,6 +109,8 @@ class HubSpotSandbox(Sandbox):
         self.properties = standard_properties()
         self.groups: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OBJECT_TYPES}
         self.pipelines: list[dict[str, Any]] = []
+        self._event_ids = random.Random(seed)
+        self.events: list[dict[str, Any]] = []  # event analytics: {id, objectType, objectId, eventType, occurred_ms, properties}
         self._next_id = 1000
         self._sent: deque[float] = deque()
         self._searches: deque[float] = deque()
@@ -173,6 +181,9 @@ class HubSpotSandbox(Sandbox):
                 if merged_id in contact_ids:
                     contact_ids.discard(merged_id)
                     contact_ids.add(primary_id)
+            for event in self.events:  # and its event history
+                if event["objectId"] == merged_id:
+                    event["objectId"] = primary_id
             survivor = self.objects["contacts"][primary_id]["properties"]
             earlier = [i for i in (survivor.get("hs_merged_object_ids") or "").split(";") if i]
             absorbed = earlier + [merged_id] + [i for i in (merged["properties"].get("hs_merged_object_ids") or "").split(";") if i]
@@ -185,6 +196,15 @@ class HubSpotSandbox(Sandbox):
     def associate(self, deal_id: str, contact_id: str) -> None:
         with self.lock:
             self.associations.setdefault(deal_id, set()).add(contact_id)
+
+    def add_event(self, contact_id: str, event_type: str, occurred_ms: int | None = None,
+                  properties: dict[str, str] | None = None) -> str:
+        """Record one contact event (event analytics); returns its id."""
+        with self.lock:
+            event_id = str(uuid.UUID(int=self._event_ids.getrandbits(128)))
+            self.events.append({"id": event_id, "objectType": "contact", "objectId": contact_id, "eventType": event_type,
+                                "occurred_ms": self.now_ms() if occurred_ms is None else occurred_ms, "properties": dict(properties or {})})
+            return event_id
 
     def issue_access_token(self, refresh_token: str, client_id: str, client_secret: str) -> dict[str, Any] | None:
         """HubSpot's refresh-token grant: a new 30-minute access token, or None when the grant is not valid."""

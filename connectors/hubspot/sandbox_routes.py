@@ -1,4 +1,5 @@
-"""The HubSpot sandbox's endpoints: search, list, batch read/update, properties and groups, pipelines, v4 associations.
+"""The HubSpot sandbox's endpoints: search, list, batch read/update, properties and groups, pipelines, v4 associations,
+event analytics (v3 events and event types).
 
 Handlers run under the sandbox lock (connectors.sandbox.Sandbox). Validation mirrors HubSpot's published rules
 (../shared/specs/README.md): 100-input batches, search limit 200 and the 10,000-result cap, 207 multi-status.
@@ -13,7 +14,9 @@ from urllib.parse import parse_qs
 
 from connectors.hubspot.sandbox import (
     FIELD_TYPES,
+    EVENT_TYPES,
     MAX_BATCH_INPUTS,
+    MAX_EVENTS_LIMIT,
     MAX_SEARCH_LIMIT,
     MODIFIED_PROPERTY,
     SEARCH_CAP,
@@ -41,6 +44,8 @@ def add_routes(box: HubSpotSandbox) -> None:
     box.route("POST", rf"/crm/v3/objects/{TYPES}/batch/update", lambda r, object_type: batch_update(box, r, object_type))
     box.route("POST", r"/crm/v3/objects/contacts/merge", lambda r: merge(box, r))
     box.route("POST", r"/crm/v4/associations/deals/contacts/batch/read", lambda r: associations(box, r))
+    box.route("GET", r"/events/v3/events/?", lambda r: events_page(box, r))  # the SDK adds the slash
+    box.route("GET", r"/events/v3/events/event-types", lambda r: Response(200, {"eventTypes": list(EVENT_TYPES)}))
     box.route("GET", rf"/crm/v3/pipelines/{TYPES}", lambda r, object_type: Response(200, {"results": box.pipelines}))
     box.route("GET", rf"/crm/v3/properties/{TYPES}", lambda r, object_type: Response(200, {"results": list(box.properties[object_type].values())}))
     box.route("POST", rf"/crm/v3/properties/{TYPES}", lambda r, object_type: create_property(box, r, object_type))
@@ -165,6 +170,43 @@ def list_page(box: HubSpotSandbox, request: Request, object_type: str) -> Respon
     body: dict[str, Any] = {"results": results}
     if len(ids) > limit:
         body["paging"] = {"next": {"after": str(ids[limit - 1]), "link": ""}}
+    return Response(200, body)
+
+
+def events_page(box: HubSpotSandbox, request: Request) -> Response:
+    """Events filtered by object, type and time (occurredAfter/Before exclusive), sorted by occurredAt, keyset-paged."""
+    try:
+        limit = int(request.arg("limit", "10") or 10)
+        low = parse_time_ms(request.arg("occurredAfter")) if request.arg("occurredAfter") else None
+        high = parse_time_ms(request.arg("occurredBefore")) if request.arg("occurredBefore") else None
+    except ValueError as exc:
+        return box.error(400, f"Invalid query parameter: {exc}", request)
+    if not 1 <= limit <= MAX_EVENTS_LIMIT:
+        return box.error(400, f"limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}", request)
+    sort = (request.query.get("sort") or ["-occurredAt"])[0]
+    if sort not in ("occurredAt", "-occurredAt"):
+        return box.error(400, f"sort must be occurredAt or -occurredAt, got {sort}", request)
+    object_type, object_id, event_type = request.arg("objectType"), request.arg("objectId"), request.arg("eventType")
+    if object_type not in (None, "contact", "0-1"):
+        return box.error(400, f"objectType {object_type} has no events in this account", request)
+    picked = [e for e in box.events
+              if (event_type is None or e["eventType"] == event_type) and (object_id is None or e["objectId"] == object_id)
+              and (low is None or e["occurred_ms"] > low) and (high is None or e["occurred_ms"] < high)]
+    descending = sort.startswith("-")
+    picked.sort(key=lambda e: (e["occurred_ms"], e["id"]), reverse=descending)
+    after = request.arg("after")
+    if after:
+        ms, _, last_id = after.partition("_")
+        if not ms.isdigit() or not last_id:
+            return box.error(400, f"after {after} is not a paging token this endpoint issued", request)
+        key = (int(ms), last_id)
+        picked = [e for e in picked if ((e["occurred_ms"], e["id"]) < key if descending else (e["occurred_ms"], e["id"]) > key)]
+    results = [{"objectType": "CONTACT", "objectId": e["objectId"], "eventType": e["eventType"], "occurredAt": iso_ms(e["occurred_ms"]),
+                "id": e["id"], "properties": e["properties"]} for e in picked[:limit]]
+    body: dict[str, Any] = {"results": results}
+    if len(picked) > limit:
+        last = picked[limit - 1]
+        body["paging"] = {"next": {"after": f"{last['occurred_ms']}_{last['id']}", "link": ""}}
     return Response(200, body)
 
 

@@ -1,4 +1,5 @@
-"""Generated HubSpot data that looks like a small business: people, their companies, deals across a pipeline.
+"""Generated HubSpot data that looks like a small business: people, their companies, deals across a pipeline, and
+marketing email events (opens, clicks, a few bounces and unsubscribes) for about a third of the people.
 
 Deterministic for a seed. Every date lies before the sandbox clock's start, so a test's own changes are the only
 objects modified "now". Bulk loading fills the state and sorts each search index once (100k contacts in seconds).
@@ -52,6 +53,31 @@ def bulk_load(box: HubSpotSandbox, object_type: str, rows: list[tuple[dict[str, 
     return ids
 
 
+EMAIL_EVENT_SHARE = 0.3  # of contacts who engaged with marketing email
+CAMPAIGNS = ("spring-sale", "newsletter-may", "winback", "loyalty-club")
+
+
+def seed_email_events(box: HubSpotSandbox, contact_ids: list[str], rng: random.Random, start_ms: int, end_ms: int) -> None:
+    """Opens for engaged contacts, clicks on some opens, an occasional bounce or unsubscribe; ids from the box's seed."""
+    with box.lock:
+        for contact_id in contact_ids:
+            if rng.random() >= EMAIL_EVENT_SHARE:
+                continue
+            for _ in range(rng.randint(1, 3)):
+                at = rng.randint(start_ms, end_ms - 60_000)
+                campaign = rng.choice(CAMPAIGNS)
+                roll = rng.random()
+                if roll < 0.04:
+                    box.add_event(contact_id, "e_marketing_email_bounced", at, {"hs_email_campaign_id": campaign})
+                    continue
+                box.add_event(contact_id, "e_marketing_email_opened", at, {"hs_email_campaign_id": campaign})
+                if roll < 0.4:
+                    box.add_event(contact_id, "e_marketing_email_clicked", at + rng.randint(1, 60_000),
+                                  {"hs_email_campaign_id": campaign, "hs_url": f"https://shop.example/{campaign}"})
+                elif roll > 0.97:
+                    box.add_event(contact_id, "e_marketing_email_unsubscribed", at + rng.randint(1, 60_000), {"hs_email_campaign_id": campaign})
+
+
 def seed_business(box: HubSpotSandbox, contacts: int, seed: int, deals_per_contact: float = 2.0, merges: int | None = None) -> dict[str, list[str]]:
     """Seed ``contacts`` people, one company per ~8 of them, ~``deals_per_contact`` deals each, a few merges."""
     rng = random.Random(seed)
@@ -88,6 +114,7 @@ def seed_business(box: HubSpotSandbox, contacts: int, seed: int, deals_per_conta
     deal_ids = bulk_load(box, "deals", deal_rows)
     for deal_id, contact_id in zip(deal_ids, owners):
         box.associations.setdefault(deal_id, set()).add(contact_id)
+    seed_email_events(box, contact_ids, rng, start_ms, end_ms)
     for n in range(merges if merges is not None else contacts // 200):
         survivor, absorbed = contact_ids[2 * n], contact_ids[2 * n + 1]
         box.merge(survivor, absorbed)

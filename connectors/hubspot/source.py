@@ -1,4 +1,5 @@
-"""The HubSpot Source: contacts, companies and deals (as orders) read incrementally through the search API.
+"""The HubSpot Source: contacts, companies and deals (as orders) read incrementally through the search API, and
+marketing email events (opens, clicks, bounces, unsubscribes) through the event analytics API.
 
 Paging, limits and the 10,000-result cap live in client.py; this module owns the streams, the cursor rule
 (min(run start, max seen) minus the look-back) and the archived-object tombstones.
@@ -13,13 +14,13 @@ from typing import Any
 
 from connectors.base import Page, Stream
 from connectors.hubspot import mapping
-from connectors.hubspot.client import SOURCE, HubSpotClient
+from connectors.hubspot.client import SOURCE, HubSpotClient, Unavailable
 
 log = logging.getLogger(__name__)
 
 
 class HubSpotSource:
-    """Contacts, companies and deals (as orders), read incrementally; archived objects come back as tombstones."""
+    """Contacts, companies, deals (as orders) and email events, read incrementally; archived objects come back as tombstones."""
 
     name = SOURCE
 
@@ -28,13 +29,11 @@ class HubSpotSource:
         self.lookback = timedelta(minutes=client.settings.lookback_minutes)
 
     def streams(self) -> Sequence[Stream]:
-        # HubSpot's per-recipient email events API (/email/public/v1/events) is not in the published v3/v4 specs we
-        # build against; engagement comes from Mailchimp or a later version of this connector.
-        log.info("HubSpot marketing email events are not read: the published CRM v3/v4 APIs have no per-recipient events")
         return [
             Stream("contacts", "contact", lambda cursor: self._read("contacts", cursor)),
             Stream("companies", "company", lambda cursor: self._read("companies", cursor)),
             Stream("deals", "order", lambda cursor: self._read("deals", cursor)),
+            Stream("email_events", "email_event", self._read_email_events),
             Stream("contacts_archived", "contact", lambda cursor: self._read_archived("contacts")),
             Stream("companies_archived", "company", lambda cursor: self._read_archived("companies")),
             Stream("deals_archived", "order", lambda cursor: self._read_archived("deals")),
@@ -58,6 +57,37 @@ class HubSpotSource:
             records, rejected = build(fresh)
             yield Page(records, None, rejected)
         # Search indexes lag behind writes, and objects may be edited while we page: re-read a look-back window.
+        upto = min(run_start, max_seen) if max_seen is not None else max(low, run_start - self.lookback)
+        cursor_after = max(upto - self.lookback, low) if max_seen is not None else upto
+        yield Page([], cursor_after.isoformat(timespec="milliseconds"))
+
+    def _read_email_events(self, cursor: str | None) -> Iterator[Page]:
+        """Marketing email events of every contact, by event type (no per-contact calls), since the cursor."""
+        run_start = self.client.clock.now()
+        low = mapping.parse_time(cursor) if cursor else datetime.fromtimestamp(0, run_start.tzinfo)
+        try:
+            listed = set(self.client.event_types())
+            wanted = [t for t in mapping.EMAIL_EVENT_TYPES if t in listed]
+            max_seen = None
+            # occurredAfter is exclusive: start a millisecond early so events at the cursor's own millisecond come again.
+            after = mapping.iso_ms(low - timedelta(milliseconds=1)) if cursor else mapping.iso_ms(low)
+            for event_type in wanted:
+                for raws in self.client.events(event_type, after, mapping.iso_ms(run_start)):
+                    for raw in raws:
+                        stamp = mapping.parse_time(raw.get("occurredAt"))
+                        if stamp is not None and (max_seen is None or stamp > max_seen):
+                            max_seen = stamp
+                    contact_ids = sorted({str(r["objectId"]) for r in raws})
+                    emails = {c["id"]: (c.get("properties") or {}).get("email")
+                              for c in self.client.batch_read("contacts", contact_ids, ("email",))} if contact_ids else {}
+                    records, rejected = mapping.map_all(raws, "email_events",
+                                                        lambda raw, emails=emails: mapping.map_email_event(raw, emails.get(str(raw["objectId"]))))
+                    yield Page(records, None, rejected)
+        except Unavailable as exc:
+            log.info("HubSpot marketing email events are not read: this account has no event analytics API (%s); it needs "
+                     "an Enterprise hub and the analytics scope on the private app", exc)
+            return
+        # Events can be recorded late: re-read a look-back window, as the search streams do.
         upto = min(run_start, max_seen) if max_seen is not None else max(low, run_start - self.lookback)
         cursor_after = max(upto - self.lookback, low) if max_seen is not None else upto
         yield Page([], cursor_after.isoformat(timespec="milliseconds"))
