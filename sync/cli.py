@@ -377,6 +377,7 @@ def main() -> None:
 # The scoring commands live in their own module and register on this app.
 from sync import cli_scoring  # noqa: E402,F401  (imported for its commands)
 from sync import cli_sandbox  # noqa: E402,F401  (imported for its command)
+from sync import cli_schedule  # noqa: E402,F401  (imported for its command)
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,7 @@ Each schema version is one entry in ``MIGRATIONS``; a store is upgraded one vers
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,11 +22,13 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    insert,
+    select,
 )
 from sqlalchemy.engine import Connection
 
 UTC = timezone.utc
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class UtcDateTime(TypeDecorator):
@@ -142,6 +145,7 @@ run_counts = Table(
     Column("written", Integer, nullable=False, default=0),
     Column("unchanged", Integer, nullable=False, default=0),
     Column("quarantined", Integer, nullable=False, default=0),
+    Column("forgotten", Integer, nullable=False, default=0),  # skipped: the person was forgotten (schema 3)
 )
 
 quarantine = Table(
@@ -160,8 +164,35 @@ quarantine = Table(
     UniqueConstraint("source", "kind", "fingerprint", name="uq_quarantine_input"),
 )
 
+# Who may run a sync now: one row per lease name, taken atomically and renewed while the run lives (schema 3).
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(50), primary_key=True),  # "sync"
+    Column("holder", String(200), nullable=False),  # host:pid:random of the process holding it
+    Column("acquired_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),  # past this, a holder that stopped renewing has lost it
+)
+
+# People erased on request: salted hashes of their addresses and per-source ids, never the values (schema 3).
+forgotten = Table(
+    "forgotten",
+    metadata,
+    Column("key_hash", String(64), primary_key=True),  # sha256(salt + normalised email) or of a source id
+    Column("tombstone", Integer, nullable=False),  # one number per erasure request, for the run history
+    Column("forgotten_at", UtcDateTime, nullable=False),
+)
+
+# The store's own random salt for those hashes: without it, a hash cannot be checked against a guessed address.
+erasure_salt = Table(
+    "erasure_salt",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("salt", String(64), nullable=False),
+)
+
 # The state a rejected input must leave untouched; run history is an append-only log and is not part of it.
-STATE_TABLES = (records, identities, cursors, ledger, quarantine)
+STATE_TABLES = (records, identities, cursors, ledger, quarantine, forgotten)
 
 
 def _migrate_to_1(conn: Connection) -> None:
@@ -179,4 +210,14 @@ def _migrate_to_2(conn: Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE ledger ADD COLUMN {name} TEXT")
 
 
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
+def _migrate_to_3(conn: Connection) -> None:
+    # Leases, the erasure tombstones and their salt, and a forgotten count per run. As in version 2, a store
+    # created by this version already has the tables and column from version 1; older ones gain them here.
+    metadata.create_all(conn, tables=[leases, forgotten, erasure_salt], checkfirst=True)
+    if "forgotten" not in {column["name"] for column in conn.dialect.get_columns(conn, "run_counts")}:
+        conn.exec_driver_sql("ALTER TABLE run_counts ADD COLUMN forgotten INTEGER NOT NULL DEFAULT 0")
+    if conn.execute(select(erasure_salt.c.id)).first() is None:
+        conn.execute(insert(erasure_salt).values(id=1, salt=secrets.token_hex(32)))
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}

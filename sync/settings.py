@@ -91,6 +91,29 @@ class ScoringSettings(_Section):
     random_seed: int = Field(7, ge=0)
 
 
+class ScheduleSettings(_Section):
+    """`retention schedule`: when syncs run, and the lease that keeps two of them from running at once."""
+
+    cron: str = ""  # a crontab line (minute hour day month weekday) in the settings' time zone; empty: use the interval
+    interval_minutes: int = Field(60, ge=1, le=10_080)
+    # A run that could not start on time (machine asleep, previous run still going) still starts this late; later
+    # than that it is logged as missed, and the runs missed meanwhile are coalesced into one.
+    misfire_grace_s: int = Field(300, ge=1, le=86_400)
+    lease_s: int = Field(300, ge=5, le=86_400)  # a killed run's lease lapses after this; renewed every third of it
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str) -> str:
+        if cron.strip():
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(cron, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f'is not a cron expression ({exc}); write five fields, minute hour day month weekday, e.g. "0 3 * * *"') from None
+        return cron.strip()
+
+
 class Settings(BaseSettings):
     """Everything the tool is told. Built once by ``load_settings`` and passed down."""
 
@@ -110,6 +133,7 @@ class Settings(BaseSettings):
     surveymonkey: FormsSettings = FormsSettings()
     google_forms: FormsSettings = FormsSettings()
     scoring: ScoringSettings = ScoringSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
 
     # Where these settings came from, for messages; not a setting.
     source_file: Path | None = Field(None, exclude=True)

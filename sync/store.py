@@ -12,11 +12,11 @@ import os
 from operator import itemgetter
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     and_,
@@ -53,6 +53,10 @@ from sync.schema import (
     schema_version,
     sqlite_datetime,
 )
+from sync.tombstones import forgotten_keys, read_salt, record_keys
+
+if TYPE_CHECKING:
+    from sync.lease import Lease
 
 UTC = timezone.utc
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs"}
@@ -64,6 +68,7 @@ class KindCounts:
     written: int = 0
     unchanged: int = 0
     quarantined: int = 0
+    forgotten: int = 0  # skipped because the person was erased on request (`retention forget`)
 
 
 @dataclass
@@ -153,7 +158,7 @@ class Store:
     def _where(self) -> str:
         return self.engine.url.database if self.is_sqlite else self.engine.url.render_as_string(hide_password=True)
 
-    # --- transactions --------------------------------------------------------------------------------------
+    # --- transactions and the run lease --------------------------------------------------------------------
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -163,13 +168,25 @@ class Store:
         except OperationalError as exc:
             raise StoreError(f"{self._where()}: {_explain_operational(exc)}") from None
 
+    def lease(self, name: str, *, ttl_s: float, holder: str | None = None) -> AbstractContextManager[Lease]:
+        """Hold the lease ``name`` ("sync") while the block runs, renewed in the background; raises LeaseHeld at
+        once when another live process holds it. See sync/lease.py."""
+        from sync.lease import hold_lease
+
+        return hold_lease(self, name, ttl_s=ttl_s, holder=holder)
+
     # --- records -------------------------------------------------------------------------------------------
 
     def upsert_records(self, conn: Connection, batch: Sequence[Record], counts: RunCounts) -> None:
-        """Insert new records, update changed ones, leave identical ones untouched; count each."""
+        """Insert new records, update changed ones, leave identical ones untouched; count each. Records of a
+        forgotten person are never written: they are counted as ``forgotten`` and dropped here."""
         latest: dict[tuple[str, str, str], Record] = {}
         for record in batch:
             latest[(record.kind, record.source, record.source_id)] = record
+        for key in self._of_forgotten_people(conn, latest):
+            del latest[key]
+            counts[key[0]].read += 1
+            counts[key[0]].forgotten += 1
         if not latest:
             return
         now = _now()
@@ -196,6 +213,13 @@ class Store:
         contacts = [latest[key] for key in written if key[0] == "contact"]
         if contacts:
             self._link_identities(conn, contacts, now)
+
+    def _of_forgotten_people(self, conn: Connection, latest: dict[tuple[str, str, str], Record]) -> list[tuple[str, str, str]]:
+        tombstones = forgotten_keys(conn) if latest else set()
+        if not tombstones:
+            return []
+        salt = read_salt(conn)
+        return [key for key, record in latest.items() if not tombstones.isdisjoint(record_keys(salt, record))]
 
     def _upsert_statement(self) -> Any:
         """INSERT, or on a key conflict UPDATE everything but first_seen_at, clearing any tombstone."""
@@ -459,7 +483,7 @@ class Store:
                 select(run_counts).where(run_counts.c.run_id.in_([r["id"] for r in found]))
             ).mappings().all()
         return [
-            {**run, "counts": {c["kind"]: {k: c[k] for k in ("read", "written", "unchanged", "quarantined")} for c in counts if c["run_id"] == run["id"]}}
+            {**run, "counts": {c["kind"]: {k: c[k] for k in ("read", "written", "unchanged", "quarantined", "forgotten")} for c in counts if c["run_id"] == run["id"]}}
             for run in found
         ]
 

@@ -76,7 +76,7 @@ def test_status_shows_records_runs_and_quarantine(workspace: Workspace) -> None:
     assert "import contacts from invalid_emails_contacts.csv: succeeded; contact 30 read, 27 written, 0 unchanged, 3 quarantined" in human.stdout
     assert "Quarantine: 3 records" in human.stdout
     assert machine["records"] == [{"kind": "contact", "source": "csv:invalid_emails_contacts", "count": 27}]
-    assert machine["quarantined"] == 3 and machine["schema_version"] == 2
+    assert machine["quarantined"] == 3 and machine["schema_version"] == 3
 
 
 def test_status_checksum_is_equal_after_a_rejected_import_and_different_after_a_real_one(workspace: Workspace) -> None:

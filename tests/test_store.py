@@ -167,6 +167,29 @@ def test_a_store_at_schema_version_1_upgrades_to_the_current_schema(store_url: s
     upgraded.close()
 
 
+def test_a_version_2_store_gains_the_lease_and_erasure_tables_and_keeps_its_run_history(store_url: str) -> None:
+    store = Store.open(store_url)
+    write(store, [contact("1", "ann@example.com")])
+    with store.engine.begin() as conn:  # what version 2 made: no leases, tombstones, salt or forgotten counts
+        for name in ("leases", "forgotten", "erasure_salt"):
+            conn.execute(text(f"DROP TABLE {name}"))
+        conn.execute(text("ALTER TABLE run_counts DROP COLUMN forgotten"))
+        conn.execute(text("DELETE FROM schema_version WHERE version > 2"))
+    store.close()
+
+    upgraded = Store.open(store_url)
+
+    assert upgraded.version() == schema.SCHEMA_VERSION == 3
+    [run] = upgraded.recent_runs(10)
+    assert run["counts"]["contact"] == {"read": 1, "written": 1, "unchanged": 0, "quarantined": 0, "forgotten": 0}
+    with upgraded.engine.connect() as conn:
+        [salt] = conn.execute(text("SELECT salt FROM erasure_salt")).scalars().all()
+    assert len(salt) == 64
+    with upgraded.lease("sync", ttl_s=30) as lease:
+        assert lease.is_held
+    upgraded.close()
+
+
 def test_a_store_from_a_newer_version_is_refused_with_one_line(store_url: str) -> None:
     store = Store.open(store_url)
     with store.engine.begin() as conn:
