@@ -7,12 +7,12 @@ A destination receives the changes the ledger computed and reports, per record, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from connectors.records import Record
+    from connectors.records import Contact, Record, Score
     from sync.settings import Settings
 
 
@@ -165,6 +165,78 @@ class Destination(Protocol):
     def current(self, object_ids: Sequence[str], field_names: Sequence[str]) -> dict[str, dict[str, str | None]]: ...
 
     def apply(self, changes: Sequence[Change]) -> Sequence[Receipt]: ...
+
+
+# --- connections: what `retention sync` builds from the settings -----------------------------------------------
+
+# Settings section → the module whose import registers that connector's `doctor` check and its connection.
+CONNECTOR_MODULES = {
+    "hubspot": "connectors.hubspot",
+    "mailchimp": "connectors.mailchimp",
+    "typeform": "connectors.forms.typeform",
+    "surveymonkey": "connectors.forms.surveymonkey",
+    "google_forms": "connectors.forms.google_forms",
+}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a connector talks and with which credential, when not the vendor's own service (the demo's sandboxes)."""
+
+    base_url: str
+    credential: str
+
+
+@dataclass(frozen=True)
+class ScoreView:
+    """What one write-back sees: this run's scores (keyed by normalised email) and the target source's contacts."""
+
+    scores: Sequence[Score]
+    contacts: Sequence[Contact]  # current (not deleted) contacts read from this connector's own source
+    last_nps: Mapping[str, int]  # customer key → the NPS of their latest answer that had one
+
+
+Desired = Mapping[str, Mapping[str, "str | None"]]  # object id → field → value
+
+
+@dataclass(frozen=True)
+class Target:
+    """One destination and how this run's scores become the values it should hold.
+
+    ``companions`` are fields sent only alongside a real change of the same object (a "scored at" stamp must not
+    turn an unchanged score into a write)."""
+
+    destination: Destination
+    desired: Callable[[ScoreView], Desired]
+    companions: frozenset[str] = frozenset()
+
+
+@dataclass
+class Connection:
+    """A connected tool: what it is read from (if anything) and what is written to it."""
+
+    name: str
+    source: Source | None
+    targets: Sequence[Target] = ()
+    close: Callable[[], None] = lambda: None
+
+
+Connect = Callable[["Settings", "Endpoint | None"], Connection]
+_CONNECTS: dict[str, Connect] = {}
+
+
+def register_connector(connector: str) -> Callable[[Connect], Connect]:
+    """Connectors register how to build their source and targets from the settings; `retention sync` runs them."""
+
+    def add(connect: Connect) -> Connect:
+        _CONNECTS[connector] = connect
+        return connect
+
+    return add
+
+
+def registered_connectors() -> dict[str, Connect]:
+    return dict(_CONNECTS)
 
 
 # --- health checks (`retention doctor`) -----------------------------------------------------------------------

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from connectors.base import CheckResult, ConfigError, RetentionError, registered_checks
+from connectors.base import CONNECTOR_MODULES, CheckResult, ConfigError, RetentionError, registered_checks
 from connectors.forms.csv import KINDS, CsvImport
 from sync.engine import run_source_once
 from sync.export import write_csv
@@ -66,15 +66,6 @@ class RetentionGroup(TyperGroup):
             code = 1
         sys.exit(code if isinstance(code, int) else 0)
 
-
-# Settings section → the module whose import registers that connector's `doctor` check.
-CONNECTOR_MODULES = {
-    "hubspot": "connectors.hubspot.client",
-    "mailchimp": "connectors.mailchimp.client",
-    "typeform": "connectors.forms.typeform",
-    "surveymonkey": "connectors.forms.surveymonkey",
-    "google_forms": "connectors.forms.google_forms",
-}
 
 app = typer.Typer(
     cls=RetentionGroup,
@@ -378,6 +369,8 @@ def main() -> None:
 from sync import cli_scoring  # noqa: E402,F401  (imported for its commands)
 from sync import cli_sandbox  # noqa: E402,F401  (imported for its command)
 from sync import cli_schedule  # noqa: E402,F401  (imported for its command)
+from sync import cli_sync  # noqa: E402,F401  (imported for its command)
+from sync import demo  # noqa: E402,F401  (imported for its command)
 
 if __name__ == "__main__":
     main()

@@ -22,6 +22,7 @@ from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_recor
 from scoring.sentiment import SentimentModel, sentiment_label
 from sync.cli import Context, app, csv_source, err, out
 from sync.export import write_csv
+from sync.pipeline import responses_frame
 from sync.settings import Settings
 from sync.store import RunCounts
 
@@ -241,21 +242,9 @@ def _responses_frame(context: Context) -> pd.DataFrame | None:
     """Survey answers in the store with a known respondent: (customer, at, nps, sentiment of the free text)."""
     store = context.open_store()
     try:
-        found = [from_payload("survey_response", payload) for _, payload in store.stored_records("survey_response")]
+        return responses_frame(store)
     finally:
         store.close()
-    linked = [response for response in found if response.match_email]
-    if not linked:
-        return None
-    nps = [next((float(a.value) for a in r.answers.values() if a.answer_kind.value == "nps"), np.nan) for r in linked]
-    texts = [". ".join(a.value for a in r.answers.values() if a.answer_kind.value == "text") for r in linked]
-    sentiment = SentimentModel().score(texts)
-    return pd.DataFrame({
-        "customer": [r.match_email for r in linked],
-        "at": pd.to_datetime([r.submitted_at for r in linked], utc=True),
-        "nps": nps,
-        "sentiment": np.where([bool(text.strip()) for text in texts], sentiment, np.nan),
-    })
 
 
 def _audit_values(context: Context, path: Path | None, field: str, completed: list[Any]) -> list[str | None]:

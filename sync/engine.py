@@ -24,12 +24,14 @@ class RunResult:
     first_rejects: list[Rejected] = field(default_factory=list)
 
 
-def run_source_once(store: Store, source: Source, command: str, detail: str) -> RunResult:
-    """Read every stream of ``source`` and commit it all in one transaction, or nothing if anything fails."""
+def run_source_once(store: Store, source: Source, command: str, detail: str, *, full: bool = False) -> RunResult:
+    """Read every stream of ``source`` and commit it all in one transaction, or nothing if anything fails.
+
+    ``full`` reads everything again instead of resuming from the saved cursors (which the run then replaces)."""
     started_at = datetime.now(timezone.utc)
     counts = RunCounts()
     first_rejects: list[Rejected] = []
-    streams = [(stream, store.cursor(source.name, stream.name)) for stream in source.streams()]
+    streams = [(stream, None if full else store.cursor(source.name, stream.name)) for stream in source.streams()]
     with store.transaction() as conn:
         run_id = store.begin_run(conn, command, detail, started_at)
         for stream, saved_cursor in streams:
@@ -63,7 +65,8 @@ class PushResult:
 
 
 def push_changes(
-    store: Store, destination: Destination, desired: Mapping[str, Mapping[str, str | None]], *, command: str = "push"
+    store: Store, destination: Destination, desired: Mapping[str, Mapping[str, str | None]], *, command: str = "push",
+    companions: frozenset[str] = frozenset(),
 ) -> PushResult:
     """Write ``desired`` (object id → field → value) to ``destination``, sending only what changed.
 
@@ -79,7 +82,7 @@ def push_changes(
     try:
         ledger = store.ledger_rows(target)
         ledger = _settle_interrupted(store, destination, ledger, result)
-        changes = _diff(destination, desired, ledger, result)
+        changes = _diff(destination, desired, ledger, result, companions)
         by_object: dict[str, list[Change]] = {}
         for change in changes:
             by_object.setdefault(change.object_id, []).append(change)
@@ -114,9 +117,20 @@ def _settle_interrupted(store: Store, destination: Destination, ledger: dict[tup
     return store.ledger_rows(destination.name)
 
 
-def _diff(destination: Destination, desired: Mapping[str, Mapping[str, str | None]], ledger: dict[tuple[str, str], LedgerRow], result: PushResult) -> list[Change]:
+def plan_changes(store: Store, destination: Destination, desired: Mapping[str, Mapping[str, str | None]],
+                 companions: frozenset[str] = frozenset()) -> tuple[list[Change], PushResult]:
+    """What ``push_changes`` would send, without sending or storing anything (``retention sync --dry-run``).
+
+    Intents an interrupted run left in doubt count as not confirmed here: the real run reads them back first."""
+    result = PushResult(run_id=0, target=destination.name)
+    return _diff(destination, desired, store.ledger_rows(destination.name), result, companions), result
+
+
+def _diff(destination: Destination, desired: Mapping[str, Mapping[str, str | None]], ledger: dict[tuple[str, str], LedgerRow],
+          result: PushResult, companions: frozenset[str] = frozenset()) -> list[Change]:
     changes = []
     for object_id, fields in desired.items():
+        wanted_changes = []
         for field_name, wanted in fields.items():
             value = destination.coerce(field_name, wanted)
             row = ledger.get((object_id, field_name))
@@ -126,7 +140,11 @@ def _diff(destination: Destination, desired: Mapping[str, Mapping[str, str | Non
                 result.held_back += 1
             else:
                 previous = row.confirmed_value if row is not None and row.confirmed else None
-                changes.append(Change(object_id, field_name, value, previous=previous))
+                wanted_changes.append(Change(object_id, field_name, value, previous=previous))
+        if all(change.field_name in companions for change in wanted_changes):
+            result.unchanged += len(wanted_changes)  # only a stamp moved: the values it stamps are the same
+            continue
+        changes.extend(wanted_changes)
     return changes
 
 

@@ -26,6 +26,9 @@ from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
 from connectors.base import (
+    Connection,
+    Endpoint,
+    register_connector,
     AuthError,
     CheckResult,
     ConfigError,
@@ -268,3 +271,11 @@ def check_google_forms(settings: Any) -> CheckResult:
     except RetentionError as exc:
         return CheckResult("google_forms", False, str(exc))
     return CheckResult("google_forms", True, f"credentials accepted; {len(settings.google_forms.forms)} form(s) readable")
+
+
+@register_connector("google_forms")
+def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
+    """A source only: nothing is written back to survey tools."""
+    if endpoint is None:
+        return Connection("google_forms", GoogleFormsSource(settings.google_forms))
+    return Connection("google_forms", GoogleFormsSource(settings.google_forms, token=endpoint.credential, base_url=endpoint.base_url))

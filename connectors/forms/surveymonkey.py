@@ -14,6 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from connectors.base import (
+    Connection,
+    Endpoint,
+    register_connector,
     CheckResult,
     Page,
     Rejected,
@@ -199,3 +202,11 @@ def check_surveymonkey(settings: Any) -> CheckResult:
     except RetentionError as exc:
         return CheckResult("surveymonkey", False, str(exc))
     return CheckResult("surveymonkey", True, f"token accepted; {len(surveys)} survey(s) to read")
+
+
+@register_connector("surveymonkey")
+def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
+    """A source only: nothing is written back to survey tools."""
+    if endpoint is None:
+        return Connection("surveymonkey", SurveyMonkeySource(settings.surveymonkey))
+    return Connection("surveymonkey", SurveyMonkeySource(settings.surveymonkey, token=endpoint.credential, base_url=endpoint.base_url))

@@ -13,6 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from connectors.base import (
+    Connection,
+    Endpoint,
+    register_connector,
     CheckResult,
     Page,
     Rejected,
@@ -199,3 +202,11 @@ def check_typeform(settings: Any) -> CheckResult:
     except RetentionError as exc:
         return CheckResult("typeform", False, str(exc))
     return CheckResult("typeform", True, f"token accepted; {len(forms)} form(s) to read")
+
+
+@register_connector("typeform")
+def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
+    """A source only: nothing is written back to survey tools."""
+    if endpoint is None:
+        return Connection("typeform", TypeformSource(settings.typeform))
+    return Connection("typeform", TypeformSource(settings.typeform, token=endpoint.credential, base_url=endpoint.base_url))

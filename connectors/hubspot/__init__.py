@@ -1,1 +1,29 @@
 """HubSpot connector: contacts, companies, deals and email events in; scores out as contact properties."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectors.base import Connection, Endpoint, ScoreView, Target, register_connector
+from connectors.hubspot.client import HubSpotClient, client_from_settings  # the client module registers `doctor`'s check
+
+
+@register_connector("hubspot")
+def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
+    """The HubSpot source and its one target, the contact properties of the account."""
+    from connectors.hubspot.destination import HubSpotDestination, desired_from_scores
+    from connectors.hubspot.source import HubSpotSource
+
+    if endpoint is None:
+        client = client_from_settings(settings)
+    else:
+        client = HubSpotClient(endpoint.credential, settings.hubspot, host=endpoint.base_url)
+    destination = HubSpotDestination(client)
+
+    def desired(view: ScoreView) -> dict[str, dict[str, str | None]]:
+        # Never write to an id that was merged away, even one a stale score still names.
+        destination.merged_away = {old for contact in view.contacts for old in contact.merged_ids}
+        return desired_from_scores(view.scores, view.contacts, destination.names, view.last_nps)
+
+    stamp = frozenset({destination.names["scored_at"]})
+    return Connection("hubspot", HubSpotSource(client), [Target(destination, desired, stamp)])

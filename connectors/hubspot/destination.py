@@ -18,6 +18,7 @@ from connectors.hubspot.client import AlreadyExists, HubSpotClient
 from connectors.hubspot.mapping import parse_time
 from connectors.records import Contact, RiskBand, Score
 from scoring.segments import SEGMENTS
+from scoring.sentiment import sentiment_label
 
 log = logging.getLogger(__name__)
 TEXT_LIMIT = 65_536  # HubSpot: a text property holds at most 65,536 characters
@@ -182,22 +183,27 @@ def desired_from_scores(scores: Iterable[Score], contacts: Iterable[Contact], na
                         last_nps: Mapping[str, int] | None = None) -> dict[str, dict[str, str | None]]:
     """Score records → {HubSpot contact id: {property: value}}, matched by email (primary or additional) or id.
 
-    A merged-away contact id is replaced by its survivor, so nothing is ever addressed to a dead id."""
+    A merged-away contact id is replaced by its survivor, so nothing is ever addressed to a dead id. An email that
+    two distinct contacts carry is ambiguous: it is reported and nothing is written for it, rather than guessed."""
     contacts = [c for c in contacts if c.source == "hubspot"]
     survivor_of = {old: c.source_id for c in contacts for old in c.merged_ids}
-    by_key: dict[str, str] = {}
-    for contact in sorted(contacts, key=lambda c: c.source_id in survivor_of):  # survivors claim shared emails first
+    owners: dict[str, set[str]] = {}
+    for contact in contacts:
         for email in (contact.email, *contact.additional_emails):
             if email is not None:
-                by_key.setdefault(email.normalised, contact.source_id)
-        by_key.setdefault(contact.source_id, contact.source_id)
+                owners.setdefault(email.normalised, set()).add(survivor_of.get(contact.source_id, contact.source_id))
+        owners.setdefault(contact.source_id, set()).add(survivor_of.get(contact.source_id, contact.source_id))
     desired: dict[str, dict[str, str | None]] = {}
+    ambiguous = []
     for score in scores:
-        contact_id = by_key.get(score.source_id.strip().lower()) or by_key.get(score.source_id)
-        if contact_id is None:
+        found = owners.get(score.source_id.strip().lower()) or owners.get(score.source_id) or set()
+        if len(found) > 1:
+            ambiguous.append(score.source_id)
             continue
-        contact_id = survivor_of.get(contact_id, contact_id)
-        sentiment = None if score.sentiment is None else ("positive" if score.sentiment > 0.05 else "negative" if score.sentiment < -0.05 else "neutral")
+        if not found:
+            continue
+        contact_id = next(iter(found))
+        sentiment = None if score.sentiment is None else sentiment_label(score.sentiment)
         values = {"churn_risk": str(score.churn_probability * 100), "risk_band": score.risk_band.value,
                   "churn_reasons": "; ".join(score.top_reasons) or None, "segment": score.segment,
                   "clv": None if score.clv is None else str(score.clv), "sentiment": sentiment,
@@ -205,5 +211,7 @@ def desired_from_scores(scores: Iterable[Score], contacts: Iterable[Contact], na
         if last_nps is not None and score.source_id in last_nps:
             values["last_nps"] = str(last_nps[score.source_id])
         desired[contact_id] = {names[key]: value for key, value in values.items()}
+    if ambiguous:
+        log.warning("hubspot: %d customer(s) match more than one HubSpot contact by email and were not written; "
+                    "merge the duplicate contacts in HubSpot and the next sync writes them", len(ambiguous))
     return desired
-

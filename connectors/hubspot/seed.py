@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from connectors.hubspot.sandbox import MODIFIED_PROPERTY, iso_ms
 
 if TYPE_CHECKING:
+    from connectors.demo_business import Business
     from connectors.hubspot.sandbox import HubSpotSandbox
 
 FIRST = ("Anna", "Ben", "Chloé", "David", "Emma", "Farid", "Greta", "Hiro", "Ines", "Jonas", "Kira", "Luis", "Mia",
@@ -120,3 +121,24 @@ def seed_business(box: HubSpotSandbox, contacts: int, seed: int, deals_per_conta
         box.merge(survivor, absorbed)
         box._touch("contacts", survivor, rng.randint(start_ms, end_ms - DAY_MS))  # merged while seeding, not "now"
     return {"contacts": [c for c in contact_ids if c in box.objects["contacts"]], "companies": company_ids, "deals": deal_ids}
+
+
+def load_business(box: HubSpotSandbox, business: Business) -> dict[str, list[str]]:
+    """The demo business as a free HubSpot CRM holds it: its customers as contacts, every purchase a won deal."""
+    box.pipelines = [default_pipeline(iso_ms(int(business.now.timestamp() * 1000) - 3 * 365 * DAY_MS))]
+    rows = []
+    for customer in business.customers:
+        signed_ms = int(customer.signed_up.timestamp() * 1000)
+        rows.append(({"firstname": customer.first_name, "lastname": customer.last_name, "email": customer.email,
+                      "phone": customer.phone, "company": customer.company, "lifecyclestage": "customer",
+                      "hs_email_optout": "true" if customer.mailing_status == "unsubscribed" else "false"}, signed_ms, signed_ms))
+    contact_ids = bulk_load(box, "contacts", rows)
+    deals = []
+    for number, purchase in enumerate(business.purchases):
+        at_ms = int(purchase.at.timestamp() * 1000)
+        deals.append(({"dealname": f"Order {number + 1001}", "amount": str(purchase.amount), "pipeline": "default",
+                       "dealstage": "closedwon", "deal_currency_code": "EUR", "closedate": iso_ms(at_ms)}, at_ms, at_ms))
+    deal_ids = bulk_load(box, "deals", deals)
+    for deal_id, purchase in zip(deal_ids, business.purchases):
+        box.associations.setdefault(deal_id, set()).add(contact_ids[purchase.customer])
+    return {"contacts": contact_ids, "deals": deal_ids}

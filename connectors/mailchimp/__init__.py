@@ -1,1 +1,30 @@
 """Mailchimp connector: members, email activity and e-commerce orders in; tags and merge fields out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectors.base import Connection, Endpoint, ScoreView, Target, register_connector
+from connectors.mailchimp.client import MailchimpClient  # the client module registers `doctor`'s check
+
+
+@register_connector("mailchimp")
+def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
+    """The Mailchimp source (every allow-listed audience) and one target per allow-listed audience."""
+    from connectors.mailchimp.destination import MailchimpDestination
+    from connectors.mailchimp.mapping import desired_for_audience
+    from connectors.mailchimp.source import MailchimpSource
+
+    section = settings.mailchimp
+    if endpoint is None:
+        client = MailchimpClient.from_settings(section)
+    else:
+        client = MailchimpClient(section, api_key=endpoint.credential, base_url=endpoint.base_url)
+    targets = []
+    for list_id in section.audiences:
+
+        def desired(view: ScoreView, list_id: str = list_id) -> dict[str, dict[str, str | None]]:
+            return desired_for_audience(view.scores, view.contacts, list_id, section.tag_prefix, section.add_new_contacts)
+
+        targets.append(Target(MailchimpDestination(client, list_id), desired))
+    return Connection("mailchimp", MailchimpSource(client), targets, close=client.close)

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from connectors.base import InvalidRecord, Rejected
+from scoring.sentiment import sentiment_label
 from connectors.records import (
     Contact,
     EmailAddress,
@@ -188,10 +189,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower().replace("'", "")).strip("-")
 
 
-def sentiment_label(sentiment: float) -> str:
-    return "negative" if sentiment <= -0.05 else "positive" if sentiment >= 0.05 else "neutral"
-
-
 def desired_from_scores(
     scores: Iterable[Score],
     *,
@@ -220,3 +217,20 @@ def desired_from_scores(
             fields["CLV"] = str(score.clv) if score.clv is not None else None
         desired[email.strip().lower()] = fields
     return desired
+
+
+def desired_for_audience(
+    scores: Iterable[Score], contacts: Iterable[Contact], list_id: str, tag_prefix: str, add_new_contacts: bool
+) -> dict[str, dict[str, str | None]]:
+    """The writes one audience should hold: its current members' scores (archived ones are never touched), and
+    with ``add_new_contacts`` also scored customers who are not on it yet (the destination adds them as new)."""
+    desired = desired_from_scores(scores, tag_prefix=tag_prefix)
+    if add_new_contacts:
+        return desired
+    members = {
+        contact.email.normalised
+        for contact in contacts
+        if contact.source_id.startswith(f"{list_id}/") and contact.email is not None
+        and contact.properties.get("mailchimp_status") != "archived"
+    }
+    return {email: fields for email, fields in desired.items() if email in members}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from connectors.mailchimp.sandbox import iso, subscriber_hash
 
 if TYPE_CHECKING:
+    from connectors.demo_business import Business
     from connectors.mailchimp.sandbox import MailchimpSandbox
 
 FIRST = (
@@ -197,3 +198,38 @@ def _seed_store(
         "_customers": customers,
         "_orders": order_rows,
     }
+
+
+def load_business(sandbox: MailchimpSandbox, business: Business) -> str:
+    """The demo business's mailing list: its customers who signed up, and a year of monthly campaigns."""
+    list_id = sandbox.add_list("Tea shop customers", LIST_ID)
+    rng = random.Random(len(business.customers))
+    for customer in business.customers:
+        if not customer.mailing_status:
+            continue
+        sandbox.add_member(
+            list_id, customer.email, customer.mailing_status,
+            merge_fields={"FNAME": customer.first_name, "LNAME": customer.last_name},
+            member_rating=rng.randint(1, 5),
+            stats={"avg_open_rate": round(customer.opens_email, 2), "avg_click_rate": round(customer.opens_email * 0.3, 2)},
+            timestamp_signup=iso(customer.signed_up), timestamp_opt=iso(customer.signed_up + timedelta(minutes=3)),
+            last_changed=iso(customer.signed_up + timedelta(minutes=3)),
+        )
+        if rng.random() < 0.1:
+            sandbox.tag_member(list_id, subscriber_hash(customer.email), rng.choice(SHOP_TAGS))
+    for campaign in business.campaigns:
+        activity = {}
+        for index, opened in campaign.opens.items():
+            events = [{"action": "open", "timestamp": iso(opened), "ip": "203.0.113.9"}]
+            if index in campaign.clicks:
+                events.append({"action": "click", "timestamp": iso(campaign.clicks[index]), "url": "https://shop.example.com/new", "ip": "203.0.113.9"})
+            activity[business.customers[index].email] = events
+        sandbox.campaigns[campaign.campaign_id] = {
+            "id": campaign.campaign_id, "web_id": 2000 + len(sandbox.campaigns), "type": "regular", "status": "sent",
+            "create_time": iso(campaign.sent_at - timedelta(days=1)), "send_time": iso(campaign.sent_at),
+            "emails_sent": sum(1 for c in business.customers if c.mailing_status == "subscribed"),
+            "recipients": {"list_id": list_id, "list_name": "Tea shop customers"},
+            "settings": {"subject_line": campaign.subject, "title": campaign.subject},
+            "_activity": activity, "_unsubscribed": {},
+        }
+    return list_id

@@ -1,0 +1,300 @@
+"""One sync run: read every enabled tool into the store, score everyone, write back only what changed.
+
+Vendor-neutral: each connector registers how it connects (connectors.base.register_connector); this module only
+runs the steps in order. Reads commit per source with their cursors (sync.engine.run_source_once); writes go
+through the ledger-first path (sync.engine.push_changes). A tool that fails is reported and the others go on; the
+run as a whole then ends non-zero, and the next run resumes each tool from its last committed cursor.
+
+A dry run does all of this against a scratch copy of the store, and plans the writes instead of sending them, so
+neither the tools nor the real store change.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import make_url
+
+from connectors.base import (
+    CONNECTOR_MODULES,
+    Change,
+    ConfigError,
+    Connection,
+    Endpoint,
+    RetentionError,
+    ScoreView,
+    registered_connectors,
+)
+from connectors.records import OrderStatus, Score, from_payload
+from scoring.churn import MODEL_VERSION
+from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, save_model, score_customers
+from scoring.sentiment import SentimentModel
+from sync.engine import plan_changes, push_changes, run_source_once
+from sync.settings import Settings
+from sync.store import RunCounts, Store
+
+log = logging.getLogger(__name__)
+SAMPLE_CHANGES = 5  # changes a dry run shows per target
+
+
+@dataclass
+class SourceOutcome:
+    name: str
+    counts: RunCounts | None = None
+    error: RetentionError | None = None
+
+
+@dataclass
+class TargetOutcome:
+    name: str
+    sent: int = 0  # field writes sent (planned, in a dry run) and acknowledged
+    objects: int = 0  # objects the planned writes touch (dry run)
+    unchanged: int = 0
+    held_back: int = 0  # refused before with the same value: not re-sent until it changes
+    reconciled: int = 0
+    rejected: int = 0
+    calls: int | None = None  # write requests, where the destination counts them
+    sample: list[Change] = field(default_factory=list)
+    error: RetentionError | None = None
+
+
+@dataclass
+class SyncReport:
+    dry_run: bool
+    started_at: datetime
+    finished_at: datetime | None = None
+    sources: list[SourceOutcome] = field(default_factory=list)
+    targets: list[TargetOutcome] = field(default_factory=list)
+    scoring: str = ""  # one line saying what scoring did
+    scored: int = 0
+    riskiest: pd.DataFrame | None = None  # the customers most at risk, with reasons and value
+
+    @property
+    def errors(self) -> list[RetentionError]:
+        return [o.error for o in [*self.sources, *self.targets] if o.error is not None]
+
+
+def connect_enabled(settings: Settings, only: Sequence[str] | None = None,
+                    endpoints: Mapping[str, Endpoint] | None = None) -> tuple[list[Connection], list[SourceOutcome]]:
+    """The enabled connectors (or those in ``only``), connected; a connector that cannot connect is an outcome."""
+    names = [name for name in CONNECTOR_MODULES if getattr(settings, name).enabled]
+    if only:
+        unknown = [name for name in only if name not in CONNECTOR_MODULES]
+        if unknown:
+            raise ConfigError(f"--only: unknown tool {unknown[0]!r}; choose from {', '.join(CONNECTOR_MODULES)}")
+        disabled = [name for name in only if name not in names]
+        if disabled:
+            raise ConfigError(f"--only: {disabled[0]} is not enabled; set {disabled[0]}.enabled = true in settings.toml")
+        names = [name for name in names if name in only]
+    if not names:
+        raise ConfigError("no tool is enabled: set enabled = true in the [hubspot], [mailchimp] or a survey section of "
+                          "settings.toml (or try `retention demo`)")
+    connections, failed = [], []
+    for name in names:
+        importlib.import_module(CONNECTOR_MODULES[name])
+        try:
+            connections.append(registered_connectors()[name](settings, (endpoints or {}).get(name)))
+        except RetentionError as exc:
+            failed.append(SourceOutcome(name, error=exc))
+    return connections, failed
+
+
+def run_sync(settings: Settings, store: Store, *, dry_run: bool = False, full: bool = False, only: Sequence[str] | None = None,
+             endpoints: Mapping[str, Endpoint] | None = None, step: Callable[[str], None] | None = None) -> SyncReport:
+    """Read, score and write back once. ``step`` is told what is starting (the CLI shows it as progress)."""
+    report = SyncReport(dry_run=dry_run, started_at=datetime.now(timezone.utc))
+    connections, report.sources = connect_enabled(settings, only, endpoints)
+    say = step or (lambda _: None)
+    try:
+        if dry_run and store.is_sqlite:
+            with scratch_copy(store, settings) as scratch:
+                _run_steps(settings, scratch, connections, report, dry_run=True, full=full, say=say)
+        elif dry_run:  # a PostgreSQL store cannot be copied aside cheaply: plan from what it holds, read nothing
+            _run_steps(settings, store, connections, report, dry_run=True, full=full, say=say, read=False)
+        else:
+            _run_steps(settings, store, connections, report, dry_run=False, full=full, say=say)
+    finally:
+        for connection in connections:
+            connection.close()
+    report.finished_at = datetime.now(timezone.utc)
+    return report
+
+
+def _run_steps(settings: Settings, store: Store, connections: list[Connection], report: SyncReport, *, dry_run: bool,
+               full: bool, say: Callable[[str], None], read: bool = True) -> None:
+    failed_tools = {outcome.name for outcome in report.sources}
+    for connection in connections:
+        if connection.source is None or not read:
+            continue
+        say(f"reading {connection.name}")
+        outcome = SourceOutcome(connection.name)
+        try:
+            outcome.counts = run_source_once(store, connection.source, "sync", f"read {connection.name}", full=full).counts
+        except RetentionError as exc:  # this tool failed as a whole; the others go on, its cursor stays where it was
+            outcome.error = exc
+            failed_tools.add(connection.name)
+        report.sources.append(outcome)
+    say("scoring")
+    scores, last_nps = score_store(settings, store, report, keep=not dry_run)
+    if not scores:
+        return
+    for connection in connections:
+        if connection.name in failed_tools:
+            continue  # what we know of it is stale, and its credential or service just failed
+        contacts = [from_payload("contact", payload) for _, payload in store.stored_records("contact", connection.source.name)] \
+            if connection.source is not None else []
+        view = ScoreView(scores, contacts, last_nps)
+        for target in connection.targets:
+            say(f"writing {target.destination.name}")
+            report.targets.append(_write_target(store, target, view, dry_run))
+
+
+def _write_target(store: Store, target, view: ScoreView, dry_run: bool) -> TargetOutcome:  # noqa: ANN001 - connectors.base.Target
+    destination = target.destination
+    outcome = TargetOutcome(destination.name)
+    try:
+        desired = target.desired(view)
+        if dry_run:
+            changes, result = plan_changes(store, destination, desired, target.companions)
+            outcome.sent, outcome.objects = len(changes), len({c.object_id for c in changes})
+            outcome.sample = changes[:SAMPLE_CHANGES]
+        else:
+            calls_before = getattr(destination, "write_calls", None)
+            result = push_changes(store, destination, desired, command="sync", companions=target.companions)
+            outcome.sent, outcome.reconciled, outcome.rejected = result.sent, result.reconciled, len(result.rejected)
+            if calls_before is not None:
+                outcome.calls = getattr(destination, "write_calls") - calls_before
+        outcome.unchanged, outcome.held_back = result.unchanged, result.held_back
+    except RetentionError as exc:
+        outcome.error = exc
+    return outcome
+
+
+# --- scoring the store --------------------------------------------------------------------------------------------
+
+
+def score_as_of(settings: Settings, now: datetime | None = None) -> pd.Timestamp:
+    """The end of today in the business's time zone: every order so far counts, and every run of one day scores
+    against the same moment, so a rerun with the same data gives the same scores and writes nothing."""
+    local = pd.Timestamp(now or datetime.now(timezone.utc)).tz_convert(settings.zone)
+    return (local.normalize() + pd.Timedelta(days=1)).tz_convert("UTC")
+
+
+def orders_frame(store: Store) -> tuple[pd.DataFrame, set[str]]:
+    """Completed orders in the store as (customer, at, amount), and their currencies."""
+    completed = [order for order in (from_payload("order", p) for _, p in store.stored_records("order"))
+                 if order.status is OrderStatus.WON]
+    frame = pd.DataFrame({
+        "customer": [order.match_email or order.customer_source_id for order in completed],
+        "at": pd.to_datetime([order.created_at for order in completed], utc=True),
+        "amount": [float(order.amount) for order in completed],
+    })
+    return frame, {order.currency for order in completed}
+
+
+def responses_frame(store: Store) -> pd.DataFrame | None:
+    """Survey answers in the store with a known respondent: (customer, at, nps, sentiment of the free text)."""
+    found = [from_payload("survey_response", payload) for _, payload in store.stored_records("survey_response")]
+    linked = [response for response in found if response.match_email]
+    if not linked:
+        return None
+    nps = [next((float(a.value) for a in r.answers.values() if a.answer_kind.value == "nps"), np.nan) for r in linked]
+    texts = [". ".join(a.value for a in r.answers.values() if a.answer_kind.value == "text") for r in linked]
+    sentiment = SentimentModel().score(texts)
+    return pd.DataFrame({
+        "customer": [r.match_email for r in linked],
+        "at": pd.to_datetime([r.submitted_at for r in linked], utc=True),
+        "nps": nps,
+        "sentiment": np.where([bool(text.strip()) for text in texts], sentiment, np.nan),
+    })
+
+
+def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: bool) -> tuple[list[Score], dict[str, int]]:
+    """Score every customer with a completed order; keep the Score records (and the model) when ``keep``."""
+    as_of = score_as_of(settings)
+    orders, currencies = orders_frame(store)
+    responses = responses_frame(store)
+    parameters = ScoringParameters(horizon_days=settings.scoring.horizon_days or None, medium_risk=settings.scoring.medium_risk,
+                                   high_risk=settings.scoring.high_risk, random_seed=settings.scoring.random_seed)
+    try:
+        table, model = score_customers(orders, as_of, parameters, responses)
+    except NotEnoughCustomers as exc:
+        report.scoring = f"nothing scored and nothing written: {exc}"
+        return [], {}
+    latest = _latest_answers(responses, as_of)
+    currency = next(iter(currencies)) if len(currencies) == 1 else settings.currency
+    records = [_with_sentiment(score, latest) for score in as_score_records(table, as_of, currency, MODEL_VERSION)]
+    if keep:
+        counts = RunCounts()
+        with store.transaction() as conn:
+            run_id = store.begin_run(conn, "sync", f"score {len(records):,} customers", datetime.now(timezone.utc))
+            for start in range(0, len(records), 2_000):
+                store.upsert_records(conn, records[start : start + 2_000], counts)
+            store.finish_run(conn, run_id, "succeeded", counts)
+        save_model(model, settings.data_dir / "models", as_of, len(records))
+    bands = table["risk_band"].value_counts()
+    report.scored = len(table)
+    report.scoring = (f"{len(table):,} customers scored (churn = no order in the next {model.horizon_days_} days; "
+                      f"{model.method_}): " + ", ".join(f"{bands.get(b, 0):,} {b}" for b in ("high", "medium", "low", "new")))
+    # Most at risk first; among equal risks, the ones with more to lose (and then the lifelong value) first.
+    ranked = table[table["risk_band"] != "new"].assign(_value=table["clv_12_months"].fillna(0.0))
+    report.riskiest = ranked.sort_values(["churn_probability", "_value"], ascending=False, kind="stable").drop(columns="_value").head(10)
+    last_nps = {customer: int(row["nps"]) for customer, row in latest.iterrows() if not pd.isna(row["nps"])}
+    return records, last_nps
+
+
+def _latest_answers(responses: pd.DataFrame | None, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Per customer: the NPS of their latest answer that had one, and the sentiment of their latest text."""
+    if responses is None:
+        return pd.DataFrame(columns=["nps", "sentiment"])
+    known = responses[responses["at"] < as_of].sort_values("at", kind="stable")
+    return pd.DataFrame({
+        "nps": known.dropna(subset=["nps"]).groupby("customer")["nps"].last(),
+        "sentiment": known.dropna(subset=["sentiment"]).groupby("customer")["sentiment"].last(),
+    })
+
+
+def _with_sentiment(score: Score, latest: pd.DataFrame) -> Score:
+    if score.source_id not in latest.index or pd.isna(latest.at[score.source_id, "sentiment"]):
+        return score
+    from dataclasses import replace
+
+    return replace(score, sentiment=round(float(latest.at[score.source_id, "sentiment"]), 3))
+
+
+# --- the dry run's scratch store --------------------------------------------------------------------------------
+
+
+class scratch_copy:  # noqa: N801 - used as a context manager, like tempfile's
+    """A private copy of a SQLite store that a dry run may change freely; removed afterwards.
+
+    Copied with SQLite's online backup, which is consistent even while another process writes."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.settings = settings
+        self.directory: Path | None = None
+        self.copy: Store | None = None
+
+    def __enter__(self) -> Store:
+        self.directory = Path(tempfile.mkdtemp(prefix="retention-dry-run-"))  # 0700
+        target = self.directory / "retention.db"
+        with sqlite3.connect(make_url(self.settings.store_url).database or "") as live, sqlite3.connect(target) as copy:
+            live.backup(copy)
+        self.copy = Store.open(f"sqlite:///{target}")
+        return self.copy
+
+    def __exit__(self, *exc: object) -> None:
+        if self.copy is not None:
+            self.copy.close()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,144 @@
+"""A whole sync against the HubSpot, Mailchimp and Typeform sandboxes seeded with one made-up shop: what is read,
+scored and written, that an unchanged rerun writes nothing (no echo of our own writes), that a dry run changes
+nothing anywhere, that no request ever carries a Mailchimp status, and that one failing tool does not stop the others."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from connectors.base import AuthError
+from sync.demo import DemoShop, open_demo_shop
+from sync.pipeline import run_sync
+from sync.settings import Settings
+from sync.store import Store
+from tests.conftest import Workspace
+
+CUSTOMERS = 300
+READS = ("/search", "/batch/read", "/event-types")  # HubSpot POSTs that only read
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[DemoShop]:
+    shop = open_demo_shop(Settings(data_dir=tmp_path / ".retention"), CUSTOMERS, seed=5)
+    try:
+        yield shop
+    finally:
+        for box in shop.sandboxes.values():
+            box.stop()
+
+
+def sync_once(shop: DemoShop, **options: object):
+    store = Store.open(shop.settings.store_url)
+    try:
+        return run_sync(shop.settings, store, endpoints=shop.endpoints, **options), store.checksum()
+    finally:
+        store.close()
+
+
+def mutating_requests(shop: DemoShop) -> list[str]:
+    hubspot = [f"{e.method} {e.path}" for e in shop.sandboxes["hubspot"].journal
+               if e.method in ("POST", "PATCH", "PUT", "DELETE") and not any(r in e.path for r in READS)]
+    mailchimp = [f"{e.method} {e.path}" for e in shop.sandboxes["mailchimp"].journal if e.method in ("POST", "PATCH", "PUT", "DELETE")]
+    return hubspot + mailchimp
+
+
+def clear_journals(shop: DemoShop) -> None:
+    for box in shop.sandboxes.values():
+        box.journal.clear()
+
+
+def test_a_sync_reads_every_tool_scores_everyone_and_writes_risk_into_hubspot_and_tags_into_mailchimp(shop):
+    report, _ = sync_once(shop)
+
+    assert not report.errors
+    read = {s.name: s.counts for s in report.sources}
+    assert read["hubspot"]["contact"].written == CUSTOMERS and read["hubspot"]["order"].written > CUSTOMERS
+    assert read["mailchimp"]["email_event"].written > 0 and read["typeform"]["survey_response"].written > 0
+    assert report.scored == CUSTOMERS
+    hubspot = shop.sandboxes["hubspot"]
+    contact = next(iter(hubspot.objects["contacts"].values()))["properties"]
+    assert contact["retention_risk_band"] in ("low", "medium", "high", "new") and contact["retention_segment"]
+    assert float(contact["retention_churn_risk"]) >= 0
+    audience = next(iter(shop.sandboxes["mailchimp"].lists.values()))
+    tagged = {segment["name"]: len(segment["members"]) for segment in audience["segments"].values()}
+    assert any(name.startswith("rs:churn-") and count > 0 for name, count in tagged.items())
+    merge_fields = [m["merge_fields"] for m in audience["members"].values() if m["status"] != "archived"]
+    assert any("CHURNRISK" in fields for fields in merge_fields)
+    written = next(t for t in report.targets if t.name.startswith("mailchimp/"))
+    assert written.sent > 0 and written.rejected == 0
+    # The riskiest customers come with reasons an owner can read.
+    assert report.riskiest is not None and len(report.riskiest) == 10
+    assert all(reason for reason in report.riskiest["reasons"])
+
+
+def test_an_unchanged_rerun_sends_no_writes_and_later_runs_do_not_echo_our_own(shop):
+    sync_once(shop)
+    for _ in range(2):  # runs 2 and 3: our own writes come back as changes in both tools; none is a change for us
+        clear_journals(shop)
+        report, _ = sync_once(shop)
+        assert not report.errors
+        assert all(t.sent == 0 for t in report.targets), [(t.name, t.sent) for t in report.targets]
+        assert mutating_requests(shop) == []
+
+
+def test_no_request_ever_carries_a_mailchimp_status_and_no_subscription_changes(shop):
+    audience = next(iter(shop.sandboxes["mailchimp"].lists.values()))
+    statuses_before = {h: m["status"] for h, m in audience["members"].items()}
+
+    sync_once(shop)
+    sync_once(shop, full=True)
+
+    bodies = [e.body for e in shop.sandboxes["mailchimp"].journal if isinstance(e.body, dict)]
+    assert bodies and not any("status" in body for body in bodies)
+    assert {h: m["status"] for h, m in audience["members"].items()} == statuses_before
+    assert {"unsubscribed", "cleaned"} <= set(statuses_before.values())
+
+
+def test_a_dry_run_prints_the_plan_and_changes_neither_the_tools_nor_the_store(shop):
+    store = Store.open(shop.settings.store_url)
+    before = store.checksum()
+    store.close()
+
+    report, after = sync_once(shop, dry_run=True)
+
+    assert report.dry_run and not report.errors
+    hubspot = next(t for t in report.targets if t.name == "hubspot")
+    assert hubspot.sent > 0 and hubspot.objects == CUSTOMERS and hubspot.sample
+    assert after == before
+    assert mutating_requests(shop) == []
+    assert all("retention_churn_risk" not in c["properties"] for c in shop.sandboxes["hubspot"].objects["contacts"].values())
+
+
+def test_a_tool_that_refuses_its_credential_is_reported_and_the_others_still_sync(shop):
+    shop.endpoints["mailchimp"] = replace(shop.endpoints["mailchimp"], credential="wrong-key-us6")
+
+    report, _ = sync_once(shop)
+
+    failed = [s for s in report.sources if s.error is not None]
+    assert [s.name for s in failed] == ["mailchimp"] and isinstance(failed[0].error, AuthError)
+    assert "wrong-key" not in str(failed[0].error)
+    assert not any(t.name.startswith("mailchimp/") for t in report.targets)
+    assert next(t for t in report.targets if t.name == "hubspot").sent > 0
+
+
+def test_retention_demo_runs_the_whole_pipeline_and_lists_the_customers_most_at_risk(workspace: Workspace):
+    result = workspace.run("demo", "--no-serve", "--customers", "200")
+
+    assert result.exit_code == 0, result.stderr
+    assert "read  hubspot:" in result.stdout and "write hubspot:" in result.stdout
+    assert "The ten customers most at risk:" in result.stdout
+    at_risk = result.stdout.split("The ten customers most at risk:")[1].strip().splitlines()[:10]
+    assert len(at_risk) == 10 and all("@example.com" in line and "risk" in line for line in at_risk)
+    assert "hubspot   sandbox: http://127.0.0.1:" in result.stdout
+
+
+def test_sync_with_no_tool_enabled_says_how_to_enable_one(workspace: Workspace):
+    result = workspace.run("sync")
+
+    assert result.exit_code == 2
+    assert "no tool is enabled" in result.stderr and "retention demo" in result.stderr
+    assert "Traceback" not in result.stderr
