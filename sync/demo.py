@@ -7,10 +7,11 @@ file under the data directory (``demo/``), started afresh each time, so the demo
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -73,7 +74,7 @@ def demo(
     ctx: typer.Context,
     customers: Annotated[int, typer.Option(help="How many customers the made-up shop has.")] = 2_000,
     seed: Annotated[int, typer.Option(help="Seed for the made-up shop: the same seed gives the same shop.")] = 1,
-    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Keep the sandboxes running afterwards so you can look at them (Ctrl-C stops them).")] = True,
+    serve: Annotated[Optional[bool], typer.Option("--serve/--no-serve", help="Keep the sandboxes running afterwards so you can look at them (Ctrl-C stops them). Default: when run from a terminal.")] = None,
 ) -> None:
     """Try everything without an account: a made-up shop in local HubSpot, Mailchimp and Typeform sandboxes, read,
     scored and written back, then the ten customers most at risk and why.
@@ -105,6 +106,8 @@ def demo(
             out.print(f"{name:<9} sandbox: {endpoint.base_url}  (credential {endpoint.credential})")
         if report.errors:
             raise typer.Exit(max(error.exit_code for error in report.errors))
+        if serve is None:  # a person at a terminal gets to look around; a script or a pipe gets its exit
+            serve = sys.stdin.isatty() and sys.stdout.isatty()
         if serve:
             out.print("The sandboxes keep running so you can look at them; Ctrl-C stops them.")
             try:

@@ -97,8 +97,8 @@ def connect_enabled(settings: Settings, only: Sequence[str] | None = None,
             raise ConfigError(f"--only: {disabled[0]} is not enabled; set {disabled[0]}.enabled = true in settings.toml")
         names = [name for name in names if name in only]
     if not names:
-        raise ConfigError("no tool is enabled: set enabled = true in the [hubspot], [mailchimp] or a survey section of "
-                          "settings.toml (or try `retention demo`)")
+        raise ConfigError("no tool is enabled: set enabled = true in the hubspot, mailchimp or a survey tool's section "
+                          "of settings.toml (or try `retention demo`)")
     connections, failed = [], []
     for name in names:
         importlib.import_module(CONNECTOR_MODULES[name])
