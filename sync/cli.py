@@ -198,7 +198,9 @@ def import_command(
         out.print(f"  question {plan.headers[column]!r}: {answer_type.kind}{scale} (from the {answer_type.inferred_from})")
     out.print(
         f"Imported {counts.read:,} {kind} into source {result.source}: {counts.written:,} new or changed, "
-        f"{counts.unchanged:,} unchanged, {counts.quarantined:,} quarantined (run #{result.run_id})"
+        f"{counts.unchanged:,} unchanged, {counts.quarantined:,} quarantined"
+        + (f", {counts.forgotten:,} skipped (forgotten on request)" if counts.forgotten else "")
+        + f" (run #{result.run_id})"
     )
     for reject in result.first_rejects:
         out.print(f"  quarantined {reject.record_ref}: {reject.reason}")
@@ -241,6 +243,7 @@ def status(
         for run in runs:
             totals = "; ".join(
                 f"{kind} {c['read']:,} read, {c['written']:,} written, {c['unchanged']:,} unchanged, {c['quarantined']:,} quarantined"
+                + (f", {c['forgotten']:,} forgotten" if c["forgotten"] else "")
                 for kind, c in run["counts"].items()
             )
             out.print(f"  #{run['id']} {run['started_at']:%Y-%m-%d %H:%M} UTC {run['command']} {run['detail']}: {run['status']}; {totals}")
@@ -369,6 +372,7 @@ def main() -> None:
 from sync import cli_scoring  # noqa: E402,F401  (imported for its commands)
 from sync import cli_sandbox  # noqa: E402,F401  (imported for its command)
 from sync import cli_schedule  # noqa: E402,F401  (imported for its command)
+from sync import cli_forget  # noqa: E402,F401  (imported for its command)
 from sync import cli_sync  # noqa: E402,F401  (imported for its command)
 from sync import demo  # noqa: E402,F401  (imported for its command)
 

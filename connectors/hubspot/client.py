@@ -221,6 +221,13 @@ class HubSpotClient:
     def create_property(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.call(f"creating property {body['name']}", lambda sdk: sdk.crm.properties.core_api.create, object_type, body)
 
+    def forget(self, email: str) -> str:
+        """Permanently delete the contact with this primary email (GDPR delete); says what HubSpot did."""
+        body = {"idProperty": "email", "objectId": email}
+        self.call("permanently deleting a contact (GDPR delete)", lambda sdk: sdk.crm.contacts.basic_api.purge, body)
+        # HubSpot: an address it does not know is blocklisted instead, so it cannot come back either way.
+        return "contact permanently deleted (GDPR delete); an address HubSpot did not hold is blocklisted instead"
+
     # --- incremental search -----------------------------------------------------------------------------------------
 
     def modified_between(self, object_type: str, properties: Sequence[str], low_ms: int, high_ms: int) -> Iterator[list[dict[str, Any]]]:
@@ -364,6 +371,11 @@ def client_from_settings(settings: Any, *, host: str | None = None, clock: Any =
     if not token:
         raise AuthError(f"no HubSpot token found; {TOKEN_HELP}", source=SOURCE)
     return HubSpotClient(token, settings.hubspot, host=host, clock=clock)
+
+
+def erase_person(settings: Any, email: str, *, client: HubSpotClient | None = None) -> list[str]:
+    """`retention forget --propagate`: one GDPR delete by email; the outcome, without the address."""
+    return [(client or client_from_settings(settings)).forget(email)]
 
 
 @register_check("hubspot")

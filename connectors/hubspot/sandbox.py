@@ -104,6 +104,7 @@ class HubSpotSandbox(Sandbox):
         self.objects: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OBJECT_TYPES}
         self.archived: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OBJECT_TYPES}
         self.merged_into: dict[str, str] = {}  # merged-away contact id → survivor id
+        self.blocklist: set[str] = set()  # GDPR-deleted emails (lower-cased): HubSpot refuses them from then on
         self.index: dict[str, list[tuple[int, int]]] = {t: [] for t in OBJECT_TYPES}  # sorted (modified ms, id)
         self.associations: dict[str, set[str]] = {}  # deal id → contact ids
         self.properties = standard_properties()
@@ -192,6 +193,28 @@ class HubSpotSandbox(Sandbox):
                 extra.append(merged["properties"]["email"])
             self.update("contacts", primary_id, {"hs_merged_object_ids": ";".join(absorbed),
                                                  "hs_additional_emails": ";".join(extra) or None})
+
+    def purge(self, contact_id: str) -> None:
+        """GDPR delete: the contact, its merged-away ids, its event history and associations are gone for good, and
+        every address it had is blocklisted."""
+        with self.lock:
+            live = self.objects["contacts"].pop(contact_id, None)
+            item = live or self.archived["contacts"].pop(contact_id)
+            if live is not None:  # archived contacts are out of the search index already
+                index = self.index["contacts"]
+                del index[bisect.bisect_left(index, (item["modified_ms"], int(contact_id)))]
+            props = item["properties"]
+            self.blocklist.update(e.lower() for e in [props.get("email") or "", *(props.get("hs_additional_emails") or "").split(";")] if e)
+            for merged_id in [m for m, survivor in self.merged_into.items() if survivor == contact_id]:
+                del self.merged_into[merged_id]
+            for contact_ids in self.associations.values():
+                contact_ids.discard(contact_id)
+            self.events = [event for event in self.events if event["objectId"] != contact_id]
+
+    def find_contact_by_email(self, email: str) -> str | None:
+        """The live contact whose primary email this is (case-insensitive), as ``idProperty=email`` resolves it."""
+        wanted = email.strip().lower()
+        return next((i for i, item in self.objects["contacts"].items() if (item["properties"].get("email") or "").lower() == wanted), None)
 
     def associate(self, deal_id: str, contact_id: str) -> None:
         with self.lock:

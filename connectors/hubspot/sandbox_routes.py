@@ -43,6 +43,7 @@ def add_routes(box: HubSpotSandbox) -> None:
     box.route("POST", rf"/crm/v3/objects/{TYPES}/batch/read", lambda r, object_type: batch_read(box, r, object_type))
     box.route("POST", rf"/crm/v3/objects/{TYPES}/batch/update", lambda r, object_type: batch_update(box, r, object_type))
     box.route("POST", r"/crm/v3/objects/contacts/merge", lambda r: merge(box, r))
+    box.route("POST", r"/crm/v3/objects/contacts/gdpr-delete", lambda r: gdpr_delete(box, r))
     box.route("POST", r"/crm/v4/associations/deals/contacts/batch/read", lambda r: associations(box, r))
     box.route("GET", r"/events/v3/events/?", lambda r: events_page(box, r))  # the SDK adds the slash
     box.route("GET", r"/events/v3/events/event-types", lambda r: Response(200, {"eventTypes": list(EVENT_TYPES)}))
@@ -333,6 +334,25 @@ def merge(box: HubSpotSandbox, request: Request) -> Response:
         return box.error(404, "Object not found", request)
     box.merge(primary, merged)
     return Response(200, render(box, "contacts", box.objects["contacts"][primary], None))
+
+
+def gdpr_delete(box: HubSpotSandbox, request: Request) -> Response:
+    """contacts-v3.json PublicGdprDeleteInput: ``objectId`` (required), optionally ``idProperty: "email"``. An email
+    HubSpot does not know is blocklisted instead (204 either way); an unknown id is a 404."""
+    body = request.json()
+    if not isinstance(body, dict) or not str(body.get("objectId") or "").strip():
+        return box.error(400, "Invalid input: objectId is required", request)
+    id_property, object_id = body.get("idProperty"), str(body["objectId"]).strip()
+    if id_property not in (None, "email", "hs_object_id"):
+        return box.error(400, f"Property {id_property!r} is not a unique identifier property", request)
+    contact_id = box.find_contact_by_email(object_id) if id_property == "email" else object_id
+    if contact_id is not None and (box.resolve("contacts", contact_id) or box.archived["contacts"].get(contact_id)):
+        box.purge(contact_id)
+    elif id_property == "email":
+        box.blocklist.add(object_id.lower())
+    else:
+        return box.error(404, "Object not found", request)
+    return Response(204)
 
 
 def associations(box: HubSpotSandbox, request: Request) -> Response:

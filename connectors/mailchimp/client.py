@@ -34,6 +34,7 @@ from connectors.retry import (
     Transient,
     call_with_retries,
 )
+from connectors.mailchimp.mapping import subscriber_hash
 from connectors.sandbox import SystemClock
 from sync.settings import MailchimpSettings, Settings, read_secret
 
@@ -160,6 +161,20 @@ class MailchimpClient:
         except ApiClientError as exc:
             raise refusal(exc, what, member) from None
 
+    def forget(self, list_id: str, email: str) -> bool:
+        """Delete the member permanently (Mailchimp: the address can never be re-imported to that audience);
+        False when the audience does not hold it."""
+        return self.call(f"permanently deleting a member of audience {list_id}", self._delete_permanently, list_id, subscriber_hash(email))
+
+    def _delete_permanently(self, list_id: str, member_hash: str) -> bool:
+        try:
+            self.sdk.lists.delete_list_member_permanent(list_id, member_hash)
+        except ApiClientError as exc:
+            if exc.status_code == 404:  # not on this audience: nothing to delete, not a failure
+                return False
+            raise
+        return True
+
     def map(self, work: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
         """``work`` over ``items`` on the pool, results in order, at most ``window`` results held ahead."""
         window = window or self.settings.max_connections * 2
@@ -223,6 +238,21 @@ def refusal(exc: ApiClientError, what: str, member: str | None) -> SourceError:
     if member is not None and status is not None and 400 <= status < 500:
         return RecordRejected(text, source=SOURCE, record_id=member)
     return SourceError(text, source=SOURCE, retryable=False)
+
+
+def erase_person(settings: Settings, email: str, *, client: MailchimpClient | None = None) -> list[str]:
+    """`retention forget --propagate`: delete-permanent once per allow-listed audience; outcomes without the address."""
+    own_client = client is None
+    client = client or MailchimpClient.from_settings(settings.mailchimp)
+    try:
+        return [
+            f"audience {list_id}: member permanently deleted; Mailchimp refuses to re-add the address"
+            if client.forget(list_id, email) else f"audience {list_id}: not a member, nothing to delete"
+            for list_id in settings.mailchimp.audiences
+        ]
+    finally:
+        if own_client:
+            client.close()
 
 
 @register_check("mailchimp")
