@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from connectors.base import CONNECTOR_MODULES, ConfigError
 from sync.cli import Context, app, err, out
 from sync.scheduler import LeasedRuns, build_scheduler, schedule_from_settings
 from sync.settings import Settings
@@ -33,6 +34,9 @@ def schedule(
     context: Context = ctx.obj
     settings = context.settings
     plan = schedule_from_settings(settings)
+    if not any(getattr(settings, name).enabled for name in CONNECTOR_MODULES):
+        raise ConfigError("schedule: no tool is enabled, so there is nothing to sync; set enabled = true in the hubspot, "
+                          "mailchimp or a survey tool's section of settings.toml")
     context.open_store().close()  # an unusable store stops here, in one line, not at the first run
     runs = LeasedRuns(context.open_store, _sync_job(settings), lease_s=plan.lease_s)
     scheduler, _ = build_scheduler(runs, plan, first_run_at=datetime.now(timezone.utc) if now else None)
@@ -54,7 +58,10 @@ def _sync_job(settings: Settings) -> Any:
         from sync.pipeline import run_sync  # imported per run: the scheduler starts even before a connector is set up
 
         report = run_sync(settings, store)
-        log.info("scheduled sync finished: %s", report)
+        seconds = (report.finished_at - report.started_at).total_seconds() if report.finished_at else 0.0
+        for error in report.errors:  # a failing tool does not stop the others, nor the schedule
+            log.error("scheduled sync: %s", error)
+        log.info("scheduled sync finished %s in %.1f s", "with errors" if report.errors else "ok", seconds)
 
     return run_sync_once
 

@@ -255,3 +255,31 @@ def test_a_lease_below_five_seconds_is_refused_with_its_bounds(workspace: Worksp
 
     assert result.exit_code == 2
     assert "RETENTION_SCHEDULE__LEASE_S (environment) must be between 5 and 86400 (got '1')" in result.stderr
+
+
+def test_schedule_with_no_tool_enabled_stops_at_once_in_one_line(workspace: Workspace) -> None:
+    result = workspace.run("schedule")
+
+    assert result.exit_code == 2 and "schedule: no tool is enabled" in result.stderr
+
+
+def test_retention_schedule_runs_a_sync_now_logs_a_failing_tool_and_stops_cleanly_on_sigterm(workspace: Workspace) -> None:
+    settings = workspace.root / "settings.toml"
+    settings.write_text(settings.read_text() + "\n[hubspot]\nenabled = true\n")  # and no token: the run fails in one line
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    command = subprocess.Popen([sys.executable, "-c", "from sync.cli import main; main()", "schedule", "--now"], cwd=workspace.root, text=True,
+                               env={**environment, "RETENTION_SETTINGS": str(settings), "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    logged = []
+    while not any("scheduled sync finished" in line for line in logged):
+        line = command.stderr.readline()
+        assert line, f"retention schedule ended early: {''.join(logged)}"
+        logged.append(line)
+
+    command.send_signal(signal.SIGTERM)
+    stdout, _ = command.communicate(timeout=DEADLINE_S)
+
+    assert command.returncode == 0
+    assert any("scheduled sync: no HubSpot token found" in line for line in logged)
+    assert "Syncing every 60 minutes, starting now" in stdout and "Stopped after 1 runs" in stdout
+    assert not any("Traceback" in line for line in logged)
