@@ -108,7 +108,7 @@ def test_doctor_checks_settings_store_and_enabled_connectors(workspace: Workspac
     broken = workspace.run("doctor")
 
     assert healthy.exit_code == 0
-    assert "ok    store" in healthy.stdout and "integrity ok, schema 2" in healthy.stdout
+    assert "ok    store" in healthy.stdout and "integrity ok, schema 3" in healthy.stdout
     assert "ok    typeform     disabled in settings (skipped)" in healthy.stdout
     assert enabled.exit_code == 7 and "FAIL  typeform     typeform: no access token is set" in enabled.stdout
     assert broken.exit_code == 7 and "FAIL  settings     " in broken.stdout and "hubspot.batch_size must be between 1 and 100" in broken.stdout
