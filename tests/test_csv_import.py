@@ -37,8 +37,8 @@ def test_cdnow_transaction_log_imports_every_transaction_and_the_second_import_w
 
     assert first.exit_code == 0, first.stderr
     assert json.loads(first.stdout)["rows"] == 69_659
-    assert json.loads(first.stdout)["records"] == {"read": 69_659, "written": 69_659, "unchanged": 0, "quarantined": 0}
-    assert json.loads(second.stdout)["records"] == {"read": 69_659, "written": 0, "unchanged": 69_659, "quarantined": 0}
+    assert json.loads(first.stdout)["records"] == {"read": 69_659, "written": 69_659, "unchanged": 0, "quarantined": 0, "forgotten": 0}
+    assert json.loads(second.stdout)["records"] == {"read": 69_659, "written": 0, "unchanged": 69_659, "quarantined": 0, "forgotten": 0}
     assert any_workspace.checksum() == checksum, "the second import must not change the stored state"
     status = json.loads(any_workspace.run("status", "--json").stdout)
     assert status["records"] == [{"kind": "order", "source": "csv:cdnow_master", "count": 69_659}]
