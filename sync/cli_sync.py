@@ -9,6 +9,7 @@ import typer
 from sync.cli import Context, app, err, out
 from sync.pipeline import SyncReport, run_sync
 from sync.redact import redact
+from sync.scheduler import LEASE_NAME
 
 
 @app.command()
@@ -26,7 +27,8 @@ def sync(
     settings = context.settings
     store = context.open_store()
     try:
-        with err.status("starting") as status:
+        # The scheduler's lease: a sync by hand never overlaps a scheduled one (or another by hand) on this store.
+        with store.lease(LEASE_NAME, ttl_s=settings.schedule.lease_s), err.status("starting") as status:
             report = run_sync(settings, store, dry_run=dry_run, full=full,
                               only=[name.strip() for name in only.split(",") if name.strip()] if only else None,
                               step=lambda what: status.update(what))
