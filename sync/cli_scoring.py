@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -15,16 +15,15 @@ from rich.table import Table
 
 from connectors.base import ConfigError, InputError
 from connectors.forms import csv_file
-from connectors.records import OrderStatus, from_payload, normalise_email
+from connectors.records import from_payload, normalise_email
 from scoring.churn import MODEL_VERSION, NothingToCompare, backtest
 from scoring.features import rfm_summary
 from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, save_model, score_customers
 from scoring.sentiment import SentimentModel, sentiment_label
 from sync.cli import Context, app, csv_source, err, out
 from sync.export import write_csv
-from sync.pipeline import responses_frame
+from sync.pipeline import keep_scores, orders_frame, responses_frame
 from sync.settings import Settings
-from sync.store import RunCounts
 
 # Contact fields --audit may name besides the columns an import kept (never anything else on the object).
 CONTACT_FIELDS = {"first_name", "last_name", "company_name", "lifecycle_stage", "is_unsubscribed", "phone"}
@@ -139,12 +138,7 @@ def _store_scores(context: Context, table: pd.DataFrame, model: Any, cutoff: pd.
     records = as_score_records(table, cutoff, currency, MODEL_VERSION)
     store = context.open_store()
     try:
-        counts = RunCounts()
-        with store.transaction() as conn:
-            run_id = store.begin_run(conn, "score", f"{len(records):,} customers as of {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d}", datetime.now(timezone.utc))
-            for start in range(0, len(records), 2_000):
-                store.upsert_records(conn, records[start : start + 2_000], counts)
-            store.finish_run(conn, run_id, "succeeded", counts)
+        run_id, counts = keep_scores(store, records, "score", f"{len(records):,} customers as of {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d}")
     finally:
         store.close()
     saved = save_model(model, settings.data_dir / "models", cutoff, len(records))
@@ -225,14 +219,7 @@ def _orders_frame(context: Context, path: Path | None, audit_field: str | None =
         finally:
             store.close()
         skipped = 0
-    completed = [order for order in found if order.status is OrderStatus.WON]
-    frame = pd.DataFrame(
-        {
-            "customer": [order.match_email or order.customer_source_id for order in completed],
-            "at": pd.to_datetime([order.created_at for order in completed], utc=True),
-            "amount": [float(order.amount) for order in completed],
-        }
-    )
+    frame, completed = orders_frame(found)
     if audit_field is not None:
         frame["audit"] = _audit_values(context, path, audit_field, completed)
     return frame, {order.currency for order in completed}, skipped

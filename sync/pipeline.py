@@ -16,8 +16,8 @@ import logging
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,9 +33,10 @@ from connectors.base import (
     Endpoint,
     RetentionError,
     ScoreView,
+    Target,
     registered_connectors,
 )
-from connectors.records import OrderStatus, Score, from_payload
+from connectors.records import Order, OrderStatus, Score, from_payload
 from scoring.churn import MODEL_VERSION
 from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, save_model, score_customers
 from scoring.sentiment import SentimentModel
@@ -149,8 +150,8 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
     if not scores:
         return
     for connection in connections:
-        if connection.name in failed_tools:
-            continue  # what we know of it is stale, and its credential or service just failed
+        if connection.name in failed_tools or not connection.targets:
+            continue  # a failed tool: what we know of it is stale, and its credential or service just failed
         contacts = [from_payload("contact", payload) for _, payload in store.stored_records("contact", connection.source.name)] \
             if connection.source is not None else []
         view = ScoreView(scores, contacts, last_nps)
@@ -159,7 +160,7 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
             report.targets.append(_write_target(store, target, view, dry_run))
 
 
-def _write_target(store: Store, target, view: ScoreView, dry_run: bool) -> TargetOutcome:  # noqa: ANN001 - connectors.base.Target
+def _write_target(store: Store, target: Target, view: ScoreView, dry_run: bool) -> TargetOutcome:
     destination = target.destination
     outcome = TargetOutcome(destination.name)
     try:
@@ -190,16 +191,15 @@ def score_as_of(settings: Settings, now: datetime | None = None) -> pd.Timestamp
     return (local.normalize() + pd.Timedelta(days=1)).tz_convert("UTC")
 
 
-def orders_frame(store: Store) -> tuple[pd.DataFrame, set[str]]:
-    """Completed orders in the store as (customer, at, amount), and their currencies."""
-    completed = [order for order in (from_payload("order", p) for _, p in store.stored_records("order"))
-                 if order.status is OrderStatus.WON]
+def orders_frame(orders: Iterable[Order]) -> tuple[pd.DataFrame, list[Order]]:
+    """The completed ones among ``orders`` as (customer, at, amount), and those orders themselves."""
+    completed = [order for order in orders if order.status is OrderStatus.WON]
     frame = pd.DataFrame({
         "customer": [order.match_email or order.customer_source_id for order in completed],
         "at": pd.to_datetime([order.created_at for order in completed], utc=True),
         "amount": [float(order.amount) for order in completed],
     })
-    return frame, {order.currency for order in completed}
+    return frame, completed
 
 
 def responses_frame(store: Store) -> pd.DataFrame | None:
@@ -222,7 +222,8 @@ def responses_frame(store: Store) -> pd.DataFrame | None:
 def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: bool) -> tuple[list[Score], dict[str, int]]:
     """Score every customer with a completed order; keep the Score records (and the model) when ``keep``."""
     as_of = score_as_of(settings)
-    orders, currencies = orders_frame(store)
+    orders, completed = orders_frame(from_payload("order", payload) for _, payload in store.stored_records("order"))
+    currencies = {order.currency for order in completed}
     responses = responses_frame(store)
     parameters = ScoringParameters(horizon_days=settings.scoring.horizon_days or None, medium_risk=settings.scoring.medium_risk,
                                    high_risk=settings.scoring.high_risk, random_seed=settings.scoring.random_seed)
@@ -235,12 +236,7 @@ def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: b
     currency = next(iter(currencies)) if len(currencies) == 1 else settings.currency
     records = [_with_sentiment(score, latest) for score in as_score_records(table, as_of, currency, MODEL_VERSION)]
     if keep:
-        counts = RunCounts()
-        with store.transaction() as conn:
-            run_id = store.begin_run(conn, "sync", f"score {len(records):,} customers", datetime.now(timezone.utc))
-            for start in range(0, len(records), 2_000):
-                store.upsert_records(conn, records[start : start + 2_000], counts)
-            store.finish_run(conn, run_id, "succeeded", counts)
+        keep_scores(store, records, "sync", f"score {len(records):,} customers")
         save_model(model, settings.data_dir / "models", as_of, len(records))
     bands = table["risk_band"].value_counts()
     report.scored = len(table)
@@ -251,6 +247,17 @@ def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: b
     report.riskiest = ranked.sort_values(["churn_probability", "_value"], ascending=False, kind="stable").drop(columns="_value").head(10)
     last_nps = {customer: int(row["nps"]) for customer, row in latest.iterrows() if not pd.isna(row["nps"])}
     return records, last_nps
+
+
+def keep_scores(store: Store, records: Sequence[Score], command: str, detail: str) -> tuple[int, RunCounts]:
+    """Score records into the store in one run of its history; unchanged scores are not rewritten."""
+    counts = RunCounts()
+    with store.transaction() as conn:
+        run_id = store.begin_run(conn, command, detail, datetime.now(timezone.utc))
+        for start in range(0, len(records), 2_000):
+            store.upsert_records(conn, records[start : start + 2_000], counts)
+        store.finish_run(conn, run_id, "succeeded", counts)
+    return run_id, counts
 
 
 def _latest_answers(responses: pd.DataFrame | None, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -267,8 +274,6 @@ def _latest_answers(responses: pd.DataFrame | None, as_of: pd.Timestamp) -> pd.D
 def _with_sentiment(score: Score, latest: pd.DataFrame) -> Score:
     if score.source_id not in latest.index or pd.isna(latest.at[score.source_id, "sentiment"]):
         return score
-    from dataclasses import replace
-
     return replace(score, sentiment=round(float(latest.at[score.source_id, "sentiment"]), 3))
 
 
