@@ -4,7 +4,7 @@ One row per lease name in the ``leases`` table. Taking it is a single upsert tha
 absent, expired, or already ours, so it is atomic on both backends (SQLite runs it under ``BEGIN IMMEDIATE``,
 PostgreSQL under the row lock of ``ON CONFLICT``). While the holder runs, a heartbeat thread renews it every third
 of its lifetime; a holder killed with -9 stops renewing and its lease lapses ``ttl_s`` later, after which the
-next run proceeds. Times come from the local clock: hosts sharing a PostgreSQL store need synchronised clocks
+next run proceeds (at once on the same computer, where the holder's process can be seen to be gone). Times come from the local clock: hosts sharing a PostgreSQL store need synchronised clocks
 (NTP), and ``ttl_s`` should exceed their skew.
 """
 
@@ -73,7 +73,29 @@ def acquire(store: Store, name: str, holder: str, ttl_s: float, *, now: datetime
         if conn.execute(statement).first() is not None:
             return expires_at
         current = conn.execute(select(leases).where(leases.c.name == name)).one()
+        if _died_here(current.holder):
+            # Killed on this very computer: no need to wait for its lease to lapse. Only that holder's row goes.
+            conn.execute(delete(leases).where(leases.c.name == name, leases.c.holder == current.holder))
+            log.info("the %s lease of %s, a process that no longer runs on this computer, was taken over", name, current.holder)
+            if conn.execute(statement).first() is not None:
+                return expires_at
+            current = conn.execute(select(leases).where(leases.c.name == name)).one()
     raise LeaseHeld(name, current.holder, current.acquired_at, current.expires_at)
+
+
+def _died_here(holder: str) -> bool:
+    """True when ``holder`` (host:pid:random) names this host and a process id that is not running."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
 
 
 def renew(store: Store, name: str, holder: str, ttl_s: float) -> bool:

@@ -130,18 +130,29 @@ def test_a_lease_nobody_renews_expires_and_the_next_holder_takes_it(store_url: s
     store.close()
 
 
-def test_a_kill_9_of_the_holder_lets_the_next_run_proceed_once_its_lease_expires(sqlite_url: str) -> None:
+def test_a_kill_9_of_the_holder_on_this_computer_lets_the_next_run_proceed_at_once(sqlite_url: str) -> None:
     Store.open(sqlite_url).close()
-    victim = python_child(f"hold_until_killed({sqlite_url!r}, ttl_s=1.0)")
+    victim = python_child(f"hold_until_killed({sqlite_url!r}, ttl_s=600)")
     assert victim.stdout.readline().strip() == "holding"
+    store = Store.open(sqlite_url)
+    with pytest.raises(LeaseHeld, match=f":{victim.pid}:"):  # alive: refused
+        with store.lease("sync", ttl_s=5):
+            pytest.fail("ran beside a live holder")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    killed_at = time.monotonic()
-    store = Store.open(sqlite_url)
 
-    with pytest.raises(LeaseHeld, match=f":{victim.pid}:"):
+    with store.lease("sync", ttl_s=5) as lease:  # its process is gone: no waiting for its 600 s lease
+        assert lease.is_held
+    store.close()
+
+
+def test_a_killed_holder_on_another_computer_blocks_until_its_lease_expires(sqlite_url: str) -> None:
+    store = Store.open(sqlite_url)
+    acquire(store, "sync", "other-host:4242:abc123", 1.0)  # its process cannot be seen from here
+    with pytest.raises(LeaseHeld, match="other-host:4242"):
         with store.lease("sync", ttl_s=5):
-            pytest.fail("ran while the killed holder's lease was still valid")
+            pytest.fail("ran while the other computer's lease was still valid")
+    killed_at = time.monotonic()
 
     def next_run_proceeds() -> bool:
         try:
@@ -150,7 +161,7 @@ def test_a_kill_9_of_the_holder_lets_the_next_run_proceed_once_its_lease_expires
         except LeaseHeld:
             return False
 
-    wait_for(next_run_proceeds, "the killed holder's lease to expire")
+    wait_for(next_run_proceeds, "the other computer's lease to expire")
     assert time.monotonic() - killed_at < 1.0 + 2.0  # its lifetime, plus slack for a busy machine
     store.close()
 
