@@ -76,6 +76,11 @@ class RecordRejected(SourceError):
     """The vendor refused this one record: quarantine it and go on."""
 
 
+class PermanentlyRejected(RecordRejected):
+    """The vendor will refuse this record whatever we send (a compliance state, a forgotten address): reported
+    once, never sent again."""
+
+
 class InvalidRecord(ValueError):
     """A record failed validation while being built. Carries the field so the row can be quarantined precisely.
 
@@ -146,6 +151,7 @@ class Receipt:
     change: Change
     ok: bool
     reason: str | None = None  # why the destination refused, in the vendor's words, without secrets
+    permanent: bool = False  # refused for good whatever the value (PermanentlyRejected): the object is held back
 
 
 class Destination(Protocol):
@@ -194,6 +200,10 @@ class ScoreView:
     scores: Sequence[Score]
     contacts: Sequence[Contact]  # current (not deleted) contacts read from this connector's own source
     last_nps: Mapping[str, int]  # customer key → the NPS of their latest answer that had one
+    # Contact fields decided across tools (sync.linking): person (normalised email) → canonical field → the value
+    # every tool should hold. A target writes the ones its own contact lacks or holds differently.
+    linked: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    opted_out: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # person → tools where they opted out
 
 
 Desired = Mapping[str, Mapping[str, "str | None"]]  # object id → field → value
@@ -204,11 +214,19 @@ class Target:
     """One destination and how this run's scores become the values it should hold.
 
     ``companions`` are fields sent only alongside a real change of the same object (a "scored at" stamp must not
-    turn an unchanged score into a write)."""
+    turn an unchanged score into a write).
+
+    ``contact_fields`` maps canonical contact fields (first_name, last_name, phone, company_name) to the
+    destination's own field names: the tool takes part in keeping them the same across tools. It reads them back
+    every run, so ``desired`` names them only where the tool's value differs, and the engine sends them even when
+    the ledger remembers writing that very value (the user has changed it since)."""
 
     destination: Destination
     desired: Callable[[ScoreView], Desired]
     companions: frozenset[str] = frozenset()
+    contact_fields: Mapping[str, str] = field(default_factory=dict)
+    # The person (normalised email) an object id of this destination is; by default the id is the email.
+    person_of: Callable[[str], str | None] = lambda object_id: object_id
 
 
 @dataclass

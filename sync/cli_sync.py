@@ -51,6 +51,8 @@ def print_report(report: SyncReport) -> None:
                               for kind, c in sorted(source.counts.by_kind.items()) if c.read or c.written)
             out.print(f"read  {source.name}: {kinds or 'nothing new'}")
     out.print(f"score {report.scoring}")
+    if report.linking:
+        out.print(f"link  {report.linking}")
     for target in report.targets:
         if target.error is not None:
             out.print(f"write {target.name}: FAILED: {redact(str(target.error))}")

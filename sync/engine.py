@@ -62,17 +62,19 @@ class PushResult:
     held_back: int = 0  # refused before with this very value: not re-sent until it changes
     reconciled: int = 0  # intents left by an interrupted run, found applied when read back
     rejected: list[Receipt] = field(default_factory=list)
+    confirmed_live: list[Change] = field(default_factory=list)  # ``live`` fields the target acknowledged
 
 
 def push_changes(
     store: Store, destination: Destination, desired: Mapping[str, Mapping[str, str | None]], *, command: str = "push",
-    companions: frozenset[str] = frozenset(),
+    companions: frozenset[str] = frozenset(), live: frozenset[str] = frozenset(),
 ) -> PushResult:
     """Write ``desired`` (object id → field → value) to ``destination``, sending only what changed.
 
     Ledger first: the intent of each batch is committed before the call and confirmed (or marked refused) after
     the response, so a crash anywhere leaves at most one batch in doubt. Doubtful intents from an interrupted run
     are settled first by reading the target back: found applied, they are confirmed and not sent again.
+    ``live`` fields were just read from the target and differ there: they are sent whatever the ledger remembers.
     """
     target = destination.name
     started_at = datetime.now(timezone.utc)
@@ -82,7 +84,7 @@ def push_changes(
     try:
         ledger = store.ledger_rows(target)
         ledger = _settle_interrupted(store, destination, ledger, result)
-        changes = _diff(destination, desired, ledger, result, companions)
+        changes = _diff(destination, desired, ledger, result, companions, live)
         by_object: dict[str, list[Change]] = {}
         for change in changes:
             by_object.setdefault(change.object_id, []).append(change)
@@ -90,7 +92,7 @@ def push_changes(
         step = max(1, destination.objects_per_apply)
         for start in range(0, len(objects), step):
             batch = [change for object_id in objects[start : start + step] for change in by_object[object_id]]
-            _apply_batch(store, destination, batch, run_id, result)
+            _apply_batch(store, destination, batch, run_id, result, live)
     except BaseException:
         with store.transaction() as conn:
             store.finish_run(conn, run_id, "failed", RunCounts())
@@ -118,37 +120,53 @@ def _settle_interrupted(store: Store, destination: Destination, ledger: dict[tup
 
 
 def plan_changes(store: Store, destination: Destination, desired: Mapping[str, Mapping[str, str | None]],
-                 companions: frozenset[str] = frozenset()) -> tuple[list[Change], PushResult]:
+                 companions: frozenset[str] = frozenset(), live: frozenset[str] = frozenset()) -> tuple[list[Change], PushResult]:
     """What ``push_changes`` would send, without sending or storing anything (``retention sync --dry-run``).
 
     Intents an interrupted run left in doubt count as not confirmed here: the real run reads them back first."""
     result = PushResult(run_id=0, target=destination.name)
-    return _diff(destination, desired, store.ledger_rows(destination.name), result, companions), result
+    return _diff(destination, desired, store.ledger_rows(destination.name), result, companions, live), result
 
 
 def _diff(destination: Destination, desired: Mapping[str, Mapping[str, str | None]], ledger: dict[tuple[str, str], LedgerRow],
-          result: PushResult, companions: frozenset[str] = frozenset()) -> list[Change]:
+          result: PushResult, companions: frozenset[str] = frozenset(), live: frozenset[str] = frozenset()) -> list[Change]:
     changes = []
     for object_id, fields in desired.items():
+        if _refused_for_good(ledger, object_id):
+            result.held_back += len(fields)
+            continue
         wanted_changes = []
         for field_name, wanted in fields.items():
             value = destination.coerce(field_name, wanted)
             row = ledger.get((object_id, field_name))
-            if row is not None and row.confirmed and row.confirmed_value == value:
+            if value is None and row is None:
+                continue  # nothing of ours to clear: what the target holds there is someone else's
+            if row is not None and row.confirmed and row.confirmed_value == value and field_name not in live:
                 result.unchanged += 1
             elif row is not None and row.rejected_reason is not None and row.rejected_value == value:
                 result.held_back += 1
             else:
                 previous = row.confirmed_value if row is not None and row.confirmed else None
                 wanted_changes.append(Change(object_id, field_name, value, previous=previous))
-        if all(change.field_name in companions for change in wanted_changes):
-            result.unchanged += len(wanted_changes)  # only a stamp moved: the values it stamps are the same
-            continue
+        if all(change.field_name in companions | live for change in wanted_changes):
+            # Only a stamp moved (the values it stamps are the same), beside any contact field that must go.
+            stamps = [change for change in wanted_changes if change.field_name not in live]
+            result.unchanged += len(stamps)
+            wanted_changes = [change for change in wanted_changes if change.field_name in live]
         changes.extend(wanted_changes)
     return changes
 
 
-def _apply_batch(store: Store, destination: Destination, batch: list[Change], run_id: int, result: PushResult) -> None:
+WHOLE_OBJECT = "*"  # the ledger field that marks an object the target refuses for good, whatever the value
+
+
+def _refused_for_good(ledger: Mapping[tuple[str, str], LedgerRow], object_id: str) -> bool:
+    row = ledger.get((object_id, WHOLE_OBJECT))
+    return row is not None and row.rejected_reason is not None
+
+
+def _apply_batch(store: Store, destination: Destination, batch: list[Change], run_id: int, result: PushResult,
+                 live: frozenset[str] = frozenset()) -> None:
     target = destination.name
     with store.transaction() as conn:
         store.record_intents(conn, target, [(c.object_id, c.field_name, c.value) for c in batch], run_id)
@@ -157,12 +175,24 @@ def _apply_batch(store: Store, destination: Destination, batch: list[Change], ru
         confirmed = [(r.change.object_id, r.change.field_name) for r in receipts if r.ok]
         store.confirm_writes(conn, target, confirmed)
         result.sent += len(confirmed)
+        result.confirmed_live.extend(r.change for r in receipts if r.ok and r.change.field_name in live)
         refused = []
+        refused_for_good: set[str] = set()
         for receipt in receipts:
             change = receipt.change
             if not receipt.ok:
                 reason = receipt.reason or "refused without a reason"
                 store.reject_write(conn, target, change.object_id, change.field_name, reason)
+                result.rejected.append(receipt)
+                if receipt.permanent:
+                    if change.object_id in refused_for_good:
+                        continue  # one quarantine entry per object, not one per field
+                    refused_for_good.add(change.object_id)
+                    store.record_intents(conn, target, [(change.object_id, WHOLE_OBJECT, None)], run_id)
+                    store.reject_write(conn, target, change.object_id, WHOLE_OBJECT, reason)
+                    refused.append(Rejected(record_ref=f"{target} object {change.object_id}", reason=reason,
+                                            raw={"object_id": change.object_id}))
+                    continue
                 refused.append(
                     Rejected(
                         record_ref=f"{target} object {change.object_id} field {change.field_name}",
@@ -170,5 +200,4 @@ def _apply_batch(store: Store, destination: Destination, batch: list[Change], ru
                         raw={"object_id": change.object_id, "field": change.field_name, "value": change.value},
                     )
                 )
-                result.rejected.append(receipt)
         store.quarantine_rejects(conn, target, "write", refused, run_id)

@@ -36,11 +36,12 @@ from connectors.base import (
     Target,
     registered_connectors,
 )
-from connectors.records import Order, OrderStatus, Score, from_payload
+from connectors.records import Contact, Order, OrderStatus, Score, from_payload
 from scoring.churn import MODEL_VERSION
 from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, save_model, score_customers
 from scoring.sentiment import SentimentModel
 from sync.engine import plan_changes, push_changes, run_source_once
+from sync.linking import CONTACT_FIELDS, Linked, agreed_values, link_contacts, remember_agreed
 from sync.settings import Settings
 from sync.store import RunCounts, Store
 
@@ -77,6 +78,7 @@ class SyncReport:
     sources: list[SourceOutcome] = field(default_factory=list)
     targets: list[TargetOutcome] = field(default_factory=list)
     scoring: str = ""  # one line saying what scoring did
+    linking: str = ""  # one line saying what keeping contact fields the same across tools found
     scored: int = 0
     riskiest: pd.DataFrame | None = None  # the customers most at risk, with reasons and value
 
@@ -147,32 +149,60 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
         report.sources.append(outcome)
     say("scoring")
     scores, last_nps = score_store(settings, store, report, keep=not dry_run)
-    if not scores:
+    writing = [c for c in connections if c.name not in failed_tools and c.targets]
+    # A failed tool is not written: what we know of it is stale, and its credential or service just failed.
+    contacts = {c.name: [from_payload("contact", payload) for _, payload in store.stored_records("contact", c.source.name)]
+                for c in writing if c.source is not None}
+    linked = _link(settings, store, writing, contacts, report, dry_run)
+    if not scores and not linked.values:
         return
-    for connection in connections:
-        if connection.name in failed_tools or not connection.targets:
-            continue  # a failed tool: what we know of it is stale, and its credential or service just failed
-        contacts = [from_payload("contact", payload) for _, payload in store.stored_records("contact", connection.source.name)] \
-            if connection.source is not None else []
-        view = ScoreView(scores, contacts, last_nps)
+    written: dict[tuple[str, str], str] = {}  # (person, contact field) → value a tool confirmed holding now
+    for connection in writing:
+        view = ScoreView(scores, contacts.get(connection.name, []), last_nps, linked.values, linked.opted_out)
         for target in connection.targets:
             say(f"writing {target.destination.name}")
-            report.targets.append(_write_target(store, target, view, dry_run))
+            report.targets.append(_write_target(store, target, view, dry_run, written))
+    if written:
+        # The tool that lost now holds the winner's value: from here on, that is the value both had agreed on.
+        remember_agreed(store, Linked(agreed=written), agreed_values(store))
 
 
-def _write_target(store: Store, target: Target, view: ScoreView, dry_run: bool) -> TargetOutcome:
+def _link(settings: Settings, store: Store, writing: list[Connection], contacts: Mapping[str, list[Contact]],
+          report: SyncReport, dry_run: bool) -> Linked:
+    """Contact fields across the tools that share them (each read this run), and who opted out where."""
+    tools = {c.name: contacts[c.name] for c in writing if c.name in contacts and any(t.contact_fields for t in c.targets)}
+    fields = [name for name in CONTACT_FIELDS if name in settings.sync.contact_fields]
+    if len(tools) < 2:
+        return Linked()
+    known = agreed_values(store)
+    linked = link_contacts(tools, known, fields)
+    if not dry_run:
+        remember_agreed(store, linked, known)
+    report.linking = (f"contact fields ({', '.join(fields) or 'none'}) compared across {' and '.join(tools)}: "
+                      f"{len(linked.values):,} people, {linked.conflicts:,} changed in two tools (latest change won)")
+    return linked
+
+
+def _write_target(store: Store, target: Target, view: ScoreView, dry_run: bool,
+                  written: dict[tuple[str, str], str]) -> TargetOutcome:
     destination = target.destination
     outcome = TargetOutcome(destination.name)
     try:
         desired = target.desired(view)
+        live = frozenset(target.contact_fields.values())
         if dry_run:
-            changes, result = plan_changes(store, destination, desired, target.companions)
+            changes, result = plan_changes(store, destination, desired, target.companions, live)
             outcome.sent, outcome.objects = len(changes), len({c.object_id for c in changes})
             outcome.sample = changes[:SAMPLE_CHANGES]
         else:
             calls_before = getattr(destination, "write_calls", None)
-            result = push_changes(store, destination, desired, command="sync", companions=target.companions)
+            result = push_changes(store, destination, desired, command="sync", companions=target.companions, live=live)
             outcome.sent, outcome.reconciled, outcome.rejected = result.sent, result.reconciled, len(result.rejected)
+            canonical = {own: name for name, own in target.contact_fields.items()}
+            for change in result.confirmed_live:
+                person = target.person_of(change.object_id)
+                if person is not None and change.value is not None:
+                    written[(person, canonical[change.field_name])] = change.value
             if calls_before is not None:
                 outcome.calls = getattr(destination, "write_calls") - calls_before
         outcome.unchanged, outcome.held_back = result.unchanged, result.held_back

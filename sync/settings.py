@@ -114,6 +114,12 @@ class ScheduleSettings(_Section):
         return cron.strip()
 
 
+class SyncSettings(_Section):
+    # Contact fields kept the same in HubSpot and Mailchimp (both ways; rule in sync/linking.py); empty = none.
+    contact_fields: tuple[Literal["first_name", "last_name", "phone", "company_name"], ...] = (
+        "first_name", "last_name", "phone", "company_name")
+
+
 class Settings(BaseSettings):
     """Everything the tool is told. Built once by ``load_settings`` and passed down."""
 
@@ -134,6 +140,7 @@ class Settings(BaseSettings):
     google_forms: FormsSettings = FormsSettings()
     scoring: ScoringSettings = ScoringSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    sync: SyncSettings = SyncSettings()
 
     # Where these settings came from, for messages; not a setting.
     source_file: Path | None = Field(None, exclude=True)

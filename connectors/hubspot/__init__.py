@@ -11,7 +11,7 @@ from connectors.hubspot.client import HubSpotClient, client_from_settings  # the
 @register_connector("hubspot")
 def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
     """The HubSpot source and its one target, the contact properties of the account."""
-    from connectors.hubspot.destination import HubSpotDestination, desired_from_scores
+    from connectors.hubspot.destination import CONTACT_PROPERTIES, HubSpotDestination, desired_contact_fields, desired_from_scores
     from connectors.hubspot.source import HubSpotSource
 
     if endpoint is None:
@@ -20,10 +20,17 @@ def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
         client = HubSpotClient(endpoint.credential, settings.hubspot, host=endpoint.base_url)
     destination = HubSpotDestination(client)
 
+    emails: dict[str, str] = {}  # contact id → its primary email, for the contact fields the engine confirms
+
     def desired(view: ScoreView) -> dict[str, dict[str, str | None]]:
         # Never write to an id that was merged away, even one a stale score still names.
         destination.merged_away = {old for contact in view.contacts for old in contact.merged_ids}
-        return desired_from_scores(view.scores, view.contacts, destination.names, view.last_nps)
+        emails.update({c.source_id: c.email.normalised for c in view.contacts if c.email is not None})
+        desired = desired_contact_fields(view.contacts, view.linked, view.opted_out, destination.names)
+        for contact_id, values in desired_from_scores(view.scores, view.contacts, destination.names, view.last_nps).items():
+            desired.setdefault(contact_id, {}).update(values)
+        return desired
 
     stamp = frozenset({destination.names["scored_at"]})
-    return Connection("hubspot", HubSpotSource(client), [Target(destination, desired, stamp)])
+    target = Target(destination, desired, stamp, contact_fields=CONTACT_PROPERTIES, person_of=emails.get)
+    return Connection("hubspot", HubSpotSource(client), [target])

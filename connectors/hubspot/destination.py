@@ -43,6 +43,9 @@ SPECS = (
     PropertySpec("clv", "Customer lifetime value (12 months)", "number", "number", decimals=2),
     PropertySpec("sentiment", "Last survey sentiment", "enumeration", "select", SENTIMENTS),
     PropertySpec("last_nps", "Last NPS", "number", "number", decimals=0),
+    # Where the person unsubscribed (or bounced) in another tool: HubSpot's own opt-out is not writable through
+    # its API (only its subscription centre sets it), so this is what owners filter their lists and workflows on.
+    PropertySpec("unsubscribed_in", "Unsubscribed from email in", "string", "text"),
     PropertySpec("scored_at", "Scored at", "datetime", "date"),
 )
 
@@ -177,6 +180,41 @@ def incompatibility(existing: Mapping[str, Any], spec: PropertySpec) -> str | No
     if missing:
         return f"lacks the options {', '.join(missing)}"
     return None
+
+
+# Canonical contact fields → HubSpot's own contact properties (kept the same as in the other tools).
+CONTACT_PROPERTIES = {"first_name": "firstname", "last_name": "lastname", "phone": "phone", "company_name": "company"}
+
+
+def desired_contact_fields(contacts: Iterable[Contact], linked: Mapping[str, Mapping[str, str]],
+                           opted_out: Mapping[str, tuple[str, ...]], names: Mapping[str, str]) -> dict[str, dict[str, str | None]]:
+    """{contact id: {property: value}} for the contact fields this account holds differently from what was decided
+    across tools, and the tools (other than HubSpot) where the person opted out of email."""
+    contacts = [c for c in contacts if c.source == "hubspot"]
+    merged_away = {old for c in contacts for old in c.merged_ids}
+    owners: dict[str, list[Contact]] = {}
+    for contact in contacts:
+        if contact.source_id in merged_away:
+            continue
+        for email in (contact.email, *contact.additional_emails):
+            if email is not None:
+                owners.setdefault(email.normalised, []).append(contact)
+    desired: dict[str, dict[str, str | None]] = {}
+    for contact in contacts:
+        if contact.source_id in merged_away or contact.email is None:
+            continue
+        emails = [e.normalised for e in (contact.email, *contact.additional_emails) if e is not None]
+        if any(len(owners[e]) > 1 for e in emails):
+            continue  # shared by two contacts: reported by desired_from_scores, never guessed
+        values: dict[str, str | None] = {}
+        decided = next((linked[e] for e in emails if e in linked), {})
+        for field_name, prop in CONTACT_PROPERTIES.items():
+            if field_name in decided and decided[field_name] != (getattr(contact, field_name) or "").strip():
+                values[prop] = decided[field_name]
+        elsewhere = sorted({tool for e in emails for tool in opted_out.get(e, ()) if tool != "hubspot"})
+        values[names["unsubscribed_in"]] = ", ".join(elsewhere) or None
+        desired[contact.source_id] = values
+    return desired
 
 
 def desired_from_scores(scores: Iterable[Score], contacts: Iterable[Contact], names: Mapping[str, str],

@@ -12,7 +12,7 @@ from connectors.mailchimp.client import MailchimpClient  # the client module reg
 def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
     """The Mailchimp source (every allow-listed audience) and one target per allow-listed audience."""
     from connectors.mailchimp.destination import MailchimpDestination
-    from connectors.mailchimp.mapping import desired_for_audience
+    from connectors.mailchimp.mapping import CONTACT_MERGE_FIELDS, desired_for_audience
     from connectors.mailchimp.source import MailchimpSource
 
     section = settings.mailchimp
@@ -24,7 +24,8 @@ def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
     for list_id in section.audiences:
 
         def desired(view: ScoreView, list_id: str = list_id) -> dict[str, dict[str, str | None]]:
-            return desired_for_audience(view.scores, view.contacts, list_id, section.tag_prefix, section.add_new_contacts)
+            return desired_for_audience(view.scores, view.contacts, list_id, section.tag_prefix, section.add_new_contacts,
+                                        view.linked, view.opted_out)
 
-        targets.append(Target(MailchimpDestination(client, list_id), desired))
+        targets.append(Target(MailchimpDestination(client, list_id), desired, contact_fields=CONTACT_MERGE_FIELDS))
     return Connection("mailchimp", MailchimpSource(client), targets, close=client.close)

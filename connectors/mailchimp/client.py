@@ -23,6 +23,7 @@ from connectors.base import (
     AuthError,
     CheckResult,
     ConfigError,
+    PermanentlyRejected,
     RecordRejected,
     SourceError,
     register_check,
@@ -218,6 +219,10 @@ def classify(exc: Exception) -> Transient | None:
     return None
 
 
+# Mailchimp's refusals that no later request can change: the person unsubscribed, bounced or asked to be forgotten.
+COMPLIANCE_TITLES = frozenset({"Member In Compliance State", "Forgotten Email Not Subscribed"})
+
+
 def refusal(exc: ApiClientError, what: str, member: str | None) -> SourceError:
     body = problem(exc)
     status = exc.status_code
@@ -236,6 +241,8 @@ def refusal(exc: ApiClientError, what: str, member: str | None) -> SourceError:
             source=SOURCE,
         )
     if member is not None and status is not None and 400 <= status < 500:
+        if title in COMPLIANCE_TITLES:
+            return PermanentlyRejected(text, source=SOURCE, record_id=member)
         return RecordRejected(text, source=SOURCE, record_id=member)
     return SourceError(text, source=SOURCE, retryable=False)
 

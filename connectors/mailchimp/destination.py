@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.base import Change, ConfigError, Receipt, RecordRejected
+from connectors.base import Change, ConfigError, PermanentlyRejected, Receipt, RecordRejected
 from connectors.mailchimp.client import PAGE_SIZE, MailchimpClient
-from connectors.mailchimp.mapping import MERGE_FIELDS, TAG_FAMILIES, subscriber_hash
+from connectors.mailchimp.mapping import TAG_FAMILIES, WRITABLE_MERGE_FIELDS, subscriber_hash
 
 NOT_WRITABLE = {"archived": "is archived in Mailchimp; the tool never restores archived members"}
 
@@ -54,11 +54,11 @@ class MailchimpDestination:
             return None
         if field_name in TAG_FAMILIES:
             return value.strip().lower()
-        if field_name not in MERGE_FIELDS:
+        if field_name not in WRITABLE_MERGE_FIELDS:
             raise ConfigError(
-                f"mailchimp: unknown field {field_name!r}; use {', '.join([*TAG_FAMILIES, *MERGE_FIELDS])}"
+                f"mailchimp: unknown field {field_name!r}; use {', '.join([*TAG_FAMILIES, *WRITABLE_MERGE_FIELDS])}"
             )
-        if MERGE_FIELDS[field_name][1] == "number":
+        if WRITABLE_MERGE_FIELDS[field_name][1] == "number":
             return _number(value)
         return value.strip()[:255]  # Mailchimp: text merge fields hold 255 characters
 
@@ -85,7 +85,7 @@ class MailchimpDestination:
             for name in field_names:
                 if name in TAG_FAMILIES:
                     values[name] = next(iter(sorted(self._family_tags(tags, name))), None)
-                elif name in MERGE_FIELDS:
+                elif name in WRITABLE_MERGE_FIELDS:
                     values[name] = self.coerce(name, str(member.get("merge_fields", {}).get(name, "")))
             found[email] = values
         return found
@@ -147,7 +147,7 @@ class MailchimpDestination:
 
         def add(item: tuple[str, list[Change]]) -> list[Receipt]:
             email, wanted = item
-            merge = {c.field_name: _merge_value(c) for c in wanted if c.field_name in MERGE_FIELDS}
+            merge = {c.field_name: _merge_value(c) for c in wanted if c.field_name in WRITABLE_MERGE_FIELDS}
             body: dict[str, Any] = {
                 "email_address": email,
                 "status_if_new": self.settings.status_if_new,
@@ -165,10 +165,10 @@ class MailchimpDestination:
                     member=email,
                 )
             except RecordRejected as exc:
-                return [Receipt(c, False, str(exc)) for c in wanted]
+                return [Receipt(c, False, str(exc), permanent=isinstance(exc, PermanentlyRejected)) for c in wanted]
             assert self._directory is not None
             self._directory[email] = Member(created["id"], created["status"], set())
-            return [Receipt(c, True) for c in wanted if c.field_name in MERGE_FIELDS]
+            return [Receipt(c, True) for c in wanted if c.field_name in WRITABLE_MERGE_FIELDS]
 
         if not new:
             return []
@@ -304,25 +304,17 @@ class MailchimpDestination:
             count=PAGE_SIZE,
         )
         have = {f["tag"] for f in body.get("merge_fields", [])}
-        for tag, (label, kind) in MERGE_FIELDS.items():
+        for tag, (label, kind) in WRITABLE_MERGE_FIELDS.items():
             if tag not in have:
                 self._count_write()
-                self.client.call(
-                    f"creating merge field {tag}",
-                    self.client.sdk.lists.add_list_merge_field,
-                    self.list_id,
-                    {
-                        "tag": tag,
-                        "name": label,
-                        "type": kind,
-                        "required": False,
-                        "public": False,
-                    },
-                )
+                body: dict[str, Any] = {"tag": tag, "name": label, "type": kind, "required": False, "public": False}
+                if kind == "phone":
+                    body["options"] = {"phone_format": "International"}  # "US" would refuse every other number
+                self.client.call(f"creating merge field {tag}", self.client.sdk.lists.add_list_merge_field, self.list_id, body)
         self._merge_fields_ready = True
 
     def _write_merge_fields(self, members: dict[str, list[Change]]) -> list[Receipt]:
-        todo = {e: [c for c in w if c.field_name in MERGE_FIELDS] for e, w in members.items()}
+        todo = {e: [c for c in w if c.field_name in WRITABLE_MERGE_FIELDS] for e, w in members.items()}
         todo = {e: w for e, w in todo.items() if w}
         if not todo:
             return []
@@ -343,7 +335,7 @@ class MailchimpDestination:
                     member=email,
                 )
             except RecordRejected as exc:
-                return [Receipt(c, False, str(exc)) for c in wanted]
+                return [Receipt(c, False, str(exc), permanent=isinstance(exc, PermanentlyRejected)) for c in wanted]
             return [Receipt(c, True) for c in wanted]
 
         return [r for batch in self.client.map(patch, todo.items()) for r in batch]
@@ -365,7 +357,7 @@ def _number(value: str) -> str:
 def _merge_value(change: Change) -> Any:
     if change.value is None:
         return ""
-    if MERGE_FIELDS[change.field_name][1] == "number":
+    if WRITABLE_MERGE_FIELDS[change.field_name][1] == "number":
         number = float(change.value)
         return int(number) if number.is_integer() else number
     return change.value

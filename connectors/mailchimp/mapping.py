@@ -21,8 +21,9 @@ from connectors.records import (
 )
 
 SOURCE = "mailchimp"
-# Statuses whose holders do not want (or cannot get) email; pending and transactional are not opted out.
-OPTED_OUT = frozenset({"unsubscribed", "cleaned", "archived"})
+# Statuses whose holders do not want (or cannot get) email; pending and transactional are not opted out, and an
+# archived member was removed by the marketer, not by their own choice.
+OPTED_OUT = frozenset({"unsubscribed", "cleaned"})
 ORDER_STATUS = {
     "paid": OrderStatus.WON,
     "refunded": OrderStatus.REFUNDED,
@@ -41,6 +42,16 @@ MERGE_FIELDS = {
     "SEGMENT": ("Customer segment", "text"),
     "CLV": ("Customer lifetime value", "number"),
 }
+# Canonical contact fields ↔ the audience's merge fields kept the same as in the other tools. FNAME, LNAME and
+# PHONE are on every new Mailchimp audience; COMPANY is created when first needed.
+CONTACT_MERGE_FIELDS = {"first_name": "FNAME", "last_name": "LNAME", "phone": "PHONE", "company_name": "COMPANY"}
+CONTACT_MERGE_SPECS = {
+    "FNAME": ("First Name", "text"),
+    "LNAME": ("Last Name", "text"),
+    "PHONE": ("Phone Number", "phone"),
+    "COMPANY": ("Company", "text"),
+}
+WRITABLE_MERGE_FIELDS = {**MERGE_FIELDS, **CONTACT_MERGE_SPECS}
 
 
 def subscriber_hash(email: str) -> str:
@@ -75,14 +86,16 @@ def member_to_contact(member: Mapping[str, Any], list_id: str) -> Contact:
         "timestamp_opt": str(member.get("timestamp_opt") or ""),
     }
     properties.update(
-        {f"merge_{tag}": str(value) for tag, value in merge.items() if tag not in ("FNAME", "LNAME") and value != ""}
+        {f"merge_{tag}": str(value) for tag, value in merge.items() if tag not in CONTACT_MERGE_SPECS and value != ""}
     )
     return Contact(
         source=SOURCE,
         source_id=f"{list_id}/{member['id']}",  # one person on two audiences is two members
         email=EmailAddress.parse(str(member.get("email_address", "")), "email_address"),
-        first_name=str(merge.get("FNAME") or "") or None,
-        last_name=str(merge.get("LNAME") or "") or None,
+        first_name=_text(merge.get("FNAME")),
+        last_name=_text(merge.get("LNAME")),
+        phone=_text(merge.get("PHONE")),
+        company_name=_text(merge.get("COMPANY")),
         is_unsubscribed=status in OPTED_OUT,
         created_at=parse_time(
             member.get("timestamp_signup") or member.get("timestamp_opt"),
@@ -91,6 +104,11 @@ def member_to_contact(member: Mapping[str, Any], list_id: str) -> Contact:
         updated_at=parse_time(member.get("last_changed"), "last_changed"),
         properties=properties,
     )
+
+
+def _text(value: Any) -> str | None:
+    """A text merge field: Mailchimp sends "" for empty; an address field (a dict) is not a name or a phone."""
+    return str(value).strip() or None if isinstance(value, (str, int, float)) and value != "" else None
 
 
 def map_members(members: Iterable[Mapping[str, Any]], list_id: str) -> tuple[list[Contact], list[Rejected]]:
@@ -220,17 +238,31 @@ def desired_from_scores(
 
 
 def desired_for_audience(
-    scores: Iterable[Score], contacts: Iterable[Contact], list_id: str, tag_prefix: str, add_new_contacts: bool
+    scores: Iterable[Score], contacts: Iterable[Contact], list_id: str, tag_prefix: str, add_new_contacts: bool,
+    linked: Mapping[str, Mapping[str, str]] | None = None, opted_out: Mapping[str, tuple[str, ...]] | None = None,
 ) -> dict[str, dict[str, str | None]]:
-    """The writes one audience should hold: its current members' scores (archived ones are never touched), and
-    with ``add_new_contacts`` also scored customers who are not on it yet (the destination adds them as new)."""
+    """The writes one audience should hold: its current members' scores and the contact fields they hold
+    differently from what was decided across tools (archived members are never touched). With
+    ``add_new_contacts``, also people known elsewhere who are not on it yet (the destination adds them as new,
+    with ``status_if_new``), except anyone who opted out of email in any tool."""
+    linked, opted_out = linked or {}, opted_out or {}
+    on_audience = {contact.email.normalised: contact for contact in contacts
+                   if contact.source_id.startswith(f"{list_id}/") and contact.email is not None}
+    members = {email: contact for email, contact in on_audience.items()
+               if contact.properties.get("mailchimp_status") != "archived"}
     desired = desired_from_scores(scores, tag_prefix=tag_prefix)
+    for email, decided in linked.items():
+        member = members.get(email)
+        if member is None:
+            if add_new_contacts and email not in on_audience:
+                desired.setdefault(email, {}).update(
+                    {CONTACT_MERGE_FIELDS[name]: value for name, value in decided.items() if name in CONTACT_MERGE_FIELDS})
+            continue
+        differing = {CONTACT_MERGE_FIELDS[name]: value for name, value in decided.items()
+                     if name in CONTACT_MERGE_FIELDS and value != (getattr(member, name) or "").strip()}
+        if differing:
+            desired.setdefault(email, {}).update(differing)
     if add_new_contacts:
-        return desired
-    members = {
-        contact.email.normalised
-        for contact in contacts
-        if contact.source_id.startswith(f"{list_id}/") and contact.email is not None
-        and contact.properties.get("mailchimp_status") != "archived"
-    }
+        return {email: fields for email, fields in desired.items()
+                if email in members or (email not in on_audience and email not in opted_out)}
     return {email: fields for email, fields in desired.items() if email in members}

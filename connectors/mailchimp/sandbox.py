@@ -197,8 +197,9 @@ class MailchimpSandbox(SegmentRoutes, ReportAndShopRoutes, Sandbox):
             "merge_fields": {},
             "date_created": iso(self.clock.now()),
         }
-        for tag, name_ in (("FNAME", "First Name"), ("LNAME", "Last Name")):
-            self._new_merge_field(self.lists[list_id], tag, name_, "text")
+        # Every new Mailchimp audience starts with these (ADDRESS and BIRTHDAY too, which the tool never uses).
+        for tag, name_, type_ in (("FNAME", "First Name", "text"), ("LNAME", "Last Name", "text"), ("PHONE", "Phone Number", "phone")):
+            self._new_merge_field(self.lists[list_id], tag, name_, type_)
         return list_id
 
     def add_member(self, list_id: str, email: str, status: str = "subscribed", **extra: Any) -> dict[str, Any]:
