@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import http.server
 import logging
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -391,3 +393,10 @@ def test_doctor_check_reports_reachable_audiences_and_a_refused_key(sandbox, mon
     monkeypatch.setenv("RETENTION_MAILCHIMP_API_KEY", "revoked-us6")
     refused = check_mailchimp(settings, base_url=sandbox.url)
     assert not refused.ok and "check the API key" in refused.detail and "revoked" not in refused.detail
+
+
+def test_the_connectors_load_without_the_scoring_models_libraries():
+    # The bench's 512 MB budget: scikit-learn and TextBlob cost over 100 MB and a connector only needs a label.
+    code = "import sys, connectors.mailchimp.destination, connectors.hubspot.destination; print(sorted(m for m in ('sklearn', 'textblob') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    assert loaded.stdout.strip() == "[]"
