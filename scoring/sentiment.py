@@ -19,7 +19,8 @@ from sklearn.linear_model import LogisticRegression
 from textblob import TextBlob
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-POSITIVE_AT, NEGATIVE_AT = 0.05, -0.05  # VADER's own thresholds for its compound score
+from scoring.sentiment_bands import sentiment_label  # re-exported: the label lives apart from the model's libraries
+
 MIN_RATED_ANSWERS = 30
 # Emoji whose VADER description carries no sentiment, put into words its lexicon scores.
 EMOJI_WORDS = {
@@ -72,10 +73,3 @@ class SentimentModel:
     def label(self, texts: Iterable[str]) -> list[str]:
         return [sentiment_label(value) for value in self.score(texts)]
 
-
-def sentiment_label(score: float) -> str:
-    if score >= POSITIVE_AT:
-        return "positive"
-    if score <= NEGATIVE_AT:
-        return "negative"
-    return "neutral"

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import logging
+import subprocess
+import sys
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from connectors.base import AuthError, RecordRejected
+from connectors.base import AuthError, RecordRejected, SourceError
 from connectors.mailchimp.client import MailchimpClient
 from connectors.mailchimp.destination import MailchimpDestination
 from connectors.mailchimp.mapping import desired_from_scores, subscriber_hash
@@ -336,6 +341,28 @@ def test_an_oauth_token_finds_its_data_centre_through_the_metadata_endpoint(sand
     assert client.call("reading the audience", client.sdk.lists.get_list, LIST_ID)["id"] == LIST_ID
 
 
+def test_a_refused_oauth_token_or_a_metadata_page_that_is_not_json_is_one_line(sandbox, tmp_path):
+    sandbox.oauth_token = "the-current-token"
+    settings = MailchimpSettings(enabled=True, audiences=(LIST_ID,))
+    with pytest.raises(AuthError) as refused:
+        MailchimpClient(settings, oauth_token="oauth-canary-revoked", base_url=sandbox.url,
+                        metadata_url=f"{sandbox.url}/oauth2/metadata")
+    assert str(refused.value) == "mailchimp: the OAuth token was refused; connect the account again"
+    # A proxy or captive portal answering 200 with an HTML page instead of Mailchimp's JSON.
+    (tmp_path / "index.html").write_text("<html><body>Sign in to the hotel Wi-Fi</body></html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    portal = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=portal.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(SourceError) as not_json:
+            MailchimpClient(settings, oauth_token="oauth-canary-revoked", base_url=sandbox.url,
+                            metadata_url=f"http://127.0.0.1:{portal.server_port}/")
+    finally:
+        portal.shutdown()
+        portal.server_close()
+    assert str(not_json.value) == "mailchimp: the OAuth metadata endpoint answered 200 without a data centre"
+
+
 def test_the_api_key_appears_nowhere(sandbox, store, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     client = make_client(sandbox)
@@ -366,3 +393,10 @@ def test_doctor_check_reports_reachable_audiences_and_a_refused_key(sandbox, mon
     monkeypatch.setenv("RETENTION_MAILCHIMP_API_KEY", "revoked-us6")
     refused = check_mailchimp(settings, base_url=sandbox.url)
     assert not refused.ok and "check the API key" in refused.detail and "revoked" not in refused.detail
+
+
+def test_the_connectors_load_without_the_scoring_models_libraries():
+    # The bench's 512 MB budget: scikit-learn and TextBlob cost over 100 MB and a connector only needs a label.
+    code = "import sys, connectors.mailchimp.destination, connectors.hubspot.destination; print(sorted(m for m in ('sklearn', 'textblob') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    assert loaded.stdout.strip() == "[]"

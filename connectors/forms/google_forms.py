@@ -1,7 +1,8 @@
 """Google Forms: forms.get and forms.responses.list over plain HTTPS, read incrementally into SurveyResponse records.
 
-Why ``requests`` and not google-api-python-client: the two calls we need are simple GETs on the discovery-document
-paths, which the sandbox serves at any base URL. Credentials: an OAuth access token (``google_access_token``), or a
+Why ``requests`` and not google-api-python-client (which could be pointed at the sandbox through
+``client_options``): the two calls we need are simple GETs on the discovery-document paths, and through the survey
+kit they share the timeouts, Retry-After handling, limiter and retry budget of the other survey connectors. Credentials: an OAuth access token (``google_access_token``), or a
 JSON file (``google_credentials``) read through google-auth: a service-account key (a JWT-bearer grant signed with
 its private key) or an authorized-user file (its refresh token). Either way the access token is fetched from the
 file's ``token_uri`` and refreshed before it expires, measured on the connector's clock.

@@ -18,7 +18,7 @@ from connectors.hubspot.client import AlreadyExists, HubSpotClient
 from connectors.hubspot.mapping import parse_time
 from connectors.records import Contact, RiskBand, Score
 from scoring.segments import SEGMENTS
-from scoring.sentiment import sentiment_label
+from scoring.sentiment_bands import sentiment_label
 
 log = logging.getLogger(__name__)
 TEXT_LIMIT = 65_536  # HubSpot: a text property holds at most 65,536 characters

@@ -122,13 +122,18 @@ class MailchimpClient:
                 "mailchimp: the OAuth token was refused; connect the account again",
                 source=SOURCE,
             )
-        if not response.ok or not str(response.json().get("dc", "")).isalnum():
+        try:
+            metadata = response.json() if response.ok else {}
+        except ValueError:  # a proxy's or portal's HTML page instead of Mailchimp's JSON
+            metadata = {}
+        dc = str(metadata.get("dc", "")) if isinstance(metadata, dict) else ""
+        if not dc.isalnum():
             raise SourceError(
                 f"mailchimp: the OAuth metadata endpoint answered {response.status_code} without a data centre",
                 source=SOURCE,
                 retryable=True,
             )
-        return str(response.json()["dc"])
+        return dc
 
     # --- one call -----------------------------------------------------------------------------------------------
 

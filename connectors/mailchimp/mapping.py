@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from connectors.base import InvalidRecord, Rejected
-from scoring.sentiment import sentiment_label
+from scoring.sentiment_bands import sentiment_label
 from connectors.records import (
     Contact,
     EmailAddress,
