@@ -57,7 +57,9 @@ class RetentionGroup(TyperGroup):
         except RetentionError as exc:
             if debug:
                 err.print(redact(traceback.format_exc()))
-            err.print(redact(f"retention: {exc}"))
+            # markup=False: a message quoting a command or a column ("retention-sync[encoder]", "[Q1] Comments")
+            # must reach the user as written, not as rich markup.
+            err.print(redact(f"retention: {exc}"), markup=False)
             code = exc.exit_code
         except Exception as exc:  # a bug: still one line for the user, the details behind --debug
             if debug:

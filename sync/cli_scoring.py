@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
+from enum import Enum
 from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -19,6 +20,7 @@ from connectors.records import from_payload, normalise_email
 from scoring.churn import MODEL_VERSION, NothingToCompare, backtest
 from scoring.features import rfm_summary
 from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, save_model, score_customers
+from scoring.sentence_encoder import EncoderUnavailable, INSTALL_HINT, is_encoder_installed
 from scoring.sentiment import SentimentModel, sentiment_label
 from sync.cli import Context, app, csv_source, err, out
 from sync.export import write_csv
@@ -91,6 +93,12 @@ def score(
         out.print(f"  {customer}  {row['churn_probability']:.1%} {row['risk_band']}  {row['segment']}  — {row['reasons']}")
 
 
+class SentimentMethod(str, Enum):
+    auto = "auto"
+    encoder = "encoder"
+    lexicon = "lexicon"
+
+
 @app.command()
 def sentiment(
     ctx: typer.Context,
@@ -99,10 +107,13 @@ def sentiment(
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the same rows with sentiment and sentiment_score added.")],
     nps: Annotated[Optional[str], typer.Option(metavar="COLUMN", help="An NPS column (0-10): answers scored 9-10 and 0-6 teach the method your customers' words.")] = None,
     encoding: Annotated[Optional[str], typer.Option(help="The file's encoding when it is not UTF-8 or UTF-16.")] = None,
+    method: Annotated[SentimentMethod, typer.Option(help="What --nps learns from: encoder (the optional sentence encoder, "
+                                                         "with VADER and TextBlob), lexicon (VADER and TextBlob only), or auto "
+                                                         "(encoder when installed).")] = SentimentMethod.auto,
 ) -> None:
     """Label every free-text answer positive, neutral or negative, with a score from -1 to 1.
 
-    Example: retention sentiment "Customer survey.csv" --column "What could we do better?" --out labelled.csv
+    Example: retention sentiment "Customer survey.csv" --column "What could we do better?" --out labelled.csv --nps NPS
     """
     encoding_name = csv_file.detect_encoding(path, encoding) if path.is_file() else None
     if encoding_name is None:
@@ -112,15 +123,17 @@ def sentiment(
     rows = csv_file.iter_rows(path, encoding_name, delimiter)
     _, header = next(rows, (0, []))
     text_at = _column_index(path, header, column, "--column")
-    model = SentimentModel()
+    if method is SentimentMethod.encoder and not is_encoder_installed():
+        raise EncoderUnavailable(f"--method encoder: the sentence encoder is not installed ({INSTALL_HINT})")
+    model = SentimentModel(method=method.value)
     if nps is not None:
         nps_at = _column_index(path, header, nps, "--nps")
         rated = [(cells[text_at], int(cells[nps_at])) for _, cells in islice(csv_file.iter_rows(path, encoding_name, delimiter), 1, None)
                  if len(cells) > max(text_at, nps_at) and cells[text_at].strip() and cells[nps_at].strip().isdigit()]
         known = [(text, score >= 9) for text, score in rated if score >= 9 or score <= 6]
         model.fit([text for text, _ in known], [positive for _, positive in known])
-        how = "calibrated on" if hasattr(model, "calibration_") else "too few to calibrate on (the default method is used):"
-        out.print(f"{how} {len(known):,} answers with an NPS of 9-10 or 0-6")
+        how = "calibrated on" if model.is_calibrated else "too few to calibrate on (the default method is used):"
+        out.print(f"{how} {len(known):,} answers with an NPS of 9-10 or 0-6; method: {model.describe()}")
 
     def labelled() -> Iterator[list[str]]:
         for chunk in _chunks((cells for _, cells in rows), 2_000):
