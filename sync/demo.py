@@ -42,9 +42,10 @@ class DemoShop:
     settings: Settings
 
 
-def open_demo_shop(settings: Settings, customers: int, seed: int) -> DemoShop:
-    """Seed and start the three sandboxes with one business; settings that point every connector at them."""
-    now = datetime.now(timezone.utc) - timedelta(minutes=5)
+def open_demo_shop(settings: Settings, customers: int, seed: int, now: datetime | None = None) -> DemoShop:
+    """Seed and start the three sandboxes with one business (dated relative to ``now``, by default a few minutes
+    ago); settings that point every connector at them."""
+    now = now or datetime.now(timezone.utc) - timedelta(minutes=5)
     business = make_business(customers, seed, now)
     hubspot = HubSpotSandbox(token=CREDENTIALS["hubspot"], seed=seed, **DEMO_LIMITS)
     hubspot.missing_scopes.add("events")  # a free CRM has no event analytics: engagement comes from Mailchimp
