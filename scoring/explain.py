@@ -111,7 +111,7 @@ def _engagement_reasons(summary: pd.DataFrame, horizon_days: int) -> Candidates:
         "regular": (
             (summary["frequency"] > 0) & (summary["gap_ratio"] < 1.0),
             _constant(summary, 0.1),
-            "engaging on their usual rhythm (last " + last + " ago)",
+            "engaging on their usual rhythm (last time " + last + " ago)",
         ),
     }
 

@@ -90,7 +90,8 @@ def score(
     if orders is None:  # scores of the store go back into it, for the sync to write out
         _store_scores(context, table, cutoff, currencies, model_note)
     if out_file is not None:
-        written = write_csv(out_file, ["customer", *table.columns], ([customer, *row] for customer, row in zip(table.index, table.itertuples(index=False))))
+        cells = table.astype(object).where(table.notna(), "")  # an unknown value (no spend model) is an empty cell
+        written = write_csv(out_file, ["customer", *table.columns], ([customer, *row] for customer, row in zip(table.index, cells.itertuples(index=False))))
         out.print(f"Wrote {written:,} rows to {out_file}")
         return
     riskiest = table[table["risk_band"] != "new"].sort_values("churn_probability", ascending=False, kind="stable").head(10)

@@ -280,3 +280,41 @@ def test_a_damaged_or_mismatched_saved_model_is_refitted_with_one_log_line(works
     assert unreadable.exit_code == 0 and "churn-model.json is unreadable" in unreadable.stdout
     # A model fitted on later data would bring the future into an earlier score.
     assert "fitted a new model (the saved model was fitted as of a later date than the one scored)" in earlier.stdout
+
+
+def test_a_store_without_orders_is_scored_from_email_engagement_and_survey_answers_and_says_so(workspace: Workspace) -> None:
+    from datetime import datetime, timezone
+
+    from connectors.records import EmailAddress, EmailEvent
+    from sync.store import RunCounts
+
+    rng = random.Random(3)
+    events = []
+    for person in range(60):
+        address, last_week = EmailAddress.parse(f"reader{person}@example.com"), rng.randrange(10, 78)
+        for week in range(0, last_week, rng.choice((1, 2, 4))):
+            at = datetime(2023, 1, 2, 9, tzinfo=timezone.utc) + timedelta(weeks=week, hours=rng.randrange(48))
+            events.append(EmailEvent(source="mail", source_id=f"{person}-{week}", email=address, event="open", occurred_at=at))
+    events.append(EmailEvent(source="mail", source_id="u", email=EmailAddress.parse("reader5@example.com"), event="unsubscribe",
+                             occurred_at=datetime(2024, 5, 3, 12, tzinfo=timezone.utc)))
+    store = workspace.open_store()
+    try:
+        with store.transaction() as conn:
+            run_id = store.begin_run(conn, "test", "email events", datetime.now(timezone.utc))
+            store.upsert_records(conn, events, RunCounts())
+            store.finish_run(conn, run_id, "succeeded", RunCounts())
+    finally:
+        store.close()
+    write_survey(workspace.root / "survey.csv")
+    workspace.run("import", str(workspace.root / "survey.csv"), "--kind", "responses", "--form", "nps")
+
+    result = workspace.run("score", "--as-of", AS_OF.isoformat(), "--out", str(workspace.root / "scores.csv"))
+
+    assert result.exit_code == 0, result.stderr
+    assert "(churn = no email open, click or survey answer in the next" in result.stdout
+    assert "from email and survey engagement alone (no orders yet)" in result.stdout
+    rows = {row["customer"]: row for row in read_scores(workspace.root / "scores.csv")}
+    assert len(rows) == 60 + 41  # every reader, and the survey's 41 respondents
+    assert all("scored from email and survey engagement alone" in row["reasons"] for row in rows.values() if row["risk_band"] != "new")
+    assert "unsubscribed from emails on 3 May 2024" in rows["reader5@example.com"]["reasons"]
+    assert {row["orders"] for row in rows.values()} == {"0"} and all(row["segment"] == "" for row in rows.values())
