@@ -15,6 +15,8 @@ Method (README, "Churn risk"):
    did as well on the 90-day CDNOW check but worse out of time: 0.718 against 0.748 ROC-AUC.)
 5. With fewer than two usable cut-offs there is nothing to learn from: BG/NBD's probability of no purchase in
    the horizon is used instead, and the model says so (``method_``).
+6. A business with no orders at all is scored from engagement alone: email opens and clicks and survey answers
+   take the place of orders, churn is no engagement in the next H days, and the model says so (``label_``).
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from scoring.clv import BetaGeoModel
-from scoring.features import rfm_summary, survey_summary
+from scoring.features import engagement_activity, engagement_summary, rfm_summary, survey_summary
 
-MODEL_VERSION = "churn-1"
+MODEL_VERSION = "churn-2"
 MIN_HORIZON_DAYS, MAX_HORIZON_DAYS = 30, 365
 PROBABILITY_FLOOR = 0.005
-# Purchase history only. Protected attributes (gender, age, ethnicity) are never model inputs.
+# Purchase history; survey answers and email engagement join them where the business has them (below).
+# Protected attributes (gender, age, ethnicity) are never model inputs.
 FEATURES = ("days_since_last", "log_frequency", "log_total", "log_monetary", "log_first_value", "age_days",
             "mean_gap_days", "gap_spread_days", "gap_ratio", "purchases_last_30d", "purchases_last_90d",
             "purchases_last_180d")
@@ -58,10 +61,45 @@ def horizon_from_history(orders: pd.DataFrame, as_of: pd.Timestamp) -> int:
 
 
 SURVEY_FEATURES = ("latest_nps", "nps_change", "recent_sentiment")
+EMAIL_FEATURES = ("days_since_open", "days_since_click", "log_opens", "log_opens_last_90d", "log_opens_prev_90d",
+                  "log_clicks_last_90d", "bounces", "has_unsubscribed")
+MONEY_FEATURES = ("log_total", "log_monetary", "log_first_value")  # left out when the activity is engagement
+ALL_FEATURES = FEATURES + SURVEY_FEATURES + EMAIL_FEATURES
 
 
-def model_features(summary: pd.DataFrame, survey: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The model's inputs; with ``survey`` (scoring.features.survey_summary), NPS and sentiment join them."""
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a model learns from: orders (or, for a business with none, engagement), and whether survey answers and
+    email events are among its inputs. A saved model is reused only for data with the same inputs."""
+
+    activity: str  # "orders" or "engagement"
+    uses_survey: bool
+    uses_email: bool
+
+    @property
+    def churn_means(self) -> str:
+        return "no order" if self.activity == "orders" else "no email open, click or survey answer"
+
+
+def model_inputs(orders: pd.DataFrame, as_of: pd.Timestamp, responses: pd.DataFrame | None = None,
+                 events: pd.DataFrame | None = None) -> ModelInputs:
+    """The inputs a model fitted as of ``as_of`` on this data uses."""
+    def any_before(frame: pd.DataFrame | None) -> bool:
+        return frame is not None and bool((frame["at"] < as_of).any())
+
+    return ModelInputs("orders" if any_before(orders) else "engagement", any_before(responses), any_before(events))
+
+
+def activity_frame(orders: pd.DataFrame, inputs: ModelInputs, responses: pd.DataFrame | None,
+                   events: pd.DataFrame | None) -> pd.DataFrame:
+    """The activity whose absence counts as churn: orders, or engagement for a business with none."""
+    return orders if inputs.activity == "orders" else engagement_activity(events, responses)
+
+
+def model_features(summary: pd.DataFrame, survey: pd.DataFrame | None = None, engagement: pd.DataFrame | None = None,
+                   with_money: bool = True) -> pd.DataFrame:
+    """The model's inputs; with ``survey`` (scoring.features.survey_summary), NPS and sentiment join them, and
+    with ``engagement`` (scoring.features.engagement_summary), email opens, clicks, bounces and unsubscribes."""
     frame = pd.DataFrame(
         {
             "days_since_last": summary["days_since_last"],
@@ -78,9 +116,18 @@ def model_features(summary: pd.DataFrame, survey: pd.DataFrame | None = None) ->
             "purchases_last_180d": summary["purchases_last_180d"],
         },
         index=summary.index,
-    )[list(FEATURES)]
+    )[[name for name in FEATURES if with_money or name not in MONEY_FEATURES]]
     if survey is not None:
         frame = frame.join(survey[list(SURVEY_FEATURES)], how="left")
+    if engagement is not None:
+        email = pd.DataFrame({
+            "days_since_open": engagement["days_since_open"],
+            "days_since_click": engagement["days_since_click"],
+            **{f"log_{name}": np.log1p(engagement[name]) for name in ("opens", "opens_last_90d", "opens_prev_90d", "clicks_last_90d")},
+            "bounces": engagement["bounces"],
+            "has_unsubscribed": engagement["has_unsubscribed"],
+        }, index=engagement.index)
+        frame = frame.join(email[list(EMAIL_FEATURES)], how="left")
     return frame
 
 
@@ -92,9 +139,11 @@ class Snapshot:
 
 
 def labelled_snapshots(
-    orders: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, count: int, responses: pd.DataFrame | None = None
+    orders: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, count: int, responses: pd.DataFrame | None = None,
+    events: pd.DataFrame | None = None, with_money: bool = True,
 ) -> list[Snapshot]:
-    """Newest first. Cut-offs step back by half a horizon and stop where no customer had bought yet."""
+    """Newest first. Cut-offs step back by half a horizon and stop where no customer had bought yet.
+    ``orders`` is the activity whose absence is churn (scoring.features.engagement_activity without orders)."""
     known = orders[orders["at"] < as_of]
     horizon = pd.Timedelta(days=horizon_days)
     first_order = known["at"].min()
@@ -105,7 +154,8 @@ def labelled_snapshots(
         window = known[(known["at"] >= cutoff) & (known["at"] < cutoff + horizon)]
         churned = pd.Series((~summary.index.isin(window["customer"])).astype(int), index=summary.index)
         survey = survey_summary(responses, cutoff) if responses is not None else None
-        snapshots.append(Snapshot(cutoff, model_features(summary, survey), churned))
+        engagement = engagement_summary(events, cutoff) if events is not None else None
+        snapshots.append(Snapshot(cutoff, model_features(summary, survey, engagement, with_money), churned))
         cutoff = (cutoff - horizon / 2).floor("D")
     return snapshots
 
@@ -131,16 +181,24 @@ class ChurnModel:
         self.snapshots = snapshots
         self.random_state = random_state
 
-    def fit(self, orders: pd.DataFrame, as_of: pd.Timestamp, responses: pd.DataFrame | None = None) -> ChurnModel:
-        """``responses`` (optional): survey answers as scoring.features.RESPONSE_COLUMNS, used when any came
-        before ``as_of``."""
-        self.horizon_days_ = self.horizon_days or horizon_from_history(orders, as_of)
-        self.uses_survey_ = responses is not None and bool((responses["at"] < as_of).any())
-        history = labelled_snapshots(orders, as_of, self.horizon_days_, self.snapshots, responses if self.uses_survey_ else None)
-        self.training_window_ = (orders["at"].min(), as_of)
+    def fit(self, orders: pd.DataFrame, as_of: pd.Timestamp, responses: pd.DataFrame | None = None,
+            events: pd.DataFrame | None = None) -> ChurnModel:
+        """``responses`` (optional): survey answers as scoring.features.RESPONSE_COLUMNS; ``events`` (optional):
+        email events as scoring.features.EVENT_COLUMNS; each used when any came before ``as_of``. Without any order
+        before ``as_of``, opens, clicks and answers stand in for orders."""
+        self.inputs_ = model_inputs(orders, as_of, responses, events)
+        self.label_ = self.inputs_.churn_means
+        activity = activity_frame(orders, self.inputs_, responses, events)
+        self.horizon_days_ = self.horizon_days or horizon_from_history(activity, as_of)
+        history = labelled_snapshots(activity, as_of, self.horizon_days_, self.snapshots,
+                                     responses if self.inputs_.uses_survey else None,
+                                     events if self.inputs_.uses_email else None, self.inputs_.activity == "orders")
+        self.training_window_ = (activity["at"].min(), as_of)
+        alone = "" if self.inputs_.activity == "orders" else " from email and survey engagement alone (no orders yet)"
         if len(history) < 2:
-            self.method_ = "BG/NBD (too little history to learn churn from this business's own data)"
-            summary = rfm_summary(orders, as_of)
+            self.method_ = f"BG/NBD{alone} (too little history to learn churn from this business's own data)"
+            self.features_ = []
+            summary = rfm_summary(activity, as_of)
             self.fallback_ = BetaGeoModel().fit(summary["frequency"], summary["recency"], summary["age"])
             self.backtest_ = {}
             return self
@@ -169,20 +227,26 @@ class ChurnModel:
         self.calibrated_ = CalibratedClassifierCV(FrozenEstimator(final), method="isotonic").fit(
             newest.features[~in_training], newest.churned[~in_training]
         )
-        self.method_ = f"{best}, learnt from windows up to {newest.cutoff:%Y-%m-%d} and calibrated on half of that one"
+        self.method_ = f"{best}{alone}, learnt from windows up to {newest.cutoff:%Y-%m-%d} and calibrated on half of that one"
         return self
 
-    def predict_proba(self, orders: pd.DataFrame, as_of: pd.Timestamp, responses: pd.DataFrame | None = None) -> pd.Series:
-        """P(no order in the next ``horizon_days_``) for every customer who bought before ``as_of``."""
-        survey = survey_summary(responses, as_of) if self.uses_survey_ and responses is not None else None
-        return self.predict_summary(rfm_summary(orders, as_of), survey)
+    def predict_proba(self, orders: pd.DataFrame, as_of: pd.Timestamp, responses: pd.DataFrame | None = None,
+                      events: pd.DataFrame | None = None) -> pd.Series:
+        """P(``label_`` in the next ``horizon_days_``) for every customer with activity before ``as_of``: everyone
+        who bought, or, for a model of engagement, everyone who opened, clicked or answered."""
+        activity = activity_frame(orders, self.inputs_, responses, events)
+        survey = survey_summary(responses, as_of) if self.inputs_.uses_survey and responses is not None else None
+        engagement = engagement_summary(events, as_of) if self.inputs_.uses_email and events is not None else None
+        return self.predict_summary(rfm_summary(activity, as_of), survey, engagement)
 
-    def predict_summary(self, summary: pd.DataFrame, survey: pd.DataFrame | None = None) -> pd.Series:
-        """The same, from a summary (and survey summary) the caller has already built."""
+    def predict_summary(self, summary: pd.DataFrame, survey: pd.DataFrame | None = None,
+                        engagement: pd.DataFrame | None = None) -> pd.Series:
+        """The same, from the summaries the caller has already built."""
         if hasattr(self, "fallback_"):  # fitted in days, like the summary
             probability = self.fallback_.probability_no_purchase(self.horizon_days_, summary["frequency"], summary["recency"], summary["age"])
         else:
-            probability = self.calibrated_.predict_proba(model_features(summary, survey)[self.features_])[:, 1]
+            features = model_features(summary, survey, engagement, self.inputs_.activity == "orders")
+            probability = self.calibrated_.predict_proba(features[self.features_])[:, 1]
         # Isotonic calibration can say 0 or 1 outright; no purchase history makes anything certain.
         probability = np.clip(probability, PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
         return pd.Series(probability, index=summary.index, name="churn_probability")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 MAX_REASONS = 3
+NO_ORDERS_NOTE = "no orders recorded: scored from email and survey engagement alone"
 
 
 def risk_bands(probability: pd.Series, summary: pd.DataFrame, horizon_days: int, medium: float, high: float) -> pd.Series:
@@ -20,11 +21,35 @@ def risk_bands(probability: pd.Series, summary: pd.DataFrame, horizon_days: int,
     return bands.where(~too_new.reindex(bands.index, fill_value=False), "new")
 
 
-def reasons(summary: pd.DataFrame, horizon_days: int) -> pd.Series:
-    """Up to three reasons per customer, most telling first, joined with '; '."""
+def reasons(summary: pd.DataFrame, horizon_days: int, activity: str = "orders") -> pd.Series:
+    """Up to three reasons per customer, most telling first, joined with '; '.
+
+    ``summary``: scoring.features.rfm_summary of the activity (orders, or for a business without orders, opens,
+    clicks and survey answers), joined with the survey and engagement summaries where the model used them."""
+    candidates = _order_reasons(summary, horizon_days) if activity == "orders" else _engagement_reasons(summary, horizon_days)
+    if "latest_nps" in summary:  # survey answers, when the business has them
+        candidates.update(_survey_reasons(summary))
+    if "days_since_open" in summary:  # email events, when the business has them
+        candidates.update(_email_reasons(summary))
+    applies = pd.DataFrame({name: spec[0].fillna(False).astype(bool) for name, spec in candidates.items()})
+    applies["history"] = ~applies.drop(columns="history").any(axis=1)
+    severity = pd.DataFrame({name: spec[1].where(applies[name]) for name, spec in candidates.items()})
+    texts = pd.DataFrame({name: spec[2] for name, spec in candidates.items()})
+    order = np.argsort(-severity.fillna(-np.inf).to_numpy(), axis=1, kind="stable")[:, :MAX_REASONS]
+    chosen = np.take_along_axis(texts.to_numpy(dtype=object), order, axis=1)
+    keep = np.take_along_axis(applies.to_numpy(), order, axis=1)
+    joined = ["; ".join(text for text, ok in zip(row, oks) if ok) for row, oks in zip(chosen, keep)]
+    if activity != "orders":  # every score says what it rests on
+        joined = [f"{text}; {NO_ORDERS_NOTE}" for text in joined]
+    return pd.Series(joined, index=summary.index, name="reasons")
+
+
+Candidates = dict[str, tuple[pd.Series, pd.Series, pd.Series]]  # name -> (applies, severity for ordering, text)
+
+
+def _order_reasons(summary: pd.DataFrame, horizon_days: int) -> Candidates:
     typical_spend = summary["total"].median()
-    candidates = {
-        # (applies, severity for ordering, text)
+    return {
         "overdue": (
             (summary["frequency"] >= 2) & (summary["gap_ratio"] >= 1.5),  # a habit needs at least two gaps
             summary["gap_ratio"],
@@ -42,52 +67,117 @@ def reasons(summary: pd.DataFrame, horizon_days: int) -> pd.Series:
         ),
         "slowing": (
             (summary["purchases_last_180d"] > 0) & (summary["purchases_last_90d"] * 2 < summary["purchases_last_180d"] - summary["purchases_last_90d"]),
-            pd.Series(1.0, index=summary.index),
+            _constant(summary, 1.0),
             "ordering less often lately: " + summary["purchases_last_90d"].astype(int).astype(str) + " orders in the last 90 days, "
             + (summary["purchases_last_180d"] - summary["purchases_last_90d"]).astype(int).astype(str) + " in the 90 before",
         ),
         "low_spend": (
             summary["total"] < typical_spend / 2,
-            pd.Series(0.5, index=summary.index),
+            _constant(summary, 0.5),
             "has spent " + summary["total"].map("{:,.2f}".format) + " in all, under half the typical customer's " + f"{typical_spend:,.2f}",
         ),
         "history": (  # only where nothing else applies: every customer gets at least one reason
-            pd.Series(True, index=summary.index),
-            pd.Series(0.0, index=summary.index),
+            _constant(summary, True),
+            _constant(summary, 0.0),
             "last order " + _days(summary["days_since_last"]) + " ago, " + (summary["frequency"] + 1).astype(int).astype(str) + " orders in all",
         ),
         "regular": (
             (summary["frequency"] > 0) & (summary["gap_ratio"] < 1.0),
-            pd.Series(0.1, index=summary.index),
+            _constant(summary, 0.1),
             "ordering on their usual rhythm (last order " + _days(summary["days_since_last"]) + " ago)",
         ),
     }
-    if "latest_nps" in summary:  # survey answers, when the business has them
-        nps = summary["latest_nps"]
-        candidates["nps_fell"] = (
+
+
+def _engagement_reasons(summary: pd.DataFrame, horizon_days: int) -> Candidates:
+    """For a business without orders: the same habits, in opens, clicks and survey answers."""
+    last = _days(summary["days_since_last"])
+    return {
+        "overdue": (
+            (summary["frequency"] >= 2) & (summary["gap_ratio"] >= 1.5),
+            summary["gap_ratio"],
+            "no email open, click or survey answer for " + last + "; usually one every " + _days(summary["mean_gap_days"]),
+        ),
+        "once": (
+            summary["frequency"] == 0,
+            summary["days_since_last"] / horizon_days,
+            "opened, clicked or answered only once so far, " + last + " ago",
+        ),
+        "history": (
+            _constant(summary, True),
+            _constant(summary, 0.0),
+            "last opened, clicked or answered " + last + " ago; active on " + (summary["frequency"] + 1).astype(int).astype(str) + " days in all",
+        ),
+        "regular": (
+            (summary["frequency"] > 0) & (summary["gap_ratio"] < 1.0),
+            _constant(summary, 0.1),
+            "engaging on their usual rhythm (last time " + last + " ago)",
+        ),
+    }
+
+
+def _survey_reasons(summary: pd.DataFrame) -> Candidates:
+    nps = summary["latest_nps"]
+    return {
+        "nps_fell": (
             summary["nps_change"] <= -2,
             -summary["nps_change"] / 2,
             "NPS fell from " + (nps - summary["nps_change"]).map("{:.0f}".format) + " to " + nps.map("{:.0f}".format),
-        )
-        candidates["detractor"] = (
+        ),
+        "detractor": (
             (nps <= 6) & ~(summary["nps_change"] <= -2),
             (7 - nps) / 3,
             "gave an NPS of " + nps.map("{:.0f}".format) + " (would not recommend)",
-        )
-        candidates["negative_words"] = (
+        ),
+        "negative_words": (
             summary["recent_sentiment"] <= -0.05,
             -summary["recent_sentiment"] * 2,
-            pd.Series("recent survey answers read negative", index=summary.index),
-        )
-    applies = pd.DataFrame({name: spec[0].fillna(False) for name, spec in candidates.items()})
-    applies["history"] = ~applies.drop(columns="history").any(axis=1)
-    severity = pd.DataFrame({name: spec[1].where(applies[name]) for name, spec in candidates.items()})
-    texts = pd.DataFrame({name: spec[2] for name, spec in candidates.items()})
-    order = np.argsort(-severity.fillna(-np.inf).to_numpy(), axis=1, kind="stable")[:, :MAX_REASONS]
-    chosen = np.take_along_axis(texts.to_numpy(dtype=object), order, axis=1)
-    keep = np.take_along_axis(applies.to_numpy(), order, axis=1)
-    joined = ["; ".join(text for text, ok in zip(row, oks) if ok) for row, oks in zip(chosen, keep)]
-    return pd.Series(joined, index=summary.index, name="reasons")
+            _constant(summary, "recent survey answers read negative"),
+        ),
+    }
+
+
+STOPPED_OPENING_DAYS = 60  # no open for this long, by someone who opened at least twice, while others still open
+
+
+def _email_reasons(summary: pd.DataFrame) -> Candidates:
+    # Only while the business is still mailing: when no one has opened anything lately, no one "stopped".
+    is_mailing = summary["days_since_open"].min() <= 30
+    opens_before = summary["opens_prev_90d"]
+    return {
+        "unsubscribed": (  # said outright, so it leads while it is under a year old
+            summary["has_unsubscribed"] == 1,
+            pd.Series(np.where(summary["days_since_unsubscribe"] <= 365, 100.0, 1.5), index=summary.index),
+            "unsubscribed from emails on " + _date(summary["unsubscribed_at"]),
+        ),
+        "stopped_opening": (
+            (summary["opens"] >= 2) & (summary["days_since_open"] >= STOPPED_OPENING_DAYS) & is_mailing
+            & (summary["has_unsubscribed"] == 0),
+            summary["days_since_open"] / 90,
+            "stopped opening emails in " + summary["last_open"].dt.strftime("%B %Y"),
+        ),
+        "opening_less": (
+            (opens_before >= 2) & (summary["opens_last_90d"] * 2 < opens_before) & (summary["days_since_open"] < STOPPED_OPENING_DAYS),
+            _constant(summary, 0.8),
+            "opening fewer emails: " + summary["opens_last_90d"].fillna(0).astype(int).astype(str) + " in the last 90 days, "
+            + opens_before.fillna(0).astype(int).astype(str) + " in the 90 before",
+        ),
+        "bouncing": (
+            summary["bounces"] >= 1,
+            _constant(summary, 1.2),
+            "emails to them bounced (" + summary["bounces"].fillna(0).astype(int).astype(str) + "x): the address may no longer work",
+        ),
+    }
+
+
+def _constant(summary: pd.DataFrame, value: object) -> pd.Series:
+    return pd.Series(value, index=summary.index)
+
+
+def _date(values: pd.Series) -> pd.Series:
+    known = values.dropna()
+    text = known.dt.day.astype(str) + known.dt.strftime(" %B %Y")
+    return text.reindex(values.index, fill_value="")
 
 
 def _days(values: pd.Series) -> pd.Series:

@@ -103,3 +103,63 @@ def survey_summary(responses: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame
     })
     summary.index.name = "customer"
     return summary
+
+
+#: Email engagement, one row per event: who (normalised email), when (tz-aware UTC), and what (an
+#: EmailEventKind value: "open", "click", "bounce", "unsubscribe", "spam_complaint", "sent").
+EVENT_COLUMNS = ("customer", "at", "event")
+ENGAGEMENT_WINDOW_DAYS = 90
+
+
+def engagement_summary(events: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Per customer with an email event before ``as_of``:
+
+    - ``days_since_open``, ``days_since_click``: days since the last open, click (NaN if never); ``last_open``
+    - ``opens``: all opens so far; ``opens_last_90d``, ``opens_prev_90d`` (90 to 180 days ago), ``clicks_last_90d``
+    - ``bounces``: bounced emails so far
+    - ``unsubscribed_at``: the first unsubscribe or spam complaint (NaT if none); ``has_unsubscribed`` 0/1;
+      ``days_since_unsubscribe``
+    """
+    missing = [column for column in EVENT_COLUMNS if column not in events.columns]
+    if missing:
+        raise ValueError(f"events frame lacks {', '.join(missing)}")
+    before = events.loc[events["at"] < as_of, list(EVENT_COLUMNS)]
+    day = before["at"].dt.floor("D")
+    days_ago = (as_of.floor("D") - day) / DAY
+    customer = before["customer"]
+    is_open, is_click = before["event"] == "open", before["event"] == "click"
+    leaving = before["event"].isin(["unsubscribe", "spam_complaint"])
+
+    def count(mask: pd.Series) -> pd.Series:
+        return mask.groupby(customer).sum()
+
+    last_open = day.where(is_open).groupby(customer).max()
+    summary = pd.DataFrame({
+        "days_since_open": days_ago.where(is_open).groupby(customer).min(),
+        "days_since_click": days_ago.where(is_click).groupby(customer).min(),
+        "last_open": last_open,
+        "opens": count(is_open),
+        "opens_last_90d": count(is_open & (days_ago <= ENGAGEMENT_WINDOW_DAYS)),
+        "opens_prev_90d": count(is_open & (days_ago > ENGAGEMENT_WINDOW_DAYS) & (days_ago <= 2 * ENGAGEMENT_WINDOW_DAYS)),
+        "clicks_last_90d": count(is_click & (days_ago <= ENGAGEMENT_WINDOW_DAYS)),
+        "bounces": count(before["event"] == "bounce"),
+        "unsubscribed_at": day.where(leaving).groupby(customer).min(),
+    })
+    summary["has_unsubscribed"] = summary["unsubscribed_at"].notna().astype(int)
+    summary["days_since_unsubscribe"] = (as_of.floor("D") - summary["unsubscribed_at"]) / DAY
+    summary.index.name = "customer"
+    return summary
+
+
+def engagement_activity(events: pd.DataFrame | None, responses: pd.DataFrame | None) -> pd.DataFrame:
+    """Opens, clicks and survey answers as an orders-shaped frame (amount 0): for a business with no orders,
+    engagement is the activity whose absence counts as churn."""
+    parts = []
+    if events is not None:
+        engaged = events[events["event"].isin(["open", "click"])]
+        parts.append(engaged[["customer", "at"]])
+    if responses is not None:
+        parts.append(responses[["customer", "at"]])
+    if not parts:
+        return pd.DataFrame({"customer": pd.Series(dtype=object), "at": pd.Series(dtype="datetime64[ns, UTC]"), "amount": pd.Series(dtype=float)})
+    return pd.concat(parts, ignore_index=True).assign(amount=0.0)

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 
 from connectors.records import Score
-from scoring.churn import FEATURES, MODEL_VERSION, ChurnModel
+from scoring.churn import ChurnModel, activity_frame, model_inputs
 from scoring.clv import LifetimeValueModel
 from scoring.explain import reasons, risk_bands
-from scoring.features import rfm_summary, survey_summary
+from scoring.features import engagement_summary, rfm_summary, survey_summary
+from scoring.model_file import ModelFit, load_model, save_model
 from scoring.segments import RfmSegmenter
 
 CLV_HORIZON_DAYS = 365
@@ -36,42 +34,74 @@ class ScoringParameters:
 
 
 def score_customers(
-    orders: pd.DataFrame, as_of: pd.Timestamp, parameters: ScoringParameters, responses: pd.DataFrame | None = None
+    orders: pd.DataFrame, as_of: pd.Timestamp, parameters: ScoringParameters, responses: pd.DataFrame | None = None,
+    events: pd.DataFrame | None = None, model: ChurnModel | None = None,
 ) -> tuple[pd.DataFrame, ChurnModel]:
-    """Scores for every customer with an order before ``as_of``; nothing on or after ``as_of`` is read.
-    ``responses`` (optional) adds NPS and sentiment to the model and the reasons."""
-    known = orders[orders["at"] < as_of]
+    """Scores for every customer with an order before ``as_of``, or, for a business with no orders at all, for
+    everyone who opened or clicked an email or answered a survey; nothing on or after ``as_of`` is read.
+
+    ``responses`` and ``events`` (optional) add NPS, sentiment and email engagement to the model and the reasons.
+    ``model``: a fitted model to score with (scoring.model_file.load_model); one is fitted when it is None or was
+    fitted on other kinds of input."""
+    inputs = model_inputs(orders, as_of, responses, events)
+    activity = activity_frame(orders, inputs, responses, events)
+    known = activity[activity["at"] < as_of]
     customers = known["customer"].nunique()
     if customers < MIN_CUSTOMERS:
         # Every model here learns from the customer base as a whole; a handful of customers makes any number a guess.
-        raise NotEnoughCustomers(f"only {customers} customers have completed orders by then; scoring needs at least {MIN_CUSTOMERS}")
-    churn = ChurnModel(parameters.horizon_days, random_state=parameters.random_seed).fit(known, as_of, responses)
+        who = ("customers have completed orders" if inputs.activity == "orders"
+               else "contacts have opened or clicked an email or answered a survey (and no one has ordered)")
+        raise NotEnoughCustomers(f"only {customers} {who} by then; scoring needs at least {MIN_CUSTOMERS}")
+    if model is None or model.inputs_ != inputs:
+        model = ChurnModel(parameters.horizon_days, random_state=parameters.random_seed).fit(orders, as_of, responses, events)
     summary = rfm_summary(known, as_of)
-    survey = survey_summary(responses, as_of) if churn.uses_survey_ else None
-    probability = churn.predict_summary(summary, survey)
-    if survey is not None:  # for the reasons
-        summary = summary.join(survey, how="left")
-    try:
-        value = LifetimeValueModel().fit(summary).predict(summary, CLV_HORIZON_DAYS)
-    except ValueError:  # fewer than 10 repeat customers: no honest spend model
-        value = np.full(len(summary), np.nan)
-    segments = RfmSegmenter().fit(summary).transform(summary)
+    survey = survey_summary(responses, as_of) if inputs.uses_survey else None
+    engagement = engagement_summary(events, as_of) if inputs.uses_email else None
+    probability = model.predict_summary(summary, survey, engagement)
+    described = summary.join([part for part in (survey, engagement) if part is not None], how="left") \
+        if survey is not None or engagement is not None else summary
+    has_orders = inputs.activity == "orders"
     table = pd.DataFrame(
         {
             "churn_probability": probability.round(4),
-            "risk_band": risk_bands(probability, summary, churn.horizon_days_, parameters.medium_risk, parameters.high_risk),
-            "reasons": reasons(summary, churn.horizon_days_),
-            "segment": segments["segment"],
-            "clv_12_months": np.round(value, 2),
-            "orders": (summary["frequency"] + 1).astype(int),
-            "last_order": (as_of.floor("D") - pd.to_timedelta(summary["days_since_last"], unit="D")).dt.strftime("%Y-%m-%d"),
+            "risk_band": risk_bands(probability, summary, model.horizon_days_, parameters.medium_risk, parameters.high_risk),
+            "reasons": reasons(described, model.horizon_days_, inputs.activity),
+            "segment": RfmSegmenter().fit(summary).transform(summary)["segment"] if has_orders else "",
+            "clv_12_months": np.round(_lifetime_value(summary), 2) if has_orders else np.nan,
+            "orders": (summary["frequency"] + 1).astype(int) if has_orders else 0,
+            "last_order": (as_of.floor("D") - pd.to_timedelta(summary["days_since_last"], unit="D")).dt.strftime("%Y-%m-%d")
+            if has_orders else "",
         },
         index=summary.index,
     )
     too_new = table["risk_band"] == "new"
-    table.loc[too_new, "reasons"] = "first order " + summary.loc[too_new, "days_since_last"].astype(int).astype(str) + " days ago: too early to judge"
+    first = "first order " if has_orders else "first opened, clicked or answered "
+    table.loc[too_new, "reasons"] = first + summary.loc[too_new, "days_since_last"].astype(int).astype(str) + " days ago: too early to judge"
     table.index.name = "customer"
-    return table, churn
+    return table, model
+
+
+def _lifetime_value(summary: pd.DataFrame) -> np.ndarray:
+    try:
+        return LifetimeValueModel().fit(summary).predict(summary, CLV_HORIZON_DAYS)
+    except ValueError:  # fewer than 10 repeat customers: no honest spend model
+        return np.full(len(summary), np.nan)
+
+
+def score_with_saved_model(
+    orders: pd.DataFrame, as_of: pd.Timestamp, parameters: ScoringParameters, responses: pd.DataFrame | None,
+    events: pd.DataFrame | None, directory: Path, retrain_days: int, *, retrain: bool = False, keep: bool = True,
+) -> tuple[pd.DataFrame, ChurnModel, str]:
+    """score_customers with the model saved in ``directory`` while it is young and fits (scoring.model_file);
+    otherwise a model is fitted, and saved when ``keep``. Also says, in words, which of the two happened."""
+    fit = ModelFit(parameters.horizon_days, parameters.random_seed, model_inputs(orders, as_of, responses, events))
+    saved, why = (None, "--retrain") if retrain else load_model(directory, as_of, fit, retrain_days)
+    table, model = score_customers(orders, as_of, parameters, responses, events, model=saved)
+    if model is saved:
+        return table, model, why
+    if keep:
+        save_model(model, directory, as_of, len(table), fit)
+    return table, model, f"fitted a new model ({why})"
 
 
 def as_score_records(table: pd.DataFrame, scored_at: pd.Timestamp, currency: str | None, model_version: str) -> list[Score]:
@@ -85,31 +115,6 @@ def as_score_records(table: pd.DataFrame, scored_at: pd.Timestamp, currency: str
         records.append(Score(
             source="scoring", source_id=str(customer), churn_probability=float(row["churn_probability"]),
             risk_band=row["risk_band"], scored_at=scored_at.to_pydatetime(), top_reasons=tuple(row["reasons"].split("; ")),
-            segment=row["segment"], clv=value, clv_currency=currency if value is not None else None, model_version=model_version,
+            segment=row["segment"] or None, clv=value, clv_currency=currency if value is not None else None, model_version=model_version,
         ))
     return records
-
-
-def save_model(model: ChurnModel, directory: Path, as_of: pd.Timestamp, customers: int) -> Path:
-    """The fitted model and what it is (version, method, horizon, window, backtest, features), 0600."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    model_path = directory / "churn-model.joblib"
-    metadata = {
-        "version": MODEL_VERSION,
-        "method": model.method_,
-        "horizon_days": model.horizon_days_,
-        "training_window": [model.training_window_[0].isoformat(), model.training_window_[1].isoformat()],
-        "as_of": as_of.isoformat(),
-        "customers": customers,
-        "features": list(FEATURES),
-        "backtest": {
-            "roc_auc": model.backtest_.get("roc_auc", {}),
-            "validated_at": str(model.backtest_.get("validated_at", "")),
-            "trained_on": [str(cutoff) for cutoff in model.backtest_.get("trained_on", [])],
-        },
-    }
-    for path, write in ((model_path, lambda handle: joblib.dump(model, handle)),
-                        (directory / "churn-model.json", lambda handle: handle.write(json.dumps(metadata, indent=2).encode()))):
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
-            write(handle)
-    return model_path

@@ -19,12 +19,12 @@ from connectors.forms import csv_file
 from connectors.records import from_payload, normalise_email
 from scoring.churn import MODEL_VERSION, NothingToCompare, backtest
 from scoring.features import rfm_summary
-from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, save_model, score_customers
+from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, score_customers, score_with_saved_model
 from scoring.sentence_encoder import EncoderUnavailable, INSTALL_HINT, is_encoder_installed
 from scoring.sentiment import SentimentModel, sentiment_label
 from sync.cli import Context, app, csv_source, err, out
 from sync.export import write_csv
-from sync.pipeline import keep_scores, orders_frame, responses_frame
+from sync.pipeline import events_frame, keep_scores, orders_frame, responses_frame
 from sync.settings import Settings
 
 # Contact fields --audit may name besides the columns an import kept (never anything else on the object).
@@ -41,10 +41,12 @@ def score(
     explain: Annotated[Optional[str], typer.Option(metavar="EMAIL", help="Show one customer's score and the history behind it.")] = None,
     run_backtest: Annotated[bool, typer.Option("--backtest", help="Check the model on the past: score as of one horizon ago, compare with what happened.")] = False,
     audit: Annotated[Optional[str], typer.Option(metavar="FIELD", help="Show risk by the groups of FIELD (a column of the orders export, or a contact field), flagging large gaps.")] = None,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Refit the store's churn model now instead of reusing the saved one (scoring.retrain_days).")] = False,
 ) -> None:
     """Churn risk with reasons, segment and 12-month value for every customer who has ordered.
 
-    Only completed orders count (won deals, paid orders); refunded, lost and open ones do not.
+    Only completed orders count (won deals, paid orders); refunded, lost and open ones do not. A store with no
+    orders at all is scored from email opens, clicks and survey answers.
 
     Example: retention score --orders orders_export.csv --as-of 2024-03-31 --out scores.csv
     """
@@ -65,14 +67,19 @@ def score(
     if run_backtest:
         _print_backtest(frame, cutoff, parameters)
         return
-    responses = _responses_frame(context) if orders is None else None
     try:
-        table, model = score_customers(frame, cutoff, parameters, responses)
+        if orders is None:  # the store: its saved model is reused while young, and saved when scores are kept
+            responses, events = _engagement_frames(context)
+            is_kept = explain is None and audit is None
+            table, model, model_note = score_with_saved_model(frame, cutoff, parameters, responses, events, settings.data_dir / "models",
+                                                              settings.scoring.retrain_days, retrain=retrain, keep=is_kept)
+        else:
+            (table, model), model_note = score_customers(frame, cutoff, parameters), ""
     except NotEnoughCustomers as exc:
         raise InputError(f"nothing to score: {exc}") from None
     bands = table["risk_band"].value_counts()
     out.print(
-        f"Scored {len(table):,} customers as of {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d} (churn = no order in the next "
+        f"Scored {len(table):,} customers as of {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d} (churn = {model.label_} in the next "
         f"{model.horizon_days_} days; model: {model.method_}): "
         + ", ".join(f"{bands.get(band, 0):,} {band}" for band in ("high", "medium", "low", "new"))
     )
@@ -83,9 +90,10 @@ def score(
         _print_audit(audit, table, frame)
         return
     if orders is None:  # scores of the store go back into it, for the sync to write out
-        _store_scores(context, table, model, cutoff, currencies)
+        _store_scores(context, table, cutoff, currencies, model_note)
     if out_file is not None:
-        written = write_csv(out_file, ["customer", *table.columns], ([customer, *row] for customer, row in zip(table.index, table.itertuples(index=False))))
+        cells = table.astype(object).where(table.notna(), "")  # an unknown value (no spend model) is an empty cell
+        written = write_csv(out_file, ["customer", *table.columns], ([customer, *row] for customer, row in zip(table.index, cells.itertuples(index=False))))
         out.print(f"Wrote {written:,} rows to {out_file}")
         return
     riskiest = table[table["risk_band"] != "new"].sort_values("churn_probability", ascending=False, kind="stable").head(10)
@@ -145,7 +153,7 @@ def sentiment(
     out.print(f"Wrote {written:,} answers to {out_file}")
 
 
-def _store_scores(context: Context, table: pd.DataFrame, model: Any, cutoff: pd.Timestamp, currencies: set[str]) -> None:
+def _store_scores(context: Context, table: pd.DataFrame, cutoff: pd.Timestamp, currencies: set[str], model_note: str) -> None:
     settings = context.settings
     currency = settings.currency if len(currencies) != 1 else next(iter(currencies))
     records = as_score_records(table, cutoff, currency, MODEL_VERSION)
@@ -154,12 +162,14 @@ def _store_scores(context: Context, table: pd.DataFrame, model: Any, cutoff: pd.
         run_id, counts = keep_scores(store, records, "score", f"{len(records):,} customers as of {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d}")
     finally:
         store.close()
-    saved = save_model(model, settings.data_dir / "models", cutoff, len(records))
     stored = counts["score"]
-    out.print(f"Stored {stored.written:,} new or changed scores ({stored.unchanged:,} unchanged, run #{run_id}); model saved to {saved}")
+    out.print(f"Stored {stored.written:,} new or changed scores ({stored.unchanged:,} unchanged, run #{run_id}); "
+              f"{model_note}, in {settings.data_dir / 'models'}")
 
 
 def _print_backtest(frame: pd.DataFrame, cutoff: pd.Timestamp, parameters: ScoringParameters) -> None:
+    if frame.empty:
+        raise InputError("cannot backtest: there are no completed orders; the backtest measures how well order churn was foreseen")
     try:
         result = backtest(frame, cutoff, parameters.horizon_days, parameters.random_seed)
     except (NothingToCompare, NotEnoughCustomers) as exc:
@@ -179,9 +189,14 @@ def _print_explanation(who: str, table: pd.DataFrame, frame: pd.DataFrame, cutof
         key = normalise_email(who) if "@" in who else who.strip()
     except ValueError:
         key = who.strip()
+    who_counts = "customers with completed orders" if not frame.empty else "contacts who opened, clicked or answered"
     if key not in table.index:
-        raise InputError(f"{who}: not among the {len(table):,} customers with completed orders by {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d}")
+        raise InputError(f"{who}: not among the {len(table):,} {who_counts} by {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d}")
     row = table.loc[key]
+    if frame.empty:  # scored from engagement alone
+        out.print(f"{key}: {row['churn_probability']:.1%} chance of no email open, click or survey answer soon — {row['risk_band']} risk")
+        out.print(f"  why: {row['reasons']}")
+        return
     summary = rfm_summary(frame[frame["at"] < cutoff], cutoff).loc[key]
     usual = "" if np.isnan(summary["mean_gap_days"]) else f"; usually orders every {summary['mean_gap_days']:.0f} days"
     out.print(f"{key}: {row['churn_probability']:.1%} chance of no order soon — {row['risk_band']} risk, segment {row['segment']}")
@@ -238,11 +253,11 @@ def _orders_frame(context: Context, path: Path | None, audit_field: str | None =
     return frame, {order.currency for order in completed}, skipped
 
 
-def _responses_frame(context: Context) -> pd.DataFrame | None:
-    """Survey answers in the store with a known respondent: (customer, at, nps, sentiment of the free text)."""
+def _engagement_frames(context: Context) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Survey answers with a known respondent and email events in the store (sync.pipeline's frames)."""
     store = context.open_store()
     try:
-        return responses_frame(store)
+        return responses_frame(store), events_frame(store)
     finally:
         store.close()
 

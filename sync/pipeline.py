@@ -38,7 +38,7 @@ from connectors.base import (
 )
 from connectors.records import Contact, Order, OrderStatus, Score, from_payload
 from scoring.churn import MODEL_VERSION
-from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, save_model, score_customers
+from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, score_with_saved_model
 from scoring.sentiment import SentimentModel
 from sync.engine import plan_changes, push_changes, run_source_once
 from sync.linking import CONTACT_FIELDS, Linked, agreed_values, link_contacts, remember_agreed
@@ -249,8 +249,21 @@ def responses_frame(store: Store) -> pd.DataFrame | None:
     })
 
 
+def events_frame(store: Store) -> pd.DataFrame | None:
+    """Email events in the store: (customer = the normalised address, at, event kind)."""
+    found = [from_payload("email_event", payload) for _, payload in store.stored_records("email_event")]
+    if not found:
+        return None
+    return pd.DataFrame({
+        "customer": [event.match_email for event in found],
+        "at": pd.to_datetime([event.occurred_at for event in found], utc=True),
+        "event": [event.event.value for event in found],
+    })
+
+
 def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: bool) -> tuple[list[Score], dict[str, int]]:
-    """Score every customer with a completed order; keep the Score records (and the model) when ``keep``."""
+    """Score every customer with a completed order (or, with no orders at all, everyone who engaged), reusing the
+    saved model while it is young; keep the Score records (and a newly fitted model) when ``keep``."""
     as_of = score_as_of(settings)
     orders, completed = orders_frame(from_payload("order", payload) for _, payload in store.stored_records("order"))
     currencies = {order.currency for order in completed}
@@ -258,7 +271,8 @@ def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: b
     parameters = ScoringParameters(horizon_days=settings.scoring.horizon_days or None, medium_risk=settings.scoring.medium_risk,
                                    high_risk=settings.scoring.high_risk, random_seed=settings.scoring.random_seed)
     try:
-        table, model = score_customers(orders, as_of, parameters, responses)
+        table, model, model_note = score_with_saved_model(orders, as_of, parameters, responses, events_frame(store),
+                                                          settings.data_dir / "models", settings.scoring.retrain_days, keep=keep)
     except NotEnoughCustomers as exc:
         report.scoring = f"nothing scored and nothing written: {exc}"
         return [], {}
@@ -267,11 +281,10 @@ def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: b
     records = [_with_sentiment(score, latest) for score in as_score_records(table, as_of, currency, MODEL_VERSION)]
     if keep:
         keep_scores(store, records, "sync", f"score {len(records):,} customers")
-        save_model(model, settings.data_dir / "models", as_of, len(records))
     bands = table["risk_band"].value_counts()
     report.scored = len(table)
-    report.scoring = (f"{len(table):,} customers scored (churn = no order in the next {model.horizon_days_} days; "
-                      f"{model.method_}): " + ", ".join(f"{bands.get(b, 0):,} {b}" for b in ("high", "medium", "low", "new")))
+    report.scoring = (f"{len(table):,} customers scored (churn = {model.label_} in the next {model.horizon_days_} days; "
+                      f"{model.method_}; {model_note}): " + ", ".join(f"{bands.get(b, 0):,} {b}" for b in ("high", "medium", "low", "new")))
     # Most at risk first; among equal risks, the ones with more to lose (and then the lifelong value) first.
     ranked = table[table["risk_band"] != "new"].assign(_value=table["clv_12_months"].fillna(0.0))
     report.riskiest = ranked.sort_values(["churn_probability", "_value"], ascending=False, kind="stable").drop(columns="_value").head(10)

@@ -89,6 +89,8 @@ class ScoringSettings(_Section):
     medium_risk: float = Field(0.4, gt=0.0, lt=1.0)
     high_risk: float = Field(0.7, gt=0.0, lt=1.0)
     random_seed: int = Field(7, ge=0)
+    # A saved model younger than this is reused, so scores move only when the data does; 0 = refit on every run.
+    retrain_days: int = Field(7, ge=0, le=365)
 
 
 class ScheduleSettings(_Section):

@@ -167,7 +167,7 @@ def test_scoring_the_store_keeps_the_scores_and_rescoring_the_same_day_writes_no
     assert {"kind": "score", "source": "scoring", "count": 120} in status["records"]
     models = workspace.root / ".retention" / "models"
     metadata = json.loads((models / "churn-model.json").read_text())
-    assert metadata["version"] == "churn-1" and metadata["customers"] == 120 and "days_since_last" in metadata["features"]
+    assert metadata["version"] == "churn-2" and metadata["customers"] == 120 and "days_since_last" in metadata["features"]
     assert all((path.stat().st_mode & 0o777) == 0o600 for path in models.iterdir())
 
 
@@ -213,3 +213,108 @@ def test_survey_answers_in_the_store_feed_the_scores_and_their_reasons(workspace
     assert first.exit_code == 0 and later.exit_code == 0, first.stderr + later.stderr
     assert "NPS fell from 9 to 3" in explained.stdout
     assert (workspace.root / "before.csv").read_bytes() == (workspace.root / "after.csv").read_bytes(), "an answer after --as-of changes nothing"
+
+
+def scores_by_customer(path: Path) -> dict[str, str]:
+    return {row["customer"]: row["churn_probability"] for row in read_scores(path)}
+
+
+def test_a_day_later_the_saved_model_is_reused_and_an_old_one_is_refitted(workspace: Workspace) -> None:
+    write_orders(workspace.root / "orders.csv")
+    workspace.run("import", str(workspace.root / "orders.csv"), "--kind", "orders")
+    models = workspace.root / ".retention" / "models"
+    next_day, a_week_after = (AS_OF + timedelta(days=1)).isoformat(), (AS_OF + timedelta(days=8)).isoformat()
+
+    first = workspace.run("score", "--as-of", AS_OF.isoformat())
+    saved = (models / "churn-model.joblib").read_bytes()
+    a_day_later = workspace.run("score", "--as-of", next_day, "--out", str(workspace.root / "reused.csv"))
+    refitted = workspace.run("score", "--as-of", next_day, "--retrain", "--out", str(workspace.root / "refitted.csv"))
+    a_week_later = workspace.run("score", "--as-of", a_week_after)  # the --retrain run saved its model
+
+    assert first.exit_code == 0 and a_day_later.exit_code == 0, first.stderr + a_day_later.stderr
+    assert "fitted a new model (no saved model yet), in" in first.stdout
+    assert "reused the model fitted 1 day before (refitted every 7 days), in" in a_day_later.stdout
+    # Reused means scored by the model fitted the day before; --retrain fits anew, on one more day of history.
+    assert "fitted a new model (--retrain)" in refitted.stdout
+    assert scores_by_customer(workspace.root / "reused.csv") != scores_by_customer(workspace.root / "refitted.csv")
+    assert "fitted a new model (the saved model is 7 days old (scoring.retrain_days = 7))" in a_week_later.stdout
+    assert json.loads((models / "churn-model.json").read_text())["as_of"] == f"{AS_OF + timedelta(days=9)}T00:00:00+00:00"  # end of day
+    assert saved != (models / "churn-model.joblib").read_bytes()
+
+
+def test_the_reused_model_scores_a_day_later_as_the_saved_file_does(workspace: Workspace) -> None:
+    import joblib
+    import pandas as pd
+
+    write_orders(workspace.root / "orders.csv")
+    workspace.run("import", str(workspace.root / "orders.csv"), "--kind", "orders")
+    workspace.run("score", "--as-of", AS_OF.isoformat())
+    saved = joblib.load(workspace.root / ".retention" / "models" / "churn-model.joblib")
+
+    workspace.run("score", "--as-of", (AS_OF + timedelta(days=1)).isoformat(), "--out", str(workspace.root / "next_day.csv"))
+
+    with (workspace.root / "orders.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    orders = pd.DataFrame({"customer": [row["Email"] for row in rows], "at": pd.to_datetime([row["Created at"] for row in rows], utc=True),
+                           "amount": [float(row["Total"]) for row in rows]})
+    expected = saved.predict_proba(orders, pd.Timestamp(AS_OF + timedelta(days=2), tz="UTC")).round(4)
+    assert {customer: float(p) for customer, p in scores_by_customer(workspace.root / "next_day.csv").items()} == expected.to_dict()
+
+
+def test_a_damaged_or_mismatched_saved_model_is_refitted_with_one_log_line(workspace: Workspace) -> None:
+    write_orders(workspace.root / "orders.csv")
+    workspace.run("import", str(workspace.root / "orders.csv"), "--kind", "orders")
+    models = workspace.root / ".retention" / "models"
+    workspace.run("score", "--as-of", AS_OF.isoformat())
+
+    (models / "churn-model.joblib").write_bytes(b"not a model")
+    damaged = workspace.run("score", "--as-of", AS_OF.isoformat())
+    other_seed = workspace.run("score", "--as-of", AS_OF.isoformat(), env={"RETENTION_SCORING__RANDOM_SEED": "8"})
+    (models / "churn-model.json").write_text("{")
+    unreadable = workspace.run("score", "--as-of", AS_OF.isoformat())
+    earlier = workspace.run("score", "--as-of", (AS_OF - timedelta(days=1)).isoformat())
+
+    assert damaged.exit_code == 0 and "Traceback" not in damaged.stderr
+    assert "churn-model.joblib could not be loaded (" in damaged.stdout and "fitted a new model" in damaged.stdout
+    assert "fitted a new model (the saved model was fitted with another scoring.random_seed)" in other_seed.stdout
+    assert unreadable.exit_code == 0 and "churn-model.json is unreadable" in unreadable.stdout
+    # A model fitted on later data would bring the future into an earlier score.
+    assert "fitted a new model (the saved model was fitted as of a later date than the one scored)" in earlier.stdout
+
+
+def test_a_store_without_orders_is_scored_from_email_engagement_and_survey_answers_and_says_so(workspace: Workspace) -> None:
+    from datetime import datetime, timezone
+
+    from connectors.records import EmailAddress, EmailEvent
+    from sync.store import RunCounts
+
+    rng = random.Random(3)
+    events = []
+    for person in range(60):
+        address, last_week = EmailAddress.parse(f"reader{person}@example.com"), rng.randrange(10, 78)
+        for week in range(0, last_week, rng.choice((1, 2, 4))):
+            at = datetime(2023, 1, 2, 9, tzinfo=timezone.utc) + timedelta(weeks=week, hours=rng.randrange(48))
+            events.append(EmailEvent(source="mail", source_id=f"{person}-{week}", email=address, event="open", occurred_at=at))
+    events.append(EmailEvent(source="mail", source_id="u", email=EmailAddress.parse("reader5@example.com"), event="unsubscribe",
+                             occurred_at=datetime(2024, 5, 3, 12, tzinfo=timezone.utc)))
+    store = workspace.open_store()
+    try:
+        with store.transaction() as conn:
+            run_id = store.begin_run(conn, "test", "email events", datetime.now(timezone.utc))
+            store.upsert_records(conn, events, RunCounts())
+            store.finish_run(conn, run_id, "succeeded", RunCounts())
+    finally:
+        store.close()
+    write_survey(workspace.root / "survey.csv")
+    workspace.run("import", str(workspace.root / "survey.csv"), "--kind", "responses", "--form", "nps")
+
+    result = workspace.run("score", "--as-of", AS_OF.isoformat(), "--out", str(workspace.root / "scores.csv"))
+
+    assert result.exit_code == 0, result.stderr
+    assert "(churn = no email open, click or survey answer in the next" in result.stdout
+    assert "from email and survey engagement alone (no orders yet)" in result.stdout
+    rows = {row["customer"]: row for row in read_scores(workspace.root / "scores.csv")}
+    assert len(rows) == 60 + 41  # every reader, and the survey's 41 respondents
+    assert all("scored from email and survey engagement alone" in row["reasons"] for row in rows.values() if row["risk_band"] != "new")
+    assert "unsubscribed from emails on 3 May 2024" in rows["reader5@example.com"]["reasons"]
+    assert {row["orders"] for row in rows.values()} == {"0"} and all(row["segment"] == "" for row in rows.values())

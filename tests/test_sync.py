@@ -81,6 +81,7 @@ def test_an_unchanged_rerun_sends_no_writes_and_later_runs_do_not_echo_our_own(s
         clear_journals(shop)
         report, _ = sync_once(shop)
         assert not report.errors
+        assert "reused the model fitted the same day" in report.scoring  # not refitted: no risk moves by chance
         assert all(t.sent == 0 for t in report.targets), [(t.name, t.sent) for t in report.targets]
         assert mutating_requests(shop) == []
 
