@@ -49,8 +49,8 @@ def print_report(report: SyncReport) -> None:
         elif source.counts is not None:
             kinds = "; ".join(f"{kind} {c.read:,} read, {c.written:,} new or changed, {c.quarantined:,} quarantined"
                               for kind, c in sorted(source.counts.by_kind.items()) if c.read or c.written)
-            out.print(f"read  {source.name}: {kinds or 'nothing new'}")
-    out.print(f"score {report.scoring}")
+            out.print(f"read  {source.name}: {kinds or 'nothing new'} ({source.seconds:.1f} s)")
+    out.print(f"score {report.scoring} ({report.scoring_seconds:.1f} s)")
     if report.linking:
         out.print(f"link  {report.linking}")
     for target in report.targets:
@@ -69,7 +69,7 @@ def print_report(report: SyncReport) -> None:
                 f"{target.held_back:,} held back, {target.rejected:,} refused (see `retention quarantine`)")
         if target.reconciled:
             line += f"; {target.reconciled:,} writes of an interrupted run found applied"
-        out.print(line)
+        out.print(f"{line} ({target.seconds:.1f} s)")
     seconds = (report.finished_at - report.started_at).total_seconds() if report.finished_at else 0.0
     state = "with errors" if report.errors else "ok"
     out.print(f"Sync {'planned' if report.dry_run else 'finished'} {state} in {seconds:.1f} s.")

@@ -16,6 +16,7 @@ import logging
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -54,6 +55,7 @@ class SourceOutcome:
     name: str
     counts: RunCounts | None = None
     error: RetentionError | None = None
+    seconds: float = 0.0
 
 
 @dataclass
@@ -68,6 +70,7 @@ class TargetOutcome:
     calls: int | None = None  # write requests, where the destination counts them
     sample: list[Change] = field(default_factory=list)
     error: RetentionError | None = None
+    seconds: float = 0.0
 
 
 @dataclass
@@ -78,6 +81,7 @@ class SyncReport:
     sources: list[SourceOutcome] = field(default_factory=list)
     targets: list[TargetOutcome] = field(default_factory=list)
     scoring: str = ""  # one line saying what scoring did
+    scoring_seconds: float = 0.0
     linking: str = ""  # one line saying what keeping contact fields the same across tools found
     scored: int = 0
     riskiest: pd.DataFrame | None = None  # the customers most at risk, with reasons and value
@@ -140,15 +144,18 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
         if connection.source is None or not read:
             continue
         say(f"reading {connection.name}")
-        outcome = SourceOutcome(connection.name)
+        outcome, started = SourceOutcome(connection.name), time.monotonic()
         try:
             outcome.counts = run_source_once(store, connection.source, "sync", f"read {connection.name}", full=full).counts
         except RetentionError as exc:  # this tool failed as a whole; the others go on, its cursor stays where it was
             outcome.error = exc
             failed_tools.add(connection.name)
+        outcome.seconds = time.monotonic() - started
         report.sources.append(outcome)
     say("scoring")
+    started = time.monotonic()
     scores, last_nps = score_store(settings, store, report, keep=not dry_run)
+    report.scoring_seconds = time.monotonic() - started
     writing = [c for c in connections if c.name not in failed_tools and c.targets]
     # A failed tool is not written: what we know of it is stale, and its credential or service just failed.
     contacts = {c.name: [from_payload("contact", payload) for _, payload in store.stored_records("contact", c.source.name)]
@@ -161,7 +168,9 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
         view = ScoreView(scores, contacts.get(connection.name, []), last_nps, linked.values, linked.opted_out)
         for target in connection.targets:
             say(f"writing {target.destination.name}")
+            started = time.monotonic()
             report.targets.append(_write_target(store, target, view, dry_run, written))
+            report.targets[-1].seconds = time.monotonic() - started
     if written:
         # The tool that lost now holds the winner's value: from here on, that is the value both had agreed on.
         remember_agreed(store, Linked(agreed=written), agreed_values(store))
@@ -265,6 +274,11 @@ def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: b
     """Score every customer with a completed order (or, with no orders at all, everyone who engaged), reusing the
     saved model while it is young; keep the Score records (and a newly fitted model) when ``keep``."""
     as_of = score_as_of(settings)
+    fingerprint = _scoring_inputs(settings, store, as_of)
+    if store.cursor(*SCORED_INPUTS_CURSOR) == fingerprint:
+        kept = _kept_scores(store, as_of)
+        if kept:
+            return _scores_stand(kept, responses_frame(store), as_of, report)
     orders, completed = orders_frame(from_payload("order", payload) for _, payload in store.stored_records("order"))
     currencies = {order.currency for order in completed}
     responses = responses_frame(store)
@@ -281,6 +295,8 @@ def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: b
     records = [_with_sentiment(score, latest) for score in as_score_records(table, as_of, currency, MODEL_VERSION)]
     if keep:
         keep_scores(store, records, "sync", f"score {len(records):,} customers")
+        with store.transaction() as conn:
+            store.save_cursor(conn, *SCORED_INPUTS_CURSOR, fingerprint)
     bands = table["risk_band"].value_counts()
     report.scored = len(table)
     report.scoring = (f"{len(table):,} customers scored (churn = {model.label_} in the next {model.horizon_days_} days; "
@@ -290,6 +306,42 @@ def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: b
     report.riskiest = ranked.sort_values(["churn_probability", "_value"], ascending=False, kind="stable").drop(columns="_value").head(10)
     last_nps = {customer: int(row["nps"]) for customer, row in latest.iterrows() if not pd.isna(row["nps"])}
     return records, last_nps
+
+
+# What the kept scores were computed from: orders, email events and survey answers, the day, the settings and the
+# model version. Unchanged, a rerun of the same day would compute the very same scores, so it reuses them instead.
+SCORED_INPUTS_CURSOR = ("scoring", "inputs")
+SCORING_INPUTS = ("order", "email_event", "survey_response")
+
+
+def _scoring_inputs(settings: Settings, store: Store, as_of: pd.Timestamp) -> str:
+    return "|".join([as_of.isoformat(), MODEL_VERSION, settings.scoring.model_dump_json(), settings.currency,
+                     store.kinds_fingerprint(SCORING_INPUTS)])
+
+
+def _kept_scores(store: Store, as_of: pd.Timestamp) -> list[Score]:
+    kept = (from_payload("score", payload) for _, payload in store.stored_records("score", "scoring"))
+    return [score for score in kept if pd.Timestamp(score.scored_at) == as_of]
+
+
+def _scores_stand(kept: list[Score], responses: pd.DataFrame | None, as_of: pd.Timestamp,
+                  report: SyncReport) -> tuple[list[Score], dict[str, int]]:
+    """The summary, the riskiest customers and the last NPS, from the scores kept by an earlier run of the day."""
+    table = pd.DataFrame({
+        "churn_probability": [s.churn_probability for s in kept],
+        "risk_band": [s.risk_band.value for s in kept],
+        "segment": [s.segment for s in kept],
+        "clv_12_months": [np.nan if s.clv is None else float(s.clv) for s in kept],
+        "reasons": ["; ".join(s.top_reasons) for s in kept],
+    }, index=pd.Index([s.source_id for s in kept], name="customer"))
+    bands = table["risk_band"].value_counts()
+    report.scored = len(table)
+    report.scoring = (f"{len(table):,} customers: nothing they are scored on changed since the last run today, so "
+                      f"their scores stand: " + ", ".join(f"{bands.get(b, 0):,} {b}" for b in ("high", "medium", "low", "new")))
+    ranked = table[table["risk_band"] != "new"].assign(_value=table["clv_12_months"].fillna(0.0))
+    report.riskiest = ranked.sort_values(["churn_probability", "_value"], ascending=False, kind="stable").drop(columns="_value").head(10)
+    latest = _latest_answers(responses, as_of)
+    return kept, {customer: int(row["nps"]) for customer, row in latest.iterrows() if not pd.isna(row["nps"])}
 
 
 def keep_scores(store: Store, records: Sequence[Score], command: str, detail: str) -> tuple[int, RunCounts]:

@@ -369,6 +369,17 @@ class Store:
                 select(cursors.c.value).where(cursors.c.source == source, cursors.c.stream == stream)
             ).scalar()
 
+    def kinds_fingerprint(self, kinds: Sequence[str]) -> str:
+        """A digest that moves whenever a record of ``kinds`` is added, changed, deleted or erased: one aggregate
+        query, so a run can tell cheaply whether anything it derives from them can have changed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(records.c.kind, func.count(), func.max(records.c.id), func.max(records.c.changed_at),
+                       func.max(records.c.deleted_at), func.count(records.c.deleted_at))
+                .where(records.c.kind.in_(list(kinds))).group_by(records.c.kind).order_by(records.c.kind)
+            ).all()
+        return hashlib.sha256(repr([tuple(str(value) for value in row) for row in rows]).encode()).hexdigest()
+
     def save_cursor(self, conn: Connection, source: str, stream: str, value: str) -> None:
         updated = conn.execute(
             update(cursors).where(cursors.c.source == source, cursors.c.stream == stream).values(value=value, updated_at=_now())

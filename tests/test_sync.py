@@ -81,9 +81,30 @@ def test_an_unchanged_rerun_sends_no_writes_and_later_runs_do_not_echo_our_own(s
         clear_journals(shop)
         report, _ = sync_once(shop)
         assert not report.errors
-        assert "reused the model fitted the same day" in report.scoring  # not refitted: no risk moves by chance
+        # Nothing scores are made from changed: the day's scores stand, without scoring everyone again.
+        assert "scores stand" in report.scoring and report.scored == CUSTOMERS
         assert all(t.sent == 0 for t in report.targets), [(t.name, t.sent) for t in report.targets]
         assert mutating_requests(shop) == []
+
+
+def test_a_new_order_the_same_day_rescores_with_the_same_model_and_writes_only_what_moved(shop):
+    first, _ = sync_once(shop)
+    hubspot = shop.sandboxes["hubspot"]
+    contact_id = next(iter(hubspot.objects["contacts"]))
+    before = dict(hubspot.objects["contacts"][contact_id]["properties"])
+    deal_id = hubspot.create("deals", {"dealname": "Order 99999", "amount": "4200", "pipeline": "default",
+                                       "dealstage": "closedwon", "deal_currency_code": "EUR",
+                                       "closedate": before["lastmodifieddate"]})
+    hubspot.associations.setdefault(deal_id, set()).add(contact_id)
+    clear_journals(shop)
+
+    report, _ = sync_once(shop)
+
+    assert "scores stand" not in report.scoring and report.scored == CUSTOMERS
+    assert "reused the model fitted the same day" in report.scoring  # not refitted: no risk moves by chance
+    assert hubspot.objects["contacts"][contact_id]["properties"]["retention_clv"] != before["retention_clv"]
+    sent = {t.name: t.sent for t in report.targets}
+    assert 0 < sent["hubspot"] < next(t.sent for t in first.targets if t.name == "hubspot") / 5  # what moved, not all
 
 
 def test_no_request_ever_carries_a_mailchimp_status_and_no_subscription_changes(shop):
