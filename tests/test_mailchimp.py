@@ -129,7 +129,7 @@ def test_second_read_asks_only_for_members_changed_since_the_cursor_minus_lookba
 def test_scores_reach_every_reachable_member_and_never_touch_consent_or_shop_tags(sandbox, store):
     before_status, before_tags = statuses(sandbox), shop_tags(sandbox)
     destination = MailchimpDestination(make_client(sandbox), LIST_ID)
-    # Tags for all 10k (merge fields cost one PATCH per member, so they have their own, smaller test below).
+    # Tags for all 10k (merge fields go through batch operations: their own tests, in test_mailchimp_batches.py).
     result = push_changes(
         store,
         destination,
@@ -274,7 +274,7 @@ def test_without_add_new_contacts_strangers_are_refused_without_a_request(sandbo
 
 def test_concurrency_never_exceeds_max_connections(sandbox, store):
     sandbox.max_concurrent = 3  # a stricter account: any 4th connection would be refused with 429
-    sandbox.faults.add(Fault(kind="stall", stall_s=0.02, times=None, match="PATCH "))  # so requests overlap
+    sandbox.faults.add(Fault(kind="stall", stall_s=0.02, times=None, match="POST "))  # so requests overlap
     client = make_client(sandbox, max_connections=3)
     push_changes(
         store,
@@ -288,12 +288,13 @@ def test_concurrency_never_exceeds_max_connections(sandbox, store):
 def test_rate_limits_and_server_errors_are_retried_until_everything_is_written(sandbox, store):
     sandbox.faults.random(0.2, status=429)
     sandbox.faults.add(Fault(status=503, times=4, match="POST /3.0/lists/.*/segments/"))
-    sandbox.faults.add(Fault(kind="drop", times=1, match="PATCH "))
+    sandbox.faults.add(Fault(kind="drop", times=1, match="POST /3.0/batches"))
     desired = desired_from_scores(scores_for(all_emails(1_500)), include_merge_fields=False)
-    desired.update(desired_from_scores(scores_for(all_emails(1_000)[900:])))  # and some merge-field PATCHes
+    desired.update(desired_from_scores(scores_for(all_emails(1_000)[900:])))  # and a batch of merge fields
     result = push_changes(store, MailchimpDestination(make_client(sandbox), LIST_ID), desired)
     assert result.rejected and all("archived" in r.reason for r in result.rejected)  # nothing refused but those
     assert [e for e in sandbox.journal if e.status == 429] and [e for e in sandbox.journal if e.status == 503]
+    assert [e for e in sandbox.journal if e.fault == "drop"]
     assert all(
         "rs:churn-high" in sandbox.member_tags(LIST_ID, subscriber_hash(e))
         for e in all_emails(1_500)

@@ -3,7 +3,9 @@ and the mapping turns its recorded payloads into records."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 
 import mailchimp_marketing
 import pytest
@@ -142,6 +144,70 @@ def test_merge_fields_follow_mailchimps_tag_and_type_rules(box, sdk):
         ]
         == 400
     )
+
+
+def test_a_batch_runs_each_operation_as_the_single_call_would_and_journals_it(box, sdk):
+    unsubscribed, subscribed = first_with("unsubscribed"), first_with("subscribed")
+    operations = [
+        {  # the compliance wall holds inside a batch too
+            "method": "PATCH",
+            "path": f"/lists/{LIST_ID}/members/{subscriber_hash(unsubscribed)}",
+            "operation_id": "wall",
+            "body": json.dumps({"status": "subscribed"}),
+        },
+        {
+            "method": "PATCH",
+            "path": f"/lists/{LIST_ID}/members/{subscriber_hash(subscribed)}",
+            "operation_id": "fine",
+            "body": json.dumps({"merge_fields": {"FNAME": "Batched"}}),
+        },
+        {"method": "GET", "path": f"/lists/{LIST_ID}/members", "operation_id": "page", "params": {"count": 2}},
+    ]
+    started = sdk.batches.start({"operations": operations})
+    assert (started["status"], started["total_operations"], started["response_body_url"]) == ("pending", 3, "")
+    assert sdk.batches.status(started["id"])["status"] == "pending"  # the first poll
+    finished = sdk.batches.status(started["id"])
+    assert (finished["status"], finished["finished_operations"], finished["errored_operations"]) == ("finished", 3, 1)
+    assert finished["completed_at"] >= finished["submitted_at"]
+    download = requests.get(finished["response_body_url"], timeout=5)  # no credentials, as Mailchimp's link
+    assert download.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(download.content), mode="r:gz") as archive:
+        results = {
+            r["operation_id"]: r
+            for entry in archive
+            if entry.isfile()
+            for r in json.load(archive.extractfile(entry))
+        }
+    assert results["wall"]["status_code"] == 400
+    assert json.loads(results["wall"]["response"])["title"] == "Member In Compliance State"
+    assert results["fine"]["status_code"] == 200 and json.loads(results["page"]["response"])["total_items"] == 1_000
+    assert box.lists[LIST_ID]["members"][subscriber_hash(unsubscribed)]["status"] == "unsubscribed"
+    assert box.lists[LIST_ID]["members"][subscriber_hash(subscribed)]["merge_fields"]["FNAME"] == "Batched"
+    inner = [e for e in box.journal if e.fault == "batch-operation"][-3:]
+    assert [(e.method, e.status) for e in inner] == [("PATCH", 400), ("PATCH", 200), ("GET", 200)]
+    assert inner[0].body == {"status": "subscribed"} and inner[2].query == {"count": ["2"]}
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "operations"),  # no operations at all
+        ({"operations": []}, "operations"),  # an empty list
+        ({"operations": [{"method": "PATCH", "path": "/lists", "body": {"a": 1}}]}, "operations[0].body"),  # not a string
+        ({"operations": [{"method": "TRACE", "path": "/lists"}]}, "operations[0].method"),  # not a method
+        ({"operations": [{"method": "GET", "path": "lists"}]}, "operations[0].path"),  # not a path
+    ],
+)
+def test_a_bad_batch_is_a_problem_document_naming_the_field(box, body, field):
+    response = requests.post(f"{box.url}/3.0/batches", json=body, auth=("any", KEY), timeout=5)
+    assert response.status_code == 400 and response.headers["Content-Type"].startswith("application/problem+json")
+    assert field in [e["field"] for e in response.json()["errors"]]
+
+
+def test_an_unknown_batch_or_results_link_is_not_found(box, sdk):
+    assert refusal(lambda: sdk.batches.status("nosuchbatch"))["status"] == 404
+    assert requests.get(f"{box.url}/batch-results/0123abcd.tar.gz", timeout=5).status_code == 404
+    assert requests.get(f"{box.url}/3.0/batches/x", timeout=5).status_code == 401  # the API itself still needs a key
 
 
 def test_member_pages_cap_count_at_1000_and_honour_status_and_fields(box, sdk):

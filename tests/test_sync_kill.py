@@ -13,6 +13,7 @@ contacts, 50 kills, about half an hour on two cores).
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import random
@@ -68,8 +69,13 @@ def writes(shop: DemoShop, since: dict[str, int]) -> list[frozenset]:
     for entry in shop.sandboxes["hubspot"].journal.entries("POST", r"/batch/update$")[since["hubspot_update"]:]:
         found.append(frozenset((i["id"], k, v) for i in entry.body["inputs"] for k, v in i["properties"].items()))
     for entry in shop.sandboxes["mailchimp"].journal.entries()[since["mailchimp"]:]:
+        if entry.fault == "batch-operation":
+            continue  # counted with the POST /batches that carried it: one request
         if entry.method == "PATCH" and isinstance(entry.body, dict):
             found.append(frozenset((entry.path, k, str(v)) for k, v in entry.body.get("merge_fields", {}).items()))
+        elif entry.method == "POST" and entry.path.endswith("/batches") and isinstance(entry.body, dict):
+            found.append(frozenset((f"/3.0{op['path']}", k, str(v)) for op in entry.body.get("operations", [])
+                                   for k, v in json.loads(op.get("body") or "{}").get("merge_fields", {}).items()))
         elif entry.method == "POST" and "/segments/" in entry.path and isinstance(entry.body, dict):
             found.append(frozenset([(entry.path, "+", e) for e in entry.body.get("members_to_add", [])]
                                    + [(entry.path, "-", e) for e in entry.body.get("members_to_remove", [])]))

@@ -8,11 +8,15 @@ there. Its errors carry the status code and the body text only (no headers), whi
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import logging
+import tarfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import mailchimp_marketing
@@ -43,6 +47,10 @@ log = logging.getLogger(__name__)
 SOURCE = "mailchimp"
 METADATA_URL = "https://login.mailchimp.com/oauth2/metadata"
 PAGE_SIZE = 1_000  # Mailchimp: count is capped at 1000
+BATCH_POLL_FIRST_S = 0.5  # the first look at a submitted batch; then doubling, up to the cap
+BATCH_POLL_MAX_S = 30.0
+BATCH_WAIT_S = 1_800.0  # a batch not finished by then is an error (Mailchimp runs an account's batches one by one)
+BATCHES_IN_FLIGHT = 50  # submitted before waiting; Mailchimp allows 500 pending per account, shared with other apps
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -60,6 +68,7 @@ class MailchimpClient:
         metadata_url: str = METADATA_URL,
         clock: ClockLike | None = None,
         policy: RetryPolicy | None = None,
+        batch_wait_s: float = BATCH_WAIT_S,
     ) -> None:
         if not api_key and not oauth_token:
             raise ConfigError(
@@ -70,6 +79,7 @@ class MailchimpClient:
         self.clock = clock or SystemClock()
         self.policy = policy or RetryPolicy()
         self.budget = RetryBudget(self.policy.budget)
+        self.batch_wait_s = batch_wait_s
         self._slots = threading.BoundedSemaphore(settings.max_connections)
         self._pool = ThreadPoolExecutor(max_workers=settings.max_connections, thread_name_prefix="mailchimp")
         self.sdk = mailchimp_marketing.Client()
@@ -195,6 +205,124 @@ class MailchimpClient:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
+    # --- batch operations ---------------------------------------------------------------------------------------
+
+    def run_batches(self, batches: Iterable[Sequence[dict[str, Any]]]) -> dict[str, OperationResult]:
+        """Each list of operations as one ``POST /batches``; waits for them and returns every outcome by operation_id.
+
+        Batches go out ``BATCHES_IN_FLIGHT`` at a time, so only that many operation lists are held at once.
+        """
+        outcomes: dict[str, OperationResult] = {}
+        batches = iter(batches)
+        while wave := list(itertools.islice(batches, BATCHES_IN_FLIGHT)):
+            submitted = list(self.map(self._start_batch, wave))
+            for found in self.map(self._read_batch_results, self._wait_for_batches(submitted)):
+                outcomes.update(found)
+        return outcomes
+
+    def _start_batch(self, operations: Sequence[dict[str, Any]]) -> str:
+        started = self.call(
+            f"starting a batch of {len(operations)} operations", self.sdk.batches.start, {"operations": list(operations)}
+        )
+        return str(started["id"])
+
+    def _wait_for_batches(self, batch_ids: list[str]) -> list[dict[str, Any]]:
+        """Poll with capped doubling delays until every batch is finished; an error naming a batch past the bound."""
+        deadline = self.clock.monotonic() + self.batch_wait_s
+        delay, waiting, finished = BATCH_POLL_FIRST_S, list(batch_ids), []
+        while waiting:
+            if self.clock.monotonic() + delay > deadline:
+                more = f" and {len(waiting) - 1} more" if len(waiting) > 1 else ""
+                raise SourceError(
+                    f"mailchimp: batch {waiting[0]}{more} did not finish within {self.batch_wait_s:g} s; its writes may "
+                    "still land, and the next run reads the members back before sending them again",
+                    source=SOURCE,
+                    retryable=True,
+                )
+            self.clock.sleep(delay)
+            delay = min(delay * 2, BATCH_POLL_MAX_S)
+            polled = list(
+                self.map(lambda batch_id: self.call(f"checking batch {batch_id}", self.sdk.batches.status, batch_id), waiting)
+            )
+            finished += [batch for batch in polled if batch.get("status") == "finished"]
+            waiting = [str(batch["id"]) for batch in polled if batch.get("status") != "finished"]
+        return finished
+
+    def _read_batch_results(self, batch: dict[str, Any]) -> dict[str, OperationResult]:
+        batch_id, url = batch["id"], batch.get("response_body_url")
+        if not url:
+            raise SourceError(f"mailchimp: batch {batch_id} finished without a results link", source=SOURCE, retryable=True)
+
+        def download() -> bytes:
+            # A pre-signed storage link, not the API: no credential goes with it, and it never enters a message.
+            response = requests.get(url, timeout=self.settings.timeout_s)
+            response.raise_for_status()
+            return response.content
+
+        what = f"downloading the results of batch {batch_id}"
+        try:
+            archive = call_with_retries(
+                download, classify_download, source=SOURCE, what=what, policy=self.policy, budget=self.budget, clock=self.clock
+            )
+        except requests.RequestException as exc:
+            status = exc.response.status_code if exc.response is not None else type(exc).__name__
+            raise SourceError(f"mailchimp: failed {what} ({status})", source=SOURCE, retryable=True) from None
+        return read_results_archive(archive, batch_id)
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    """What one operation of a batch got: its HTTP status and, when refused, the problem document."""
+
+    status_code: int
+    problem: dict[str, Any] | None = None
+
+    @property
+    def is_ok(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def is_transient(self) -> bool:
+        return self.status_code == 429 or self.status_code >= 500 or self.status_code == 0
+
+
+def read_results_archive(archive: bytes, batch_id: str) -> dict[str, OperationResult]:
+    """A batch's .tar.gz of JSON files, each a list of {status_code, operation_id, response}, by operation_id."""
+    found: dict[str, OperationResult] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as files:
+            for entry in files:
+                extracted = files.extractfile(entry) if entry.isfile() and entry.name.endswith(".json") else None
+                for item in json.load(extracted) if extracted is not None else []:
+                    status = int(item.get("status_code") or 0)
+                    refusal_body = None if 200 <= status < 300 else _json_object(item.get("response"))
+                    found[str(item.get("operation_id"))] = OperationResult(status, refusal_body)
+    except (tarfile.TarError, OSError, ValueError, TypeError, AttributeError) as exc:
+        raise SourceError(
+            f"mailchimp: the results of batch {batch_id} are not a readable archive ({type(exc).__name__})",
+            source=SOURCE,
+            retryable=True,
+        ) from None
+    return found
+
+
+def _json_object(text: Any) -> dict[str, Any]:
+    try:
+        body = json.loads(text) if isinstance(text, str) else text
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def classify_download(exc: Exception) -> Transient | None:
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return Transient(f"network: {type(exc).__name__}")
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        if status == 429 or status >= 500:
+            return Transient(f"{status} from the results storage")
+    return None
+
 
 def problem(exc: ApiClientError) -> dict[str, Any]:
     """The problem+json body of a refusal, or {} when the body is not JSON (a gateway page, a dropped socket)."""
@@ -229,8 +357,15 @@ COMPLIANCE_TITLES = frozenset({"Member In Compliance State", "Forgotten Email No
 
 
 def refusal(exc: ApiClientError, what: str, member: str | None) -> SourceError:
-    body = problem(exc)
-    status = exc.status_code
+    return refusal_from(exc.status_code, problem(exc), what, member)
+
+
+def operation_refusal(result: OperationResult, what: str, member: str) -> SourceError:
+    """The same one line and type for an operation a batch refused as for the single call."""
+    return refusal_from(result.status_code, result.problem or {}, what, member)
+
+
+def refusal_from(status: int | None, body: dict[str, Any], what: str, member: str | None) -> SourceError:
     title = body.get("title") or f"HTTP {status}"
     detail = str(body.get("detail") or "").strip()
     fields = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in body.get("errors") or [] if isinstance(e, dict))

@@ -1,7 +1,8 @@
 """MailchimpDestination: the tool's tags and merge fields on the members of one allow-listed audience.
 
 Consent is sacred: no request sent for an existing member carries ``status`` (tags go through static segment
-batches, merge fields through PATCH with ``merge_fields`` only), archived members are left alone, and a new
+batches, merge fields through PATCH operations with ``merge_fields`` only, in batch operations from
+``BATCH_FROM_MEMBERS`` members on), archived members are left alone, and a new
 member is only added when ``add_new_contacts`` is on, with ``status_if_new`` (PUT), which Mailchimp ignores
 for anyone already on the audience. Forgotten addresses are refused by Mailchimp; the refusal is a failed
 receipt, which the engine remembers and does not retry until the input changes.
@@ -10,15 +11,19 @@ receipt, which the engine remembers and does not retry until the input changes.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
+from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.base import Change, ConfigError, PermanentlyRejected, Receipt, RecordRejected
-from connectors.mailchimp.client import PAGE_SIZE, MailchimpClient
+from connectors.mailchimp.client import PAGE_SIZE, MailchimpClient, OperationResult, operation_refusal
 from connectors.mailchimp.mapping import TAG_FAMILIES, WRITABLE_MERGE_FIELDS, subscriber_hash
 
+# Below this many members merge fields go as single PATCHes: waiting for a batch costs seconds, a few PATCHes less.
+BATCH_FROM_MEMBERS = 20
 NOT_WRITABLE = {"archived": "is archived in Mailchimp; the tool never restores archived members"}
 
 
@@ -319,26 +324,75 @@ class MailchimpDestination:
         if not todo:
             return []
         self._ensure_merge_fields()
+        if len(todo) < BATCH_FROM_MEMBERS:
+            return [r for batch in self.client.map(self._patch_merge_fields, todo.items()) for r in batch]
+        return self._batch_merge_fields(todo)
 
-        def patch(item: tuple[str, list[Change]]) -> list[Receipt]:
-            email, wanted = item
-            # merge_fields only: a PATCH without status cannot change anyone's subscription.
-            body = {"merge_fields": {c.field_name: _merge_value(c) for c in wanted}}
-            try:
-                self._count_write()
-                self.client.call(
-                    "writing merge fields",
-                    self.client.sdk.lists.update_list_member,
-                    self.list_id,
-                    subscriber_hash(email),
-                    body,
-                    member=email,
-                )
-            except RecordRejected as exc:
-                return [Receipt(c, False, str(exc), permanent=isinstance(exc, PermanentlyRejected)) for c in wanted]
-            return [Receipt(c, True) for c in wanted]
+    def _patch_merge_fields(self, item: tuple[str, list[Change]]) -> list[Receipt]:
+        email, wanted = item
+        try:
+            self._count_write()
+            self.client.call(
+                "writing merge fields",
+                self.client.sdk.lists.update_list_member,
+                self.list_id,
+                subscriber_hash(email),
+                _merge_body(wanted),
+                member=email,
+            )
+        except RecordRejected as exc:
+            return [Receipt(c, False, str(exc), permanent=isinstance(exc, PermanentlyRejected)) for c in wanted]
+        return [Receipt(c, True) for c in wanted]
 
-        return [r for batch in self.client.map(patch, todo.items()) for r in batch]
+    def _batch_merge_fields(self, todo: dict[str, list[Change]]) -> list[Receipt]:
+        """PATCH operations in batches of ``batch_size``; an operation that failed on Mailchimp's side (5xx, 429,
+        no result) goes once more in a later batch, then is refused with the reason."""
+        receipts: list[Receipt] = []
+        pending = todo
+        failures: dict[str, OperationResult | None] = {}
+        for _ in range(2):
+            by_hash = {subscriber_hash(email): email for email in pending}
+            outcomes = self.client.run_batches(self._operation_batches(by_hash, pending))
+            retry: dict[str, list[Change]] = {}
+            for member_hash, email in by_hash.items():
+                outcome, wanted = outcomes.get(member_hash), pending[email]
+                if outcome is not None and outcome.is_ok:
+                    receipts.extend(Receipt(c, True) for c in wanted)
+                elif outcome is not None and not outcome.is_transient:
+                    refused = operation_refusal(outcome, "writing merge fields", email)
+                    permanent = isinstance(refused, PermanentlyRejected)
+                    receipts.extend(Receipt(c, False, str(refused), permanent=permanent) for c in wanted)
+                else:
+                    retry[email], failures[email] = wanted, outcome
+            pending = retry
+            if not pending:
+                break
+        for email, wanted in pending.items():
+            outcome = failures[email]
+            reason = (
+                f"{operation_refusal(outcome, 'writing merge fields', email)} (in two batches)"
+                if outcome is not None
+                else f"mailchimp gave no result for writing merge fields for member {email} in two batches"
+            )
+            receipts.extend(Receipt(c, False, reason) for c in wanted)
+        return receipts
+
+    def _operation_batches(
+        self, by_hash: dict[str, str], wanted: dict[str, list[Change]]
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Lists of at most ``batch_size`` PATCH operations, made as the client asks for them; each counts one write."""
+        hashes = list(by_hash)
+        for start in range(0, len(hashes), self.settings.batch_size):
+            self._count_write()
+            yield [
+                {
+                    "method": "PATCH",
+                    "path": f"/lists/{self.list_id}/members/{member_hash}",
+                    "operation_id": member_hash,
+                    "body": json.dumps(_merge_body(wanted[by_hash[member_hash]])),
+                }
+                for member_hash in hashes[start : start + self.settings.batch_size]
+            ]
 
     def _count_write(self) -> None:
         with self._count_lock:
@@ -352,6 +406,11 @@ def _number(value: str) -> str:
     except ValueError:
         raise ConfigError(f"mailchimp: {value!r} is not a number for a number merge field") from None
     return str(int(number)) if number.is_integer() else str(round(number, 2))
+
+
+def _merge_body(wanted: list[Change]) -> dict[str, Any]:
+    # merge_fields only: a PATCH without status cannot change anyone's subscription.
+    return {"merge_fields": {c.field_name: _merge_value(c) for c in wanted}}
 
 
 def _merge_value(change: Change) -> Any:

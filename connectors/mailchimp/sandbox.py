@@ -3,7 +3,8 @@
 Faithful to ../shared/specs/mailchimp (OpenAPI 3.0.55) and the rules in specs/README.md: Basic auth with the
 key (or a Bearer OAuth token), subscriber hash = MD5 of the lower-cased email, problem+json errors, the
 compliance walls (unsubscribed/cleaned cannot be re-subscribed, forgotten addresses cannot be re-imported),
-tags as static segments, the 500-email segment batch, merge-field validation and 10 concurrent connections.
+tags as static segments, the 500-email segment batch, merge-field validation, batch operations (asynchronous,
+results as a gzipped tar) and 10 concurrent connections.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connectors.mailchimp.mapping import subscriber_hash
+from connectors.mailchimp.sandbox_batches import RESULTS_PATH, BatchRoutes
 from connectors.mailchimp.sandbox_reports import ReportAndShopRoutes
 from connectors.mailchimp.sandbox_segments import SegmentRoutes
-from connectors.sandbox import Clock, Request, Response, Sandbox
+from connectors.sandbox import Clock, FaultSchedule, Request, Response, Sandbox
 
 API = "/3.0"
 MAX_COUNT = 1_000  # Mailchimp: count is capped at 1000 per page
@@ -36,7 +38,7 @@ def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
-class MailchimpSandbox(SegmentRoutes, ReportAndShopRoutes, Sandbox):
+class MailchimpSandbox(SegmentRoutes, BatchRoutes, ReportAndShopRoutes, Sandbox):
     vendor = "mailchimp"
 
     def __init__(
@@ -56,6 +58,11 @@ class MailchimpSandbox(SegmentRoutes, ReportAndShopRoutes, Sandbox):
         self.stores: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1)
         self.max_seen_concurrent = 0
+        self.seed = seed
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_archives: dict[str, bytes] = {}  # results token → .tar.gz
+        self.batch_pending_polls = 1  # polls a batch answers "pending" to before it is "finished"
+        self.operation_faults = FaultSchedule(self.clock, seed)  # faults of single operations inside a batch
         r = self.route
         r("GET", "/oauth2/metadata", self._metadata)
         r(
@@ -114,6 +121,9 @@ class MailchimpSandbox(SegmentRoutes, ReportAndShopRoutes, Sandbox):
             API + r"/lists/(?P<list_id>[^/]+)/merge-fields",
             self._post_merge_field,
         )
+        r("POST", API + "/batches", self._post_batch)
+        r("GET", API + r"/batches/(?P<batch_id>[^/]+)", self._get_batch)
+        r("GET", RESULTS_PATH + r"(?P<token>[0-9a-f]+)\.tar\.gz", self._get_batch_results)
         r("GET", API + "/campaigns", self._get_campaigns)
         r(
             "GET",
@@ -166,6 +176,8 @@ class MailchimpSandbox(SegmentRoutes, ReportAndShopRoutes, Sandbox):
         with self._in_flight_lock:
             self.max_seen_concurrent = max(self.max_seen_concurrent, self._in_flight)
         auth = request.headers.get("authorization", "")
+        if request.path.startswith(RESULTS_PATH):
+            return None  # Mailchimp: the results link is pre-signed storage, fetched without the API key
         if request.path == "/oauth2/metadata":
             ok = self.oauth_token is not None and auth == f"OAuth {self.oauth_token}"
         elif auth.startswith("Basic "):
