@@ -136,7 +136,7 @@ class Source(Protocol):
     def streams(self) -> Sequence[Stream]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per field to write: hundreds of thousands on a first sync
 class Change:
     """One field the ledger decided must be written to one object in a destination."""
 
@@ -146,7 +146,7 @@ class Change:
     previous: str | None = None  # the last value confirmed in the target (e.g. the tag a new tag replaces)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Receipt:
     change: Change
     ok: bool

@@ -79,7 +79,7 @@ class RunCounts:
         return self.by_kind.setdefault(kind, KindCounts())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per field written: a target of 100k members holds 500k of them
 class LedgerRow:
     """What we know about one field of one object in a target."""
 

@@ -27,6 +27,9 @@ class HubSpotSource:
     def __init__(self, client: HubSpotClient) -> None:
         self.client = client
         self.lookback = timedelta(minutes=client.settings.lookback_minutes)
+        # Contact id → email of the contacts this run has read: a deal's customer is looked up here first, so a
+        # full read costs no batch read per page of deals (only contacts not read this run are fetched).
+        self._emails: dict[str, str | None] = {}
 
     def streams(self) -> Sequence[Stream]:
         return [
@@ -94,7 +97,11 @@ class HubSpotSource:
 
     def _builder(self, object_type: str) -> Callable[[list[dict[str, Any]]], tuple[list[Any], list[Any]]]:
         if object_type == "contacts":
-            return lambda raws: mapping.map_all(raws, "contacts", mapping.map_contact)
+            def contacts(raws: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+                self._emails.update({r["id"]: (r.get("properties") or {}).get("email") for r in raws})
+                return mapping.map_all(raws, "contacts", mapping.map_contact)
+
+            return contacts
         if object_type == "companies":
             return lambda raws: mapping.map_all(raws, "companies", mapping.map_company)
         statuses = mapping.stage_statuses(self.client.pipelines("deals"))
@@ -102,8 +109,10 @@ class HubSpotSource:
 
     def _deals(self, raws: list[dict[str, Any]], statuses: dict[str, Any]) -> tuple[list[Any], list[Any]]:
         owners = self.client.deal_contacts([r["id"] for r in raws]) if raws else {}
-        contact_ids = sorted(set(owners.values()))
-        emails = {c["id"]: (c.get("properties") or {}).get("email") for c in self.client.batch_read("contacts", contact_ids, ("email",))}
+        unknown = sorted(set(owners.values()) - set(self._emails))
+        if unknown:
+            self._emails.update({c["id"]: (c.get("properties") or {}).get("email") for c in self.client.batch_read("contacts", unknown, ("email",))})
+        emails = self._emails
         return mapping.map_all(raws, "deals", lambda raw: mapping.map_deal(raw, statuses, owners.get(raw["id"]), emails.get(owners.get(raw["id"], ""))))
 
     def _read_archived(self, object_type: str) -> Iterator[Page]:
