@@ -79,6 +79,9 @@ class RunCounts:
         return self.by_kind.setdefault(kind, KindCounts())
 
 
+LEDGER_CHUNK = 5_000  # parameter sets per statement when the ledger takes a whole batch at once
+
+
 @dataclass(frozen=True, slots=True)  # one per field written: a target of 100k members holds 500k of them
 class LedgerRow:
     """What we know about one field of one object in a target."""
@@ -404,25 +407,24 @@ class Store:
             index_elements=[ledger.c.target, ledger.c.object_id, ledger.c.field],
             set_={"pending_value": statement.excluded.pending_value, "pending_run_id": statement.excluded.pending_run_id},
         )
-        conn.execute(
-            statement,
-            [{"target": target, "object_id": o, "field": f, "pending_value": v, "pending_run_id": run_id} for o, f, v in changes],
-        )
+        for start in range(0, len(changes), LEDGER_CHUNK):  # chunked: a first sync's batch is 200k parameter sets
+            conn.execute(
+                statement,
+                [{"target": target, "object_id": o, "field": f, "pending_value": v, "pending_run_id": run_id}
+                 for o, f, v in changes[start : start + LEDGER_CHUNK]],
+            )
 
     def confirm_writes(self, conn: Connection, target: str, keys: Sequence[tuple[str, str]]) -> None:
         """``confirm_write`` for a batch of (object id, field)."""
         if not keys:
             return
         key = and_(ledger.c.target == target, ledger.c.object_id == bindparam("b_object_id"), ledger.c.field == bindparam("b_field"))
-        conn.execute(
-            update(ledger)
-            .where(key)
-            .values(
-                confirmed_value=ledger.c.pending_value, confirmed_at=_now(), pending_value=None, pending_run_id=None,
-                rejected_value=None, rejected_reason=None,
-            ),
-            [{"b_object_id": o, "b_field": f} for o, f in keys],
+        statement = update(ledger).where(key).values(
+            confirmed_value=ledger.c.pending_value, confirmed_at=_now(), pending_value=None, pending_run_id=None,
+            rejected_value=None, rejected_reason=None,
         )
+        for start in range(0, len(keys), LEDGER_CHUNK):
+            conn.execute(statement, [{"b_object_id": o, "b_field": f} for o, f in keys[start : start + LEDGER_CHUNK]])
 
     def confirm_write(self, conn: Connection, target: str, object_id: str, field_name: str) -> None:
         key = and_(ledger.c.target == target, ledger.c.object_id == object_id, ledger.c.field == field_name)

@@ -27,7 +27,7 @@ BATCH_FROM_MEMBERS = 20
 NOT_WRITABLE = {"archived": "is archived in Mailchimp; the tool never restores archived members"}
 
 
-@dataclass
+@dataclass(slots=True)  # one per member of the audience: 100k on a large list
 class Member:
     member_hash: str
     status: str
