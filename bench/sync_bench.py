@@ -68,7 +68,9 @@ def serve(customers: int, answers: int, years: float, speed: float, pipe) -> Non
         if command == "stop":
             break
         if command == "journal":
-            pipe.send({name: [(e.method, e.path) for e in box.journal] for name, box in boxes.items()})
+            # Requests as sent: the operations a Mailchimp batch carried are journaled too, but cost no call.
+            pipe.send({name: [(e.method, e.path) for e in box.journal if e.fault != "batch-operation"]
+                       for name, box in boxes.items()})
             for box in boxes.values():
                 box.journal.clear()
         elif command == "change":  # 1% of the people: a new last name in HubSpot, a new phone in Mailchimp
