@@ -230,3 +230,21 @@ def test_an_account_without_event_analytics_is_read_without_email_events_and_say
         assert result.counts["email_event"].read == 0
         assert "marketing email events are not read" in caplog.text
         assert store.cursor("hubspot", "email_events") is None  # nothing to resume from: the next run asks again
+
+
+def test_the_look_back_re_reads_recent_changes_but_not_a_large_write_long_past(store):
+    with hubspot_sandbox(2_000) as box:  # the clock runs 100x: minutes pass in seconds
+        client = make_client(box, lookback_minutes=10)
+        run_source_once(store, HubSpotSource(client), "sync", "hubspot")
+        everyone = sorted(box.objects["contacts"])
+        for contact_id in everyone:  # a large write (ours, say): every contact modified within a few seconds
+            box.update("contacts", contact_id, {"jobtitle": "Buyer"})
+
+        soon = run_source_once(store, HubSpotSource(client), "sync", "hubspot")  # within the look-back: all again
+        assert soon.counts["contact"].read == len(everyone)
+        box.clock.advance(25 * 60)  # 25 minutes without a change: the write is long indexed
+        run_source_once(store, HubSpotSource(client), "sync", "hubspot")
+        box.update("contacts", everyone[0], {"jobtitle": "Owner"})
+        later = run_source_once(store, HubSpotSource(client), "sync", "hubspot")
+
+        assert later.counts["contact"].read == 1  # the one change, not the old write's contacts again

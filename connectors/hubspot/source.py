@@ -62,6 +62,10 @@ class HubSpotSource:
         # Search indexes lag behind writes, and objects may be edited while we page: re-read a look-back window.
         upto = min(run_start, max_seen) if max_seen is not None else max(low, run_start - self.lookback)
         cursor_after = max(upto - self.lookback, low) if max_seen is not None else upto
+        if max_seen is not None and self.lookback and max_seen < run_start - 2 * self.lookback:
+            # The latest change is long indexed: do not re-read the window before it on every run (after a large
+            # write of ours, that window would hold thousands of our own writes, read again each time).
+            cursor_after = max(cursor_after, run_start - 2 * self.lookback)
         yield Page([], cursor_after.isoformat(timespec="milliseconds"))
 
     def _read_email_events(self, cursor: str | None) -> Iterator[Page]:
