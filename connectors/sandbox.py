@@ -382,13 +382,14 @@ class _LoopbackServer(ThreadingHTTPServer):
         super().server_bind()
 
 
-def _journal_body(body: bytes) -> Any:
+def journal_body(body: bytes | str) -> Any:
+    """A request body as the journal keeps it: parsed JSON where it is JSON, else the text."""
     if not body:
         return None
     try:
         return json.loads(body)
     except ValueError:
-        return body.decode("utf-8", "replace")
+        return body if isinstance(body, str) else body.decode("utf-8", "replace")
 
 
 def _handler_for(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
@@ -424,7 +425,7 @@ def _handler_for(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                     method=request.method,
                     path=request.path,
                     query=request.query,
-                    body=_journal_body(body),
+                    body=journal_body(body),
                     status=0 if response is None else response.status,
                     at=arrived,
                     monotonic=arrived_s,

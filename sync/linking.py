@@ -103,9 +103,11 @@ def agreed_values(store: Store) -> dict[tuple[str, str], str | None]:
     return {key: row.confirmed_value for key, row in store.ledger_rows(AGREED).items() if row.confirmed}
 
 
-def remember_agreed(store: Store, linked: Linked, known: Mapping[tuple[str, str], str | None]) -> int:
-    """Keep the values read agreeing this run (only those that moved), in one transaction of the run history."""
+def remember_agreed(store: Store, linked: Linked, known: dict[tuple[str, str], str | None]) -> int:
+    """Keep the values read agreeing this run (only those that moved), in one transaction of the run history;
+    ``known`` (what the store held) is brought up to date too, so a run reads the agreed values once."""
     moved = [(person, name, value) for (person, name), value in linked.agreed.items() if known.get((person, name)) != value]
+    known.update(((person, name), value) for person, name, value in moved)
     if not moved:
         return 0
     with store.transaction() as conn:

@@ -160,7 +160,7 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
     # A failed tool is not written: what we know of it is stale, and its credential or service just failed.
     contacts = {c.name: [from_payload("contact", payload) for _, payload in store.stored_records("contact", c.source.name)]
                 for c in writing if c.source is not None}
-    linked = _link(settings, store, writing, contacts, report, dry_run)
+    linked, agreed = _link(settings, store, writing, contacts, report, dry_run)
     if not scores and not linked.values:
         return
     written: dict[tuple[str, str], str] = {}  # (person, contact field) → value a tool confirmed holding now
@@ -173,23 +173,24 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
             report.targets[-1].seconds = time.monotonic() - started
     if written:
         # The tool that lost now holds the winner's value: from here on, that is the value both had agreed on.
-        remember_agreed(store, Linked(agreed=written), agreed_values(store))
+        remember_agreed(store, Linked(agreed=written), agreed)
 
 
 def _link(settings: Settings, store: Store, writing: list[Connection], contacts: Mapping[str, list[Contact]],
-          report: SyncReport, dry_run: bool) -> Linked:
-    """Contact fields across the tools that share them (each read this run), and who opted out where."""
+          report: SyncReport, dry_run: bool) -> tuple[Linked, dict[tuple[str, str], str | None]]:
+    """Contact fields across the tools that share them (each read this run), and who opted out where; with the
+    agreed values as they stand after this run's reading."""
     tools = {c.name: contacts[c.name] for c in writing if c.name in contacts and any(t.contact_fields for t in c.targets)}
     fields = [name for name in CONTACT_FIELDS if name in settings.sync.contact_fields]
     if len(tools) < 2:
-        return Linked()
+        return Linked(), {}
     known = agreed_values(store)
     linked = link_contacts(tools, known, fields)
     if not dry_run:
         remember_agreed(store, linked, known)
     report.linking = (f"contact fields ({', '.join(fields) or 'none'}) compared across {' and '.join(tools)}: "
                       f"{len(linked.values):,} people, {linked.conflicts:,} changed in two tools (latest change won)")
-    return linked
+    return linked, known
 
 
 def _write_target(store: Store, target: Target, view: ScoreView, dry_run: bool,
@@ -297,15 +298,20 @@ def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: b
         keep_scores(store, records, "sync", f"score {len(records):,} customers")
         with store.transaction() as conn:
             store.save_cursor(conn, *SCORED_INPUTS_CURSOR, fingerprint)
+    heading = (f"{len(table):,} customers scored (churn = {model.label_} in the next {model.horizon_days_} days; "
+               f"{model.method_}; {model_note})")
+    return records, _summarise(table, heading, latest, report)
+
+
+def _summarise(table: pd.DataFrame, heading: str, latest: pd.DataFrame, report: SyncReport) -> dict[str, int]:
+    """The scoring line and the riskiest customers into the report; each customer's last NPS for the writes."""
     bands = table["risk_band"].value_counts()
     report.scored = len(table)
-    report.scoring = (f"{len(table):,} customers scored (churn = {model.label_} in the next {model.horizon_days_} days; "
-                      f"{model.method_}; {model_note}): " + ", ".join(f"{bands.get(b, 0):,} {b}" for b in ("high", "medium", "low", "new")))
+    report.scoring = f"{heading}: " + ", ".join(f"{bands.get(b, 0):,} {b}" for b in ("high", "medium", "low", "new"))
     # Most at risk first; among equal risks, the ones with more to lose (and then the lifelong value) first.
     ranked = table[table["risk_band"] != "new"].assign(_value=table["clv_12_months"].fillna(0.0))
     report.riskiest = ranked.sort_values(["churn_probability", "_value"], ascending=False, kind="stable").drop(columns="_value").head(10)
-    last_nps = {customer: int(row["nps"]) for customer, row in latest.iterrows() if not pd.isna(row["nps"])}
-    return records, last_nps
+    return {customer: int(row["nps"]) for customer, row in latest.iterrows() if not pd.isna(row["nps"])}
 
 
 # What the kept scores were computed from: orders, email events and survey answers, the day, the settings and the
@@ -334,14 +340,8 @@ def _scores_stand(kept: list[Score], responses: pd.DataFrame | None, as_of: pd.T
         "clv_12_months": [np.nan if s.clv is None else float(s.clv) for s in kept],
         "reasons": ["; ".join(s.top_reasons) for s in kept],
     }, index=pd.Index([s.source_id for s in kept], name="customer"))
-    bands = table["risk_band"].value_counts()
-    report.scored = len(table)
-    report.scoring = (f"{len(table):,} customers: nothing they are scored on changed since the last run today, so "
-                      f"their scores stand: " + ", ".join(f"{bands.get(b, 0):,} {b}" for b in ("high", "medium", "low", "new")))
-    ranked = table[table["risk_band"] != "new"].assign(_value=table["clv_12_months"].fillna(0.0))
-    report.riskiest = ranked.sort_values(["churn_probability", "_value"], ascending=False, kind="stable").drop(columns="_value").head(10)
-    latest = _latest_answers(responses, as_of)
-    return kept, {customer: int(row["nps"]) for customer, row in latest.iterrows() if not pd.isna(row["nps"])}
+    heading = f"{len(table):,} customers: nothing they are scored on changed since the last run today, so their scores stand"
+    return kept, _summarise(table, heading, _latest_answers(responses, as_of), report)
 
 
 def keep_scores(store: Store, records: Sequence[Score], command: str, detail: str) -> tuple[int, RunCounts]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import suppress
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -46,8 +47,6 @@ def record_keys(salt: str, record: Record) -> Iterator[str]:
     elif isinstance(record, Order) and record.customer_source_id:
         yield source_id_key(salt, record.source, record.customer_source_id)
     elif isinstance(record, Score) and "@" in record.source_id:  # scores are keyed by the customer's email
-        try:
+        with suppress(ValueError):  # an id that merely contains "@" is not an address: nothing to match
             emails.append(normalise_email(record.source_id))
-        except ValueError:
-            pass  # an id that merely contains "@": not an address, nothing to match
     yield from (email_key(salt, email) for email in emails)

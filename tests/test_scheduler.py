@@ -110,8 +110,8 @@ def test_a_held_lease_refuses_a_second_holder_naming_the_first_and_until_when(st
                 pytest.fail("a second holder ran")
     message = str(refused.value)
     assert "shop-server:4242:abc123" in message and "lease until" in message and refused.value.exit_code == 4
-    with store.lease("sync", ttl_s=60):  # released at the end of the block: the next run proceeds
-        pass
+    with store.lease("sync", ttl_s=60) as lease:  # released at the end of the block: the next run proceeds
+        assert lease.is_held
     store.close()
 
 

@@ -18,7 +18,7 @@ import json
 import tarfile
 from typing import Any
 
-from connectors.sandbox import JournalEntry, Request, Response
+from connectors.sandbox import JournalEntry, Request, Response, journal_body
 
 API = "/3.0"
 BATCH_OPERATION = "batch-operation"  # the journal's mark on an operation that ran inside a batch
@@ -108,7 +108,7 @@ class BatchRoutes:
                 method=inner.method,
                 path=inner.path,
                 query=inner.query,
-                body=_parsed(operation.get("body")),
+                body=journal_body(operation.get("body")),
                 status=response.status,
                 at=arrived,
                 monotonic=arrived_s,
@@ -153,15 +153,6 @@ def _archive(batch_id: str, results: list[dict[str, Any]]) -> bytes:
             member.size = len(data)
             archive.addfile(member, io.BytesIO(data))
     return buffer.getvalue()
-
-
-def _parsed(body: Any) -> Any:
-    if not body:
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return body
 
 
 def _iso(sandbox: Any) -> str:
