@@ -1,14 +1,18 @@
-"""The engine: runs sources into the store. Today that is one-shot imports; scheduled sync builds on it.
+"""The engine: reads sources into the store and writes desired values to destinations, ledger first.
 
-The engine, not the source, owns state: every page of a run is written inside one transaction together with
-its quarantine entries, its cursor and its run-history row, so a run commits whole or leaves the store as it was.
+The engine, not the source, owns state: a page is written in one transaction together with its quarantine
+entries and the cursor it carries; an import commits whole or leaves the store as it was; a sync's read commits
+page by page, so the cursor never passes what is stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+from sqlalchemy import Connection
 
 from connectors.base import Change, Destination, Receipt, Rejected, Source
 from sync.store import LedgerRow, RunCounts, Store
@@ -24,29 +28,51 @@ class RunResult:
     first_rejects: list[Rejected] = field(default_factory=list)
 
 
-def run_source_once(store: Store, source: Source, command: str, detail: str, *, full: bool = False) -> RunResult:
-    """Read every stream of ``source`` and commit it all in one transaction, or nothing if anything fails.
+def run_source_once(store: Store, source: Source, command: str, detail: str, *, full: bool = False,
+                    atomic: bool = True) -> RunResult:
+    """Read every stream of ``source`` into the store.
 
+    ``atomic`` (an import of a file): all in one transaction, or nothing if anything fails. Otherwise (a sync's
+    long remote read) each page commits on its own, with the cursor it carries, so other tools read beside this
+    one without waiting for its lock, and a crash keeps what was read: the cursor still never passes what is
+    stored, and the next run reads again from it (upserts make the re-read harmless).
     ``full`` reads everything again instead of resuming from the saved cursors (which the run then replaces)."""
     started_at = datetime.now(timezone.utc)
     counts = RunCounts()
     first_rejects: list[Rejected] = []
     streams = [(stream, None if full else store.cursor(source.name, stream.name)) for stream in source.streams()]
-    with store.transaction() as conn:
-        run_id = store.begin_run(conn, command, detail, started_at)
+
+    def read_streams(run_id: int, page_transaction: Callable[[], AbstractContextManager[Connection]]) -> None:
         for stream, saved_cursor in streams:
             kind_counts = counts[stream.record_kind]
             for page in stream.read(saved_cursor):
-                store.upsert_records(conn, page.records, counts)
-                if page.deleted:
-                    store.mark_deleted(conn, stream.record_kind, source.name, page.deleted)
-                quarantined = store.quarantine_rejects(conn, source.name, stream.record_kind, page.rejected, run_id)
+                with page_transaction() as conn:
+                    store.upsert_records(conn, page.records, counts)
+                    if page.deleted:
+                        store.mark_deleted(conn, stream.record_kind, source.name, page.deleted)
+                    quarantined = store.quarantine_rejects(conn, source.name, stream.record_kind, page.rejected, run_id)
+                    if page.cursor_after is not None:
+                        store.save_cursor(conn, source.name, stream.name, page.cursor_after)
                 kind_counts.read += quarantined
                 kind_counts.quarantined += quarantined
                 first_rejects.extend(page.rejected[: SHOWN_REJECTS - len(first_rejects)])
-                if page.cursor_after is not None:
-                    store.save_cursor(conn, source.name, stream.name, page.cursor_after)
-        store.finish_run(conn, run_id, "succeeded", counts)
+
+    if atomic:
+        with store.transaction() as conn:
+            run_id = store.begin_run(conn, command, detail, started_at)
+            read_streams(run_id, lambda: nullcontext(conn))
+            store.finish_run(conn, run_id, "succeeded", counts)
+    else:
+        with store.transaction() as conn:
+            run_id = store.begin_run(conn, command, detail, started_at)
+        try:
+            read_streams(run_id, store.transaction)
+        except BaseException:
+            with store.transaction() as conn:
+                store.finish_run(conn, run_id, "failed", counts)
+            raise
+        with store.transaction() as conn:
+            store.finish_run(conn, run_id, "succeeded", counts)
     return RunResult(run_id=run_id, source=source.name, counts=counts, first_rejects=first_rejects)
 
 

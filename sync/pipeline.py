@@ -16,11 +16,13 @@ import logging
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -48,6 +50,7 @@ from sync.store import RunCounts, Store
 
 log = logging.getLogger(__name__)
 SAMPLE_CHANGES = 5  # changes a dry run shows per target
+T = TypeVar("T")
 
 
 @dataclass
@@ -140,18 +143,15 @@ def run_sync(settings: Settings, store: Store, *, dry_run: bool = False, full: b
 def _run_steps(settings: Settings, store: Store, connections: list[Connection], report: SyncReport, *, dry_run: bool,
                full: bool, say: Callable[[str], None], read: bool = True) -> None:
     failed_tools = {outcome.name for outcome in report.sources}
-    for connection in connections:
-        if connection.source is None or not read:
-            continue
-        say(f"reading {connection.name}")
-        outcome, started = SourceOutcome(connection.name), time.monotonic()
-        try:
-            outcome.counts = run_source_once(store, connection.source, "sync", f"read {connection.name}", full=full).counts
-        except RetentionError as exc:  # this tool failed as a whole; the others go on, its cursor stays where it was
-            outcome.error = exc
-            failed_tools.add(connection.name)
-        outcome.seconds = time.monotonic() - started
+    reading = [c for c in connections if c.source is not None and read]
+    if reading:
+        say(f"reading {', '.join(c.name for c in reading)}")
+    # Each tool has its own limits, so the tools are read side by side: the run takes as long as the slowest tool,
+    # not the sum of them. Pages commit one by one, so no tool waits for another's lock.
+    for outcome in in_parallel({c.name: (lambda c=c: _read_source(store, c, full)) for c in reading}).values():
         report.sources.append(outcome)
+        if outcome.error is not None:
+            failed_tools.add(outcome.name)
     say("scoring")
     started = time.monotonic()
     scores, last_nps = score_store(settings, store, report, keep=not dry_run)
@@ -163,17 +163,55 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
     linked, agreed = _link(settings, store, writing, contacts, report, dry_run)
     if not scores and not linked.values:
         return
+    if writing:
+        say(f"writing {', '.join(t.destination.name for c in writing for t in c.targets)}")
+    # Tools are written side by side too; one tool's targets (a Mailchimp account's audiences) one after another,
+    # as they share that tool's connection limit.
+    by_tool = in_parallel({c.name: (lambda c=c: [_write_target(store, target, ScoreView(
+        scores, contacts.get(c.name, []), last_nps, linked.values, linked.opted_out), dry_run) for target in c.targets])
+        for c in writing})
     written: dict[tuple[str, str], str] = {}  # (person, contact field) → value a tool confirmed holding now
-    for connection in writing:
-        view = ScoreView(scores, contacts.get(connection.name, []), last_nps, linked.values, linked.opted_out)
-        for target in connection.targets:
-            say(f"writing {target.destination.name}")
-            started = time.monotonic()
-            report.targets.append(_write_target(store, target, view, dry_run, written))
-            report.targets[-1].seconds = time.monotonic() - started
+    for outcomes in by_tool.values():
+        for outcome, confirmed in outcomes:
+            report.targets.append(outcome)
+            written.update(confirmed)
     if written:
         # The tool that lost now holds the winner's value: from here on, that is the value both had agreed on.
         remember_agreed(store, Linked(agreed=written), agreed)
+
+
+def _read_source(store: Store, connection: Connection, full: bool) -> SourceOutcome:
+    outcome, started = SourceOutcome(connection.name), time.monotonic()
+    try:
+        outcome.counts = run_source_once(store, connection.source, "sync", f"read {connection.name}", full=full,
+                                         atomic=False).counts
+    except RetentionError as exc:  # this tool failed; the others go on; it keeps what it read, its cursor where it was
+        outcome.error = exc
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def in_parallel(tasks: Mapping[str, Callable[[], T]]) -> dict[str, T]:
+    """Each task in its own thread; their results by name, in the order given. An exception a task raised is
+    raised here. Daemon threads: Ctrl-C ends the run at once, which is safe, as a kill is (ledger first)."""
+    results: dict[str, T] = {}
+    failures: dict[str, BaseException] = {}
+
+    def run(name: str, task: Callable[[], T]) -> None:
+        try:
+            results[name] = task()
+        except BaseException as exc:  # handed to the caller's thread below
+            failures[name] = exc
+
+    threads = [threading.Thread(target=run, args=item, name=f"retention-{item[0]}", daemon=True) for item in tasks.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name in tasks:
+        if name in failures:
+            raise failures[name]
+    return {name: results[name] for name in tasks}
 
 
 def _link(settings: Settings, store: Store, writing: list[Connection], contacts: Mapping[str, list[Contact]],
@@ -193,10 +231,10 @@ def _link(settings: Settings, store: Store, writing: list[Connection], contacts:
     return linked, known
 
 
-def _write_target(store: Store, target: Target, view: ScoreView, dry_run: bool,
-                  written: dict[tuple[str, str], str]) -> TargetOutcome:
+def _write_target(store: Store, target: Target, view: ScoreView, dry_run: bool) -> tuple[TargetOutcome, dict[tuple[str, str], str]]:
+    """What was written, and the contact fields the target confirmed holding now: (person, field) → value."""
     destination = target.destination
-    outcome = TargetOutcome(destination.name)
+    outcome, written, started = TargetOutcome(destination.name), {}, time.monotonic()
     try:
         desired = target.desired(view)
         live = frozenset(target.contact_fields.values())
@@ -218,7 +256,8 @@ def _write_target(store: Store, target: Target, view: ScoreView, dry_run: bool,
         outcome.unchanged, outcome.held_back = result.unchanged, result.held_back
     except RetentionError as exc:
         outcome.error = exc
-    return outcome
+    outcome.seconds = time.monotonic() - started
+    return outcome, written
 
 
 # --- scoring the store --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from connectors.base import AuthError
+from connectors.sandbox import Fault
 from sync.demo import DemoShop, open_demo_shop
 from sync.pipeline import run_sync
 from sync.settings import Settings
@@ -145,6 +146,30 @@ def test_a_tool_that_refuses_its_credential_is_reported_and_the_others_still_syn
     assert "wrong-key" not in str(failed[0].error)
     assert not any(t.name.startswith("mailchimp/") for t in report.targets)
     assert next(t for t in report.targets if t.name == "hubspot").sent > 0
+
+
+def test_a_tool_that_fails_half_way_keeps_what_it_read_and_the_next_run_goes_on_from_there(shop):
+    hubspot = shop.sandboxes["hubspot"]
+    revoked = hubspot.faults.add(Fault(status=401, match="deals/search", times=None, name="token revoked"))
+
+    report, _ = sync_once(shop)
+
+    failed = {s.name: s for s in report.sources}
+    assert isinstance(failed["hubspot"].error, AuthError)
+    assert failed["mailchimp"].error is None and failed["typeform"].error is None
+    store = Store.open(shop.settings.store_url)
+    try:  # the contacts read before the failure are kept, and their stream's cursor moved
+        assert len(list(store.stored_records("contact", "hubspot"))) == CUSTOMERS
+        assert store.cursor("hubspot", "contacts") is not None and store.cursor("hubspot", "deals") is None
+    finally:
+        store.close()
+
+    hubspot.faults.remove(revoked)
+    report, _ = sync_once(shop)
+
+    read = {s.name: s.counts for s in report.sources}
+    assert not report.errors and read["hubspot"]["order"].written > CUSTOMERS
+    assert read["hubspot"]["contact"].read < CUSTOMERS / 10  # not all again: only the look-back window
 
 
 def test_retention_demo_runs_the_whole_pipeline_and_lists_the_customers_most_at_risk(workspace: Workspace):
