@@ -186,22 +186,30 @@ def incompatibility(existing: Mapping[str, Any], spec: PropertySpec) -> str | No
 CONTACT_PROPERTIES = {"first_name": "firstname", "last_name": "lastname", "phone": "phone", "company_name": "company"}
 
 
+def _owners(contacts: Sequence[Contact]) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """Each normalised email (primary or additional) and contact id → the ids of the live contacts carrying it, a
+    merged-away contact counting as its survivor (more than one owner: ambiguous, never guessed); and the
+    merged-away ids → their survivor."""
+    survivor_of = {old: c.source_id for c in contacts for old in c.merged_ids}
+    owners: dict[str, set[str]] = {}
+    for contact in contacts:
+        owner = survivor_of.get(contact.source_id, contact.source_id)
+        for email in (contact.email, *contact.additional_emails):
+            if email is not None:
+                owners.setdefault(email.normalised, set()).add(owner)
+        owners.setdefault(contact.source_id, set()).add(owner)
+    return owners, survivor_of
+
+
 def desired_contact_fields(contacts: Iterable[Contact], linked: Mapping[str, Mapping[str, str]],
                            opted_out: Mapping[str, tuple[str, ...]], names: Mapping[str, str]) -> dict[str, dict[str, str | None]]:
     """{contact id: {property: value}} for the contact fields this account holds differently from what was decided
     across tools, and the tools (other than HubSpot) where the person opted out of email."""
     contacts = [c for c in contacts if c.source == "hubspot"]
-    merged_away = {old for c in contacts for old in c.merged_ids}
-    owners: dict[str, list[Contact]] = {}
-    for contact in contacts:
-        if contact.source_id in merged_away:
-            continue
-        for email in (contact.email, *contact.additional_emails):
-            if email is not None:
-                owners.setdefault(email.normalised, []).append(contact)
+    owners, survivor_of = _owners(contacts)
     desired: dict[str, dict[str, str | None]] = {}
     for contact in contacts:
-        if contact.source_id in merged_away or contact.email is None:
+        if contact.source_id in survivor_of or contact.email is None:
             continue
         emails = [e.normalised for e in (contact.email, *contact.additional_emails) if e is not None]
         if any(len(owners[e]) > 1 for e in emails):
@@ -223,14 +231,7 @@ def desired_from_scores(scores: Iterable[Score], contacts: Iterable[Contact], na
 
     A merged-away contact id is replaced by its survivor, so nothing is ever addressed to a dead id. An email that
     two distinct contacts carry is ambiguous: it is reported and nothing is written for it, rather than guessed."""
-    contacts = [c for c in contacts if c.source == "hubspot"]
-    survivor_of = {old: c.source_id for c in contacts for old in c.merged_ids}
-    owners: dict[str, set[str]] = {}
-    for contact in contacts:
-        for email in (contact.email, *contact.additional_emails):
-            if email is not None:
-                owners.setdefault(email.normalised, set()).add(survivor_of.get(contact.source_id, contact.source_id))
-        owners.setdefault(contact.source_id, set()).add(survivor_of.get(contact.source_id, contact.source_id))
+    owners, _ = _owners([c for c in contacts if c.source == "hubspot"])
     desired: dict[str, dict[str, str | None]] = {}
     ambiguous = []
     for score in scores:
