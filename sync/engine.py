@@ -7,7 +7,8 @@ page by page, so the cursor never passes what is stored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import itertools
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -108,17 +109,16 @@ def push_changes(
         run_id = store.begin_run(conn, command, target, started_at)
     result = PushResult(run_id=run_id, target=target)
     try:
-        ledger = store.ledger_rows(target)
-        ledger = _settle_interrupted(store, destination, ledger, result)
-        changes = _diff(destination, desired, ledger, result, companions, live)
-        by_object: dict[str, list[Change]] = {}
-        for change in changes:
-            by_object.setdefault(change.object_id, []).append(change)
-        objects = list(by_object)
+        _settle_interrupted(store, destination, result)
         step = max(1, destination.objects_per_apply)
-        for start in range(0, len(objects), step):
-            batch = [change for object_id in objects[start : start + step] for change in by_object[object_id]]
-            _apply_batch(store, destination, batch, run_id, result, live)
+        waiting: dict[str, list[Change]] = {}  # object id → its changes, in the order found, not sent yet
+        for chunk, ledger in _with_ledger(store, target, desired):
+            for change in _diff(destination, chunk, ledger, result, companions, live):
+                waiting.setdefault(change.object_id, []).append(change)
+            while len(waiting) >= step:  # full batches only: a chunk's end must not cost a part-filled call
+                _apply_batch(store, destination, _take(waiting, step), run_id, result, live)
+        while waiting:
+            _apply_batch(store, destination, _take(waiting, step), run_id, result, live)
     except BaseException:
         with store.transaction() as conn:
             store.finish_run(conn, run_id, "failed", RunCounts())
@@ -128,10 +128,10 @@ def push_changes(
     return result
 
 
-def _settle_interrupted(store: Store, destination: Destination, ledger: dict[tuple[str, str], LedgerRow], result: PushResult) -> dict[tuple[str, str], LedgerRow]:
-    doubtful = {key: row for key, row in ledger.items() if row.pending}
+def _settle_interrupted(store: Store, destination: Destination, result: PushResult) -> None:
+    doubtful = store.ledger_rows(destination.name, pending=True)
     if not doubtful:
-        return ledger
+        return
     object_ids = sorted({object_id for object_id, _ in doubtful})
     field_names = sorted({field_name for _, field_name in doubtful})
     current = destination.current(object_ids, field_names)
@@ -142,7 +142,26 @@ def _settle_interrupted(store: Store, destination: Destination, ledger: dict[tup
                 result.reconciled += 1
             else:
                 store.drop_intent(conn, destination.name, object_id, field_name)
-    return store.ledger_rows(destination.name)
+
+
+LEDGER_OBJECTS = 5_000  # objects whose ledger rows are in memory at once during a write run
+
+
+def _with_ledger(store: Store, target: str, desired: Mapping[str, Mapping[str, str | None]]
+                 ) -> Iterator[tuple[dict[str, Mapping[str, str | None]], dict[tuple[str, str], LedgerRow]]]:
+    """``desired`` a few thousand objects at a time, each part with its objects' ledger rows."""
+    object_ids = list(desired)
+    for start in range(0, len(object_ids), LEDGER_OBJECTS):
+        part = object_ids[start : start + LEDGER_OBJECTS]
+        yield {object_id: desired[object_id] for object_id in part}, store.ledger_rows(target, part)
+
+
+def _take(waiting: dict[str, list[Change]], objects: int) -> list[Change]:
+    """The changes of the first ``objects`` objects waiting, removed from ``waiting``."""
+    batch = []
+    for object_id in list(itertools.islice(waiting, objects)):
+        batch.extend(waiting.pop(object_id))
+    return batch
 
 
 def plan_changes(store: Store, destination: Destination, desired: Mapping[str, Mapping[str, str | None]],
@@ -151,7 +170,9 @@ def plan_changes(store: Store, destination: Destination, desired: Mapping[str, M
 
     Intents an interrupted run left in doubt count as not confirmed here: the real run reads them back first."""
     result = PushResult(run_id=0, target=destination.name)
-    return _diff(destination, desired, store.ledger_rows(destination.name), result, companions, live), result
+    changes = [change for chunk, ledger in _with_ledger(store, destination.name, desired)
+               for change in _diff(destination, chunk, ledger, result, companions, live)]
+    return changes, result
 
 
 def _diff(destination: Destination, desired: Mapping[str, Mapping[str, str | None]], ledger: dict[tuple[str, str], LedgerRow],

@@ -451,15 +451,21 @@ class Store:
         key = and_(ledger.c.target == target, ledger.c.object_id == object_id, ledger.c.field == field_name)
         conn.execute(update(ledger).where(key).values(pending_value=None, pending_run_id=None))
 
-    def ledger_rows(self, target: str) -> dict[tuple[str, str], LedgerRow]:
-        """Every ledger row of ``target`` by (object id, field): one query, for diffing a whole run at once."""
+    def ledger_rows(self, target: str, object_ids: Sequence[str] | None = None, *,
+                    pending: bool = False) -> dict[tuple[str, str], LedgerRow]:
+        """The ledger rows of ``target`` by (object id, field): all of them, those of ``object_ids`` (a write run
+        diffs a few thousand objects at a time, so a large audience's ledger is never in memory whole), or
+        only the intents still ``pending``."""
+        query = select(
+            ledger.c.object_id, ledger.c.field, ledger.c.confirmed_value, ledger.c.confirmed_at,
+            ledger.c.pending_value, ledger.c.pending_run_id, ledger.c.rejected_value, ledger.c.rejected_reason,
+        ).where(ledger.c.target == target)
+        if object_ids is not None:
+            query = query.where(ledger.c.object_id.in_(object_ids))
+        if pending:
+            query = query.where(ledger.c.pending_run_id.is_not(None))
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    ledger.c.object_id, ledger.c.field, ledger.c.confirmed_value, ledger.c.confirmed_at,
-                    ledger.c.pending_value, ledger.c.pending_run_id, ledger.c.rejected_value, ledger.c.rejected_reason,
-                ).where(ledger.c.target == target)
-            )
+            rows = conn.execute(query)
             return {
                 (row.object_id, row.field): LedgerRow(
                     confirmed=row.confirmed_at is not None, confirmed_value=row.confirmed_value,
