@@ -16,7 +16,7 @@ from rich.table import Table
 
 from connectors.base import ConfigError, InputError
 from connectors.forms import csv_file
-from connectors.records import from_payload, normalise_email
+from connectors.records import OrderStatus, from_payload, normalise_email
 from scoring.churn import MODEL_VERSION, NothingToCompare, backtest
 from scoring.features import rfm_summary
 from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, score_customers, score_with_saved_model
@@ -247,10 +247,11 @@ def _orders_frame(context: Context, path: Path | None, audit_field: str | None =
         finally:
             store.close()
         skipped = 0
-    frame, completed = orders_frame(found)
+    frame, currencies = orders_frame(found)
     if audit_field is not None:
+        completed = [order for order in found if order.status is OrderStatus.WON]  # the frame's rows, in its order
         frame["audit"] = _audit_values(context, path, audit_field, completed)
-    return frame, {order.currency for order in completed}, skipped
+    return frame, currencies, skipped
 
 
 def _engagement_frames(context: Context) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:

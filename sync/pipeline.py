@@ -270,15 +270,22 @@ def score_as_of(settings: Settings, now: datetime | None = None) -> pd.Timestamp
     return (local.normalize() + pd.Timedelta(days=1)).tz_convert("UTC")
 
 
-def orders_frame(orders: Iterable[Order]) -> tuple[pd.DataFrame, list[Order]]:
-    """The completed ones among ``orders`` as (customer, at, amount), and those orders themselves."""
-    completed = [order for order in orders if order.status is OrderStatus.WON]
-    frame = pd.DataFrame({
-        "customer": [order.match_email or order.customer_source_id for order in completed],
-        "at": pd.to_datetime([order.created_at for order in completed], utc=True),
-        "amount": [float(order.amount) for order in completed],
-    })
-    return frame, completed
+def orders_frame(orders: Iterable[Order]) -> tuple[pd.DataFrame, set[str]]:
+    """The completed ones among ``orders`` as (customer, at, amount), and their currencies. Built a column at a
+    time from a stream, so the order records are never all in memory (400,000 deals would hold ~350 MB)."""
+    customers: list[str | None] = []
+    times, amounts, currencies = [], [], set()
+    same: dict[str, str] = {}  # one string per customer, not one per order
+    for order in orders:
+        if order.status is not OrderStatus.WON:
+            continue
+        customer = order.match_email or order.customer_source_id
+        customers.append(customer if customer is None else same.setdefault(customer, customer))
+        times.append(order.created_at)
+        amounts.append(float(order.amount))
+        currencies.add(order.currency)
+    frame = pd.DataFrame({"customer": customers, "at": pd.to_datetime(times, utc=True), "amount": amounts})
+    return frame, currencies
 
 
 def responses_frame(store: Store) -> pd.DataFrame | None:
@@ -319,8 +326,7 @@ def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: b
         kept = _kept_scores(store, as_of)
         if kept:
             return _scores_stand(kept, responses_frame(store), as_of, report)
-    orders, completed = orders_frame(from_payload("order", payload) for _, payload in store.stored_records("order"))
-    currencies = {order.currency for order in completed}
+    orders, currencies = orders_frame(from_payload("order", payload) for _, payload in store.stored_records("order"))
     responses = responses_frame(store)
     parameters = ScoringParameters(horizon_days=settings.scoring.horizon_days or None, medium_risk=settings.scoring.medium_risk,
                                    high_risk=settings.scoring.high_risk, random_seed=settings.scoring.random_seed)
