@@ -565,7 +565,7 @@ def _sqlite_engine(database: str, busy_timeout_s: float) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=FULL")  # the ledger must survive power loss, not only crashes
-        cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: past ~500k records the default 2 MB thrashes the indexes
+        cursor.execute("PRAGMA cache_size=-16384")  # 16 MiB: past ~500k records the default 2 MB thrashes the indexes
         cursor.close()
 
     @event.listens_for(engine, "begin")

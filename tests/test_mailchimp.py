@@ -126,6 +126,20 @@ def test_second_read_asks_only_for_members_changed_since_the_cursor_minus_lookba
 # --- write path --------------------------------------------------------------------------------------------------
 
 
+def test_after_a_write_to_the_whole_audience_later_reads_do_not_read_it_all_again(sandbox, store):
+    source = MailchimpSource(make_client(sandbox))
+    run_source_once(store, source, "sync", "mailchimp")
+    for member in sandbox.lists[LIST_ID]["members"].values():
+        sandbox._touch(member)  # as our tags on everyone would
+    assert run_source_once(store, source, "sync", "mailchimp").counts["contact"].read == SIZE  # read back once
+
+    sandbox.clock.advance(25 * 60)  # two look-back windows (10 minutes each) and more, with no change
+    run_source_once(store, source, "sync", "mailchimp")
+    later = run_source_once(store, source, "sync", "mailchimp")
+
+    assert later.counts["contact"].read == 0
+
+
 def test_scores_reach_every_reachable_member_and_never_touch_consent_or_shop_tags(sandbox, store):
     before_status, before_tags = statuses(sandbox), shop_tags(sandbox)
     destination = MailchimpDestination(make_client(sandbox), LIST_ID)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from connectors.base import InvalidRecord, Page, Rejected, Stream
@@ -56,6 +56,7 @@ class MailchimpSource:
     def read_members(self, cursor: str | None) -> Iterator[Page]:
         marks: dict[str, str] = json.loads(cursor) if cursor else {}
         for list_id in self.settings.audiences:
+            read_start = self._clock_now()
             since = self._since(marks.get(list_id))
             newest = marks.get(list_id)
             for members in self._member_pages(list_id, since):
@@ -64,9 +65,18 @@ class MailchimpSource:
                     if contact.updated_at and (newest is None or contact.updated_at.isoformat() > newest):
                         newest = contact.updated_at.isoformat()
                 yield Page(contacts, None, rejected)
+            if newest is not None and self.lookback and datetime.fromisoformat(newest) < read_start - self.lookback:
+                # Every change up to a look-back window before this read has been seen. Keeping the newest change
+                # seen as the mark would re-read the window before it on every run: after a large write of ours
+                # (tags on a whole audience), that window holds every member, read again each time.
+                newest = (read_start - self.lookback).isoformat()
             if newest is not None:
                 marks[list_id] = newest
             yield Page((), json.dumps(marks, sort_keys=True))
+
+    def _clock_now(self) -> datetime:
+        now = getattr(self.client.clock, "now", None)
+        return now() if now is not None else datetime.now(timezone.utc)
 
     def _member_pages(self, list_id: str, since: str | None) -> Iterator[list[dict[str, Any]]]:
         def fetch(offset: int) -> dict[str, Any]:
