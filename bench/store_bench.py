@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo
 from connectors.forms.csv import CsvImport
 from connectors.records import Contact, EmailAddress, Order, Record
 from sync.engine import run_source_once
-from sync.store import RunCounts, Store
+from sync.store import IMPORT_CACHE_MIB, RunCounts, Store
 from tables import print_table
 
 TARGET_RECORDS_PER_S = 50_000
@@ -134,7 +134,7 @@ def peak_rss_mb() -> float:
 def run_child(scenario: str, count: int) -> None:
     """Measure one scenario at one size in this (fresh) process; print one JSON line per result."""
     with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
-        store = Store.open(f"sqlite:///{tmp}/bench.db")
+        store = Store.open(f"sqlite:///{tmp}/bench.db", cache_mib=IMPORT_CACHE_MIB)  # as `retention import` opens it
         try:
             if scenario == "upsert":
                 for name in ("upsert new", "upsert unchanged"):

@@ -28,7 +28,7 @@ from sync.engine import run_source_once
 from sync.export import write_csv
 from sync.redact import configure_logging, redact
 from sync.settings import Settings, load_settings, read_secret
-from sync.store import Store
+from sync.store import IMPORT_CACHE_MIB, SYNC_CACHE_MIB, Store
 
 EXIT_CODES = """Exit codes: 0 success · 1 internal error (a bug: rerun with --debug and report it) · 2 usage or settings
 error · 3 the input file was rejected (nothing was imported) · 4 the local store cannot be used · 5 a connected tool
@@ -98,9 +98,10 @@ class Context:
             configure_logging("debug" if self.debug else self.settings.log_level)
         return self._settings
 
-    def open_store(self) -> Store:
+    def open_store(self, cache_mib: int = SYNC_CACHE_MIB) -> Store:
         settings = self.settings
-        return Store.open(settings.store_url, busy_timeout_s=settings.store.busy_timeout_s, password=read_secret("store_password"))
+        return Store.open(settings.store_url, busy_timeout_s=settings.store.busy_timeout_s, password=read_secret("store_password"),
+                          cache_mib=cache_mib)
 
 
 def _version(value: bool) -> None:
@@ -182,7 +183,7 @@ def import_command(
             if as_json:
                 out.print(json.dumps({"file": str(path), "rows": 0, "notices": plan.notices}))
             return
-        store = context.open_store()
+        store = context.open_store(IMPORT_CACHE_MIB)
         try:
             result = run_source_once(store, source_csv, "import", f"{kind} from {path.name}")
         finally:
@@ -294,7 +295,8 @@ def doctor(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
     if settings is not None:
         try:
             store = context.open_store()
-            results.append(CheckResult("store", True, f"{_store_label(settings)}: integrity {store.integrity_at_open}, schema {store.version()}"))
+            verdict = store.integrity()  # the full check: opening did only the quick one
+            results.append(CheckResult("store", verdict == "ok", f"{_store_label(settings)}: integrity {verdict}, schema {store.version()}"))
             store.close()
         except RetentionError as exc:
             results.append(CheckResult("store", False, str(exc)))

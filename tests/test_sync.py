@@ -106,6 +106,9 @@ def test_a_new_order_the_same_day_rescores_with_the_same_model_and_writes_only_w
     assert hubspot.objects["contacts"][contact_id]["properties"]["retention_clv"] != before["retention_clv"]
     sent = {t.name: t.sent for t in report.targets}
     assert 0 < sent["hubspot"] < next(t.sent for t in first.targets if t.name == "hubspot") / 5  # what moved, not all
+    # Mailchimp's members were read once, changed ones only: writing needs no second read of the whole audience.
+    member_reads = shop.sandboxes["mailchimp"].journal.entries("GET", r"/lists/[^/]+/members\Z")
+    assert member_reads and all("since_last_changed" in e.query for e in member_reads)
 
 
 def test_no_request_ever_carries_a_mailchimp_status_and_no_subscription_changes(shop):

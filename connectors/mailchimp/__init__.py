@@ -22,10 +22,14 @@ def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
         client = MailchimpClient(section, api_key=endpoint.credential, base_url=endpoint.base_url)
     targets = []
     for list_id in section.audiences:
+        destination = MailchimpDestination(client, list_id)
 
-        def desired(view: ScoreView, list_id: str = list_id) -> dict[str, dict[str, str | None]]:
+        def desired(view: ScoreView, list_id: str = list_id,
+                    destination: MailchimpDestination = destination) -> dict[str, dict[str, str | None]]:
+            # The members the source just read are the audience as it stands: no second read before writing.
+            destination.know_members(view.contacts)
             return desired_for_audience(view.scores, view.contacts, list_id, section.tag_prefix, section.add_new_contacts,
                                         view.linked, view.opted_out)
 
-        targets.append(Target(MailchimpDestination(client, list_id), desired, contact_fields=CONTACT_MERGE_FIELDS))
+        targets.append(Target(destination, desired, contact_fields=CONTACT_MERGE_FIELDS))
     return Connection("mailchimp", MailchimpSource(client), targets, close=client.close)
