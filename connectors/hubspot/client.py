@@ -27,11 +27,13 @@ from connectors.base import (
 )
 from connectors.hubspot import mapping
 from connectors.retry import (
+    MalformedAnswer,
     RetryBudget,
     RetryPolicy,
     Transient,
     WindowLimiter,
     call_with_retries,
+    malformed_reason,
 )
 from connectors.sandbox import SystemClock
 
@@ -91,10 +93,12 @@ class HubSpotClient:
     # --- one request ---------------------------------------------------------------------------------------------
 
     def call(self, what: str, send: Callable[[Any], Callable[..., Any]], *args: Any, is_search: bool = False,
-             optional: bool = False) -> dict[str, Any]:
+             optional: bool = False, expect: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Send one SDK call (``send`` picks the SDK method) with limits and retries; returns the parsed JSON body.
 
         ``optional``: the account may lack this API; a 403 or 404 raises Unavailable instead of an AuthError.
+        ``expect`` raises MalformedAnswer when a 2xx body lacks what the endpoint always sends; like a body that is
+        not JSON at all, that is retried and, if it persists, ends the run with one line (never stored as data).
         """
 
         def attempt() -> dict[str, Any]:
@@ -106,7 +110,17 @@ class HubSpotClient:
             # The API object is built per attempt: after an OAuth refresh it must carry the new access token.
             response = send(self.sdk)(*args, _preload_content=False, _request_timeout=self.settings.timeout_s)
             self._read_limit_headers(response.headers)
-            return json.loads(response.data) if response.data else {}
+            if not response.data:
+                return {}
+            try:
+                body = json.loads(response.data)
+            except ValueError:
+                raise MalformedAnswer(malformed_reason(response.data)) from None
+            if not isinstance(body, dict):
+                raise MalformedAnswer(f"a JSON {type(body).__name__} where an object belongs")
+            if expect is not None:
+                expect(body)
+            return body
 
         for is_last_try in (self.oauth is None, True):
             try:
@@ -152,7 +166,8 @@ class HubSpotClient:
     # --- the endpoints the connector uses --------------------------------------------------------------------------
 
     def search(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.call(f"searching {object_type}", lambda sdk: sdk.crm.objects.search_api.do_search, object_type, body, is_search=True)
+        return self.call(f"searching {object_type}", lambda sdk: sdk.crm.objects.search_api.do_search, object_type, body, is_search=True,
+                         expect=lambda reply: expect_search_page(reply, int(body.get("after") or 0)))
 
     def list_archived(self, object_type: str, properties: Sequence[str]) -> Iterator[list[dict[str, Any]]]:
         after = None
@@ -169,7 +184,7 @@ class HubSpotClient:
         found = []
         for start in range(0, len(ids), BATCH_SIZE):
             body = {"inputs": [{"id": i} for i in ids[start : start + BATCH_SIZE]], "properties": list(properties), "propertiesWithHistory": []}
-            reply = self.call(f"reading {object_type}", lambda sdk: sdk.crm.objects.batch_api.read, object_type, body)
+            reply = self.call(f"reading {object_type}", lambda sdk: sdk.crm.objects.batch_api.read, object_type, body, expect=expect_results)
             found.extend(reply.get("results", []))
         return found
 
@@ -249,7 +264,8 @@ class HubSpotClient:
                 results = reply.get("results", [])
                 if results:
                     yield results
-                    last_ms = mapping.to_ms(mapping.parse_time(results[-1]["properties"][modified]))
+                    stamps = [stamp for stamp in map(lambda raw: mapping.modified_at(raw, object_type), results) if stamp is not None]
+                    last_ms = mapping.to_ms(stamps[-1]) if stamps else last_ms
                 after = ((reply.get("paging") or {}).get("next") or {}).get("after")
                 if not after:
                     return
@@ -274,6 +290,33 @@ class HubSpotClient:
                 last_id = int(results[-1]["id"])
             if len(results) < SEARCH_PAGE:
                 return
+
+
+# --- answers that are not what the API documents ----------------------------------------------------------------
+
+
+def expect_results(reply: dict[str, Any]) -> None:
+    """A list or batch answer: ``results`` is a list of objects, each with its properties as an object. (Null
+    properties stored as they came would blank the contact in the store, and then in every other tool.)"""
+    results = reply.get("results")
+    if not isinstance(results, list) or not all(isinstance(result, dict) for result in results):
+        raise MalformedAnswer(f"'results' is {type(results).__name__ if results is not None else 'missing or null'}, not a list of objects")
+    blank = sum(not isinstance(result.get("properties", {}), dict) for result in results)
+    if blank:
+        raise MalformedAnswer(f"{blank:,} of {len(results):,} results have null properties")
+
+
+def expect_search_page(reply: dict[str, Any], after: int) -> None:
+    """A search page: results, and paging to the next page whenever ``total`` says more remain (HubSpot always
+    sends both). Without this check an answer that lost its paging would end the read early, and the cursor would
+    move past objects never read."""
+    expect_results(reply)
+    total = reply.get("total")
+    if not isinstance(total, int):
+        raise MalformedAnswer("'total' is missing from a search answer")
+    has_next = bool(((reply.get("paging") or {}).get("next") or {}).get("after"))
+    if not has_next and after + len(reply["results"]) < min(total, SEARCH_CAP):
+        raise MalformedAnswer(f"no paging after {after + len(reply['results']):,} of {total:,} results")
 
 
 # --- failures ------------------------------------------------------------------------------------------------------
@@ -319,6 +362,8 @@ def classify(exc: Exception) -> Transient | None:
     """What is worth retrying: 429 (not DAILY), 5xx, timeouts and dropped connections."""
     if isinstance(exc, (urllib3.exceptions.HTTPError, TimeoutError, ConnectionError)):
         return Transient(f"network: {type(exc).__name__}")
+    if isinstance(exc, MalformedAnswer):
+        return Transient(f"malformed answer: {exc.reason}")
     if not _is_api_exception(exc):
         return None
     status = getattr(exc, "status", 0) or 0
