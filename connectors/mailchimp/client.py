@@ -34,10 +34,12 @@ from connectors.base import (
 )
 from connectors.retry import (
     ClockLike,
+    MalformedAnswer,
     RetryBudget,
     RetryPolicy,
     Transient,
     call_with_retries,
+    malformed_reason,
 )
 from connectors.mailchimp.mapping import subscriber_hash
 from connectors.sandbox import SystemClock
@@ -153,16 +155,22 @@ class MailchimpClient:
         method: Callable[..., T],
         *args: Any,
         member: str | None = None,
+        expect: Callable[[Any], None] | None = None,
         **kwargs: Any,
     ) -> T:
         """``method(*args, **kwargs)`` on the SDK, within the connection bound, retried when transient.
 
-        A final vendor refusal becomes one typed line naming ``what`` and the ``member`` it concerns.
+        A final vendor refusal becomes one typed line naming ``what`` and the ``member`` it concerns. An answer that
+        is not JSON, or that ``expect`` finds lacking, is retried like a 5xx (MalformedAnswer) and never returned.
         """
 
         def attempt() -> T:
             with self._slots:
-                return method(*args, **kwargs)
+                answer = method(*args, **kwargs)
+            expect_json(answer)
+            if expect is not None:
+                expect(answer)
+            return answer
 
         try:
             return call_with_retries(
@@ -338,7 +346,32 @@ def problem(exc: ApiClientError) -> dict[str, Any]:
     return {}
 
 
+def expect_json(answer: Any) -> None:
+    """The SDK returns what it could not parse as it came: a 2xx HTML page as a str, a body cut short as the bare
+    ``requests.Response``. A bare response is fine only when it had no body (204 No Content)."""
+    if isinstance(answer, str):
+        raise MalformedAnswer(malformed_reason(answer))
+    if isinstance(answer, requests.Response) and answer.content:
+        raise MalformedAnswer(malformed_reason(answer.content))
+
+
+def expect_page(key: str) -> Callable[[Any], None]:
+    """A collection page: ``key`` holds a list of objects and ``total_items`` a count. Without the count a reader
+    would stop after the first page and move its cursor past members it never read."""
+
+    def check(answer: Any) -> None:
+        rows = answer.get(key) if isinstance(answer, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise MalformedAnswer(f"'{key}' is missing, null or not a list of objects")
+        if not isinstance(answer.get("total_items"), int):
+            raise MalformedAnswer("'total_items' is missing, so the pages left cannot be known")
+
+    return check
+
+
 def classify(exc: Exception) -> Transient | None:
+    if isinstance(exc, MalformedAnswer):
+        return Transient(f"malformed answer: {exc.reason}")
     if not isinstance(exc, ApiClientError):
         return None
     status = exc.status_code
