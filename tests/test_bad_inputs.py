@@ -40,6 +40,7 @@ from tests.test_csv_corpus import seed
 from tests.test_hubspot_read import hubspot_sandbox, make_client, stored
 from tests.test_mailchimp import KEY as MAILCHIMP_KEY
 from tests.test_mailchimp import make_client as make_mailchimp_client
+from tests.test_survey_vendors import TYPEFORM
 
 # --- the fixtures' contents ---------------------------------------------------------------------------------------
 
@@ -271,11 +272,28 @@ def every_result_properties_null(body: Any) -> Any:
     return body
 
 
+def first_item_text(text: str) -> Callable[[Any], Any]:
+    """A Typeform responses page whose first item's free-text answer is ``text``."""
+
+    def rewrite(body: Any) -> Any:
+        for answer in (body.get("items") or [{}])[0].get("answers") or []:
+            if answer.get("type") == "text":
+                answer["text"] = text
+        return body
+
+    return rewrite
+
+
+def answer_kept_with_replacement(store: Store) -> None:
+    payloads = [payload for _, payload in store.stored_records("survey_response", "typeform")]
+    assert sum("Great tea \ufffd" in payload for payload in payloads) == 1
+
+
 @dataclass(frozen=True)
 class ApiCase:
     name: str
     bad_input: str
-    vendor: str  # "hubspot" (search answers) or "mailchimp" (member pages)
+    vendor: str  # "hubspot" (search answers), "mailchimp" (member pages) or "typeform" (response pages)
     fault: Callable[[], Fault]
     outcome: str  # "retried": the read completes with every object; "stops": one line, store unchanged; "quarantined"
     message: str = ""
@@ -320,6 +338,13 @@ API_CASES = [
     # B7: an additional email that is no address, beside a good one: the good one kept, the person not lost.
     ApiCase("hubspot_broken_additional_email", "B7", "hubspot", lambda: Fault(kind="rewrite", rewrite=first_result(lambda r: r["properties"].update(hs_additional_emails="not@@an-address;Second@Example.com")), times=1, match=HUBSPOT_SEARCH),
             "retried", check=secondary_kept),
+    # B11 through an API: a first name holding half of a surrogate pair (was: an internal TypeError from the payload
+    # encoder that ended the whole read): that contact quarantined with the reason, the rest read.
+    ApiCase("hubspot_lone_surrogate_in_a_name", "B11", "hubspot", lambda: Fault(kind="rewrite", rewrite=first_result(lambda r: r["properties"].update(firstname="Ann\ud83d")), times=1, match=HUBSPOT_SEARCH),
+            "quarantined", "holds half of a UTF-16 surrogate pair"),
+    # B11 through an API: a Typeform answer with an emoji cut in two: the answer kept, the half emoji as U+FFFD.
+    ApiCase("typeform_lone_surrogate_in_an_answer", "B11", "typeform", lambda: Fault(kind="rewrite", rewrite=first_item_text("Great tea \ud83d"), times=1, match="/responses"),
+            "retried", check=answer_kept_with_replacement),
     # B16: Mailchimp answering 200 with an HTML page, every time (was: an internal AttributeError on a str).
     ApiCase("mailchimp_html_page_with_200", "B16", "mailchimp", lambda: Fault(status=200, times=None, match=MAILCHIMP_MEMBERS, body=HTML_PAGE, content_type="text/html"),
             "stops", "malformed answer: an HTML page instead of JSON"),
@@ -356,11 +381,11 @@ def test_malformed_vendor_answer_is_retried_or_stops_in_one_line_and_is_never_st
             box.faults.add(case.fault())
             result = read(store, False)
             assert any(entry.fault for entry in box.journal), "the malformed answer was served"
-            expected = expected_contacts(case.vendor, box)
+            kind, expected = expected_records(case.vendor, box)
             if case.outcome == "retried":
-                assert result.counts["contact"].written == expected and result.counts["contact"].quarantined == 0
+                assert result.counts[kind].written == expected and result.counts[kind].quarantined == 0
             else:
-                assert result.counts["contact"].quarantined == 1 and result.counts["contact"].written == expected - 1
+                assert result.counts[kind].quarantined == 1 and result.counts[kind].written == expected - 1
                 [entry] = store.quarantined()
                 assert case.message in entry["reason"]
                 assert "None" not in stored(store, "contact"), "an object without its id is never stored under 'None'"
@@ -381,6 +406,10 @@ class vendor_sandbox:  # noqa: N801 - a context manager, like the sandboxes it w
             self._context = hubspot_sandbox(HUBSPOT_CONTACTS, speed=2_000)
             box = self._context.__enter__()
             return box, lambda store, full: run_source_once(store, HubSpotSource(make_client(box, rng=random.Random(1))), "sync", "hubspot", full=full)
+        if self.vendor == "typeform":
+            box, url = TYPEFORM.start(120, speed=2_000)
+            self._context = box
+            return box, lambda store, full: run_source_once(store, TYPEFORM.source(box, url), "sync", "typeform", full=full)
         box = MailchimpSandbox(api_key=MAILCHIMP_KEY, clock=Clock(speed=2_000), seed=3)
         seed_audience(box, MAILCHIMP_MEMBERS_SEEDED, seed=7, orders=20)
         self._context = box
@@ -399,10 +428,13 @@ class vendor_sandbox:  # noqa: N801 - a context manager, like the sandboxes it w
         self._context.__exit__(*exc)
 
 
-def expected_contacts(vendor: str, box: Any) -> int:
+def expected_records(vendor: str, box: Any) -> tuple[str, int]:
+    """The kind the fault hits and how many of it the sandbox holds."""
     if vendor == "hubspot":
-        return len(box.objects["contacts"])
-    return len(box.lists[LIST_ID]["members"])
+        return "contact", len(box.objects["contacts"])
+    if vendor == "typeform":
+        return "survey_response", len(box.responses[TYPEFORM.form_id])
+    return "contact", len(box.lists[LIST_ID]["members"])
 
 
 # --- target-property drift (B15) ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,7 @@ from typing import Any
 import requests
 
 from connectors.base import AuthError, InvalidRecord, Page, Rejected, SourceError
-from connectors.records import Answer, AnswerKind, EmailAddress, SurveyResponse
+from connectors.records import Answer, AnswerKind, EmailAddress, SurveyResponse, has_lone_surrogate
 from connectors.retry import (
     RetryBudget,
     RetryPolicy,
@@ -77,8 +78,16 @@ class ReadStats:
     total_mismatches: list[str] = field(default_factory=list)  # forms whose reported total differs from what we read
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def clean_text(value: str) -> str:
-    return value.replace("\x00", "") if "\x00" in value else value
+    """NUL removed; half of a surrogate pair (a vendor's emoji cut in two) becomes U+FFFD, so the answer is kept."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    if has_lone_surrogate(value):
+        value = _LONE_SURROGATE.sub("\ufffd", value)  # in a str, any surrogate code point is a lone one
+    return value
 
 
 def scrub(value: Any) -> Any:
