@@ -30,11 +30,13 @@ import requests
 from connectors.base import AuthError, InvalidRecord, Page, Rejected, SourceError
 from connectors.records import Answer, AnswerKind, EmailAddress, SurveyResponse, has_lone_surrogate
 from connectors.retry import (
+    MalformedAnswer,
     RetryBudget,
     RetryPolicy,
     Transient,
     WindowLimiter,
     call_with_retries,
+    malformed_reason,
 )
 from connectors.sandbox import SystemClock
 
@@ -369,8 +371,8 @@ class JsonApi:
             raise HttpStatus(response.status_code, body, float(retry_after) if _is_number(retry_after) else None, url)
         try:
             return response.json()
-        except ValueError:
-            raise HttpStatus(response.status_code, "the answer was not JSON", None, url) from None
+        except ValueError:  # a proxy's HTML page or a body cut short: passing trouble, retried like a 5xx
+            raise MalformedAnswer(malformed_reason(response.content)) from None
 
 
 def _is_number(text: str | None) -> bool:
@@ -382,6 +384,8 @@ def _is_number(text: str | None) -> bool:
 
 
 def _classify(exc: Exception) -> Transient | None:
+    if isinstance(exc, MalformedAnswer):
+        return Transient(f"malformed answer: {exc.reason}")
     if isinstance(exc, HttpStatus) and (exc.status == 429 or exc.status >= 500):
         return Transient(f"HTTP {exc.status}", exc.retry_after_s)
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):

@@ -174,7 +174,8 @@ class HubSpotClient:
         while True:
             kwargs = {"limit": 100, "archived": True, "properties": list(properties), **({"after": after} if after else {})}
             body = self.call(f"listing archived {object_type}",
-                             lambda sdk, kwargs=kwargs: lambda **extra: sdk.crm.objects.basic_api.get_page(object_type, **kwargs, **extra))
+                             lambda sdk, kwargs=kwargs: lambda **extra: sdk.crm.objects.basic_api.get_page(object_type, **kwargs, **extra),
+                             expect=expect_results)
             yield body.get("results", [])
             after = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not after:
@@ -196,7 +197,8 @@ class HubSpotClient:
         owners = {}
         for start in range(0, len(deal_ids), BATCH_SIZE):
             body = {"inputs": [{"id": i} for i in deal_ids[start : start + BATCH_SIZE]]}
-            reply = self.call("reading deal associations", lambda sdk: sdk.crm.associations.v4.batch_api.get_page, "deals", "contacts", body)
+            reply = self.call("reading deal associations", lambda sdk: sdk.crm.associations.v4.batch_api.get_page, "deals", "contacts", body,
+                              expect=expect_results)
             for result in reply.get("results", []):
                 targets = sorted(int(t["toObjectId"]) for t in result.get("to", []))
                 if targets:
@@ -215,20 +217,20 @@ class HubSpotClient:
             kwargs = {"object_type": "contact", "event_type": event_type, "occurred_after": occurred_after,
                       "occurred_before": occurred_before, "limit": EVENTS_PAGE, "sort": ["occurredAt"], **({"after": after} if after else {})}
             body = self.call(f"reading {event_type} events", lambda sdk, kwargs=kwargs: lambda **extra: sdk.events.events_api.get_page(**kwargs, **extra),
-                             optional=True)
+                             optional=True, expect=expect_results)
             yield body.get("results", [])
             after = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not after:
                 return
 
     def pipelines(self, object_type: str) -> dict[str, Any]:
-        return self.call(f"reading {object_type} pipelines", lambda sdk: sdk.crm.pipelines.pipelines_api.get_all, object_type)
+        return self.call(f"reading {object_type} pipelines", lambda sdk: sdk.crm.pipelines.pipelines_api.get_all, object_type, expect=expect_results)
 
     def properties(self, object_type: str) -> dict[str, Any]:
-        return self.call(f"reading {object_type} properties", lambda sdk: sdk.crm.properties.core_api.get_all, object_type)
+        return self.call(f"reading {object_type} properties", lambda sdk: sdk.crm.properties.core_api.get_all, object_type, expect=expect_results)
 
     def groups(self, object_type: str) -> dict[str, Any]:
-        return self.call(f"reading {object_type} property groups", lambda sdk: sdk.crm.properties.groups_api.get_all, object_type)
+        return self.call(f"reading {object_type} property groups", lambda sdk: sdk.crm.properties.groups_api.get_all, object_type, expect=expect_results)
 
     def create_group(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.call(f"creating property group {body['name']}", lambda sdk: sdk.crm.properties.groups_api.create, object_type, body)
