@@ -1,6 +1,6 @@
 """The bad-input corpus, RELIABILITY.md §4.3 B1-B16: each fixture through the surface a user's data reaches.
 
-Three tables, one row per fixture, each row with its B-number and a comment saying what it is and what must
+Four tables, one row per fixture, each row with its B-number and a comment saying what it is and what must
 happen. The CSV import fixtures that were here first live in tests/test_csv_corpus.py (committed files in
 tests/fixtures/bad_csv); ``test_the_corpus_covers_every_bad_input_kind`` counts both. Fixtures here are made by the
 test itself (bytes from a fixed recipe, huge values from a repeat count), so nothing large or binary is committed.
@@ -12,6 +12,8 @@ test itself (bytes from a fixed recipe, huge values from a repeat count), so not
   schedule and read through the official SDKs: retried when they pass, one line and an unchanged store when they
   persist, one quarantine entry when a single object is bad. Never stored as data.
 - DRIFT_CASES change a HubSpot property retention-sync writes (B15) between two write-backs.
+- WRITE_CASES send values HubSpot cannot hold as given (B8, B9, B10): coerced to what the property holds, or refused
+  for that one value with HubSpot's reason and not sent again; the rest of the batch is written.
 """
 
 from __future__ import annotations
@@ -513,11 +515,72 @@ def test_a_drifted_target_property_is_detected_before_writing(tmp_path: Path, ca
         store.close()
 
 
+# --- values of the wrong type or shape written to HubSpot (B8, B9, B10) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteCase:
+    name: str
+    bad_input: str
+    field: str  # the retention property the value is for
+    value: str
+    stored: str | None = None  # what HubSpot must hold afterwards; None: the value is refused
+    refused: str = ""  # HubSpot's reason, quarantined; the value is not sent again while it stays the same
+
+
+WRITE_CASES = [
+    # B8: float noise into a number property rounded to one decimal: sent as 30, so a rerun compares equal.
+    WriteCase("float_noise_rounded", "B8", "churn_risk", "30.000000000000004", stored="30"),
+    # B8: 9.5 into the whole-number NPS property: rounded half up, as the property holds it.
+    WriteCase("half_nps_rounded_half_up", "B8", "last_nps", "9.5", stored="10"),
+    # B8: 1e-14 into a two-decimal money property: 0, not "1E-14".
+    WriteCase("exponent_notation_rounded", "B8", "clv", "1e-14", stored="0"),
+    # B8: "N/A" into a number property: refused for that one value, with HubSpot's reason; the batch goes on.
+    WriteCase("text_for_a_number", "B8", "churn_risk", "N/A", refused="'N/A' is not a valid number"),
+    # B8: NaN into a number property: refused the same way, never sent as a number.
+    WriteCase("nan_for_a_number", "B8", "clv", "NaN", refused="'NaN' is not a valid number"),
+    # B8: an option in the wrong case: refused, naming the property.
+    WriteCase("option_in_the_wrong_case", "B8", "risk_band", "HIGH", refused="'HIGH' was not one of the allowed options"),
+    # B9: a time with a +05:30 offset: sent in UTC with milliseconds, as HubSpot's datetime properties want.
+    WriteCase("offset_time_sent_as_utc_ms", "B9", "scored_at", "2025-03-01T00:00:00+05:30", stored="2025-02-28T18:30:00.000Z"),
+    # B9: epoch milliseconds: the same instant in HubSpot's form.
+    WriteCase("epoch_ms_sent_as_utc_ms", "B9", "scored_at", "1740787200000", stored="2025-03-01T00:00:00.000Z"),
+    # B10: 70,000 characters of reasons: cut to HubSpot's 65,536-character limit, not refused.
+    WriteCase("reasons_past_the_text_limit", "B10", "churn_reasons", "slow " * 14_000, stored=("slow " * 14_000)[:65_536]),
+]
+
+
+@pytest.mark.parametrize("case", WRITE_CASES, ids=[f"{case.bad_input}-{case.name}" for case in WRITE_CASES])
+def test_a_value_hubspot_cannot_hold_as_given_is_coerced_or_refused_alone(tmp_path: Path, case: WriteCase) -> None:
+    store = Store.open(f"sqlite:///{tmp_path}/retention.db")
+    try:
+        with hubspot_sandbox(2) as box:
+            odd, control = sorted(box.objects["contacts"])
+            wanted = {odd: {NAMES[case.field]: case.value}, control: {NAMES["churn_risk"]: "12.3"}}
+
+            first = push_changes(store, HubSpotDestination(make_client(box)), wanted)
+            box.journal.clear()
+            again = push_changes(store, HubSpotDestination(make_client(box)), wanted)
+
+            held = box.objects["contacts"][odd]["properties"].get(NAMES[case.field])
+            assert box.objects["contacts"][control]["properties"][NAMES["churn_risk"]] == "12.3", "the batch is not failed"
+            assert box.journal.entries(method="POST", path="/batch/update") == [], "nothing is sent twice"
+            if case.stored is not None:
+                assert held == case.stored and not first.rejected
+            else:
+                assert held is None and [r.change.object_id for r in first.rejected] == [odd]
+                assert case.refused in first.rejected[0].reason and "\n" not in first.rejected[0].reason
+                assert again.held_back == 1
+                assert any(case.refused in entry["reason"] for entry in store.quarantined())
+    finally:
+        store.close()
+
+
 # --- the corpus as a whole ----------------------------------------------------------------------------------------
 
 
 def test_the_corpus_covers_every_bad_input_kind() -> None:
     """RELIABILITY.md §4.3 asks for at least 40 fixtures across B1-B16."""
-    corpus = [(case.bad_input, case.file) for case in CSV_CORPUS] + [(case.bad_input, case.name) for case in (*CLI_CASES, *API_CASES, *DRIFT_CASES)]
+    corpus = [(case.bad_input, case.file) for case in CSV_CORPUS] + [(case.bad_input, case.name) for case in (*CLI_CASES, *API_CASES, *DRIFT_CASES, *WRITE_CASES)]
     assert len(corpus) >= 40 and len(set(corpus)) == len(corpus)
     assert {kind for kind, _ in corpus} == {f"B{n}" for n in range(1, 17)}
