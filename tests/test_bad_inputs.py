@@ -179,6 +179,10 @@ CLI_CASES = [
             lambda: lines("Timestamp,Email Address,How likely are you to recommend us? (0-10),What should we change?,Which tea do you buy?",
                           "2024-04-01 10:00:00,ann@example.com,9,Nothing,Green", "2024-04-02 10:00:00,bob@example.com,3,Faster delivery,Black"),
             message="Imported 2 responses", changes_store=True),
+    # B14: the next export after a question was removed from the form: read; the earlier answers stay as they were.
+    CliCase("survey_export_after_a_question_was_removed", "B14", ("import", "{file}", "--kind", "responses", "--form", "feedback"),
+            lambda: lines("Timestamp,Email Address,What should we change?", "2024-04-03 10:00:00,dee@example.com,More teas"),
+            message="Imported 1 responses", changes_store=True),
     # B8: a setting outside its bounds: one line with the bounds and the value.
     CliCase("out_of_range_setting", "B8", ("status",), settings="[csv]\nmax_bad_row_fraction = 3\n",
             exit_code=2, message="settings.toml: csv.max_bad_row_fraction must be between 0.0 and 1.0 (got 3)"),
@@ -215,6 +219,13 @@ def test_bad_input_through_the_cli_gives_its_documented_result(workspace: Worksp
         assert workspace.run_count() == runs_before
     if case.output_check is not None:
         case.output_check(written)
+    if case.bad_input == "B14":
+        store = workspace.open_store()
+        try:
+            payloads = [payload for _, payload in store.stored_records("survey_response")]
+        finally:
+            store.close()
+        assert any("More green teas" in payload for payload in payloads), "the answers given before the drift are kept"
 
 
 def quarantine_size(workspace: Workspace) -> int:
