@@ -167,7 +167,7 @@ class HubSpotClient:
 
     def search(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.call(f"searching {object_type}", lambda sdk: sdk.crm.objects.search_api.do_search, object_type, body, is_search=True,
-                         expect=lambda reply: expect_search_page(reply, int(body.get("after") or 0)))
+                         expect=lambda reply: mapping.expect_search_page(reply, int(body.get("after") or 0), SEARCH_CAP))
 
     def list_archived(self, object_type: str, properties: Sequence[str]) -> Iterator[list[dict[str, Any]]]:
         after = None
@@ -175,7 +175,7 @@ class HubSpotClient:
             kwargs = {"limit": 100, "archived": True, "properties": list(properties), **({"after": after} if after else {})}
             body = self.call(f"listing archived {object_type}",
                              lambda sdk, kwargs=kwargs: lambda **extra: sdk.crm.objects.basic_api.get_page(object_type, **kwargs, **extra),
-                             expect=expect_results)
+                             expect=mapping.expect_results)
             yield body.get("results", [])
             after = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not after:
@@ -185,7 +185,7 @@ class HubSpotClient:
         found = []
         for start in range(0, len(ids), BATCH_SIZE):
             body = {"inputs": [{"id": i} for i in ids[start : start + BATCH_SIZE]], "properties": list(properties), "propertiesWithHistory": []}
-            reply = self.call(f"reading {object_type}", lambda sdk: sdk.crm.objects.batch_api.read, object_type, body, expect=expect_results)
+            reply = self.call(f"reading {object_type}", lambda sdk: sdk.crm.objects.batch_api.read, object_type, body, expect=mapping.expect_results)
             found.extend(reply.get("results", []))
         return found
 
@@ -198,7 +198,7 @@ class HubSpotClient:
         for start in range(0, len(deal_ids), BATCH_SIZE):
             body = {"inputs": [{"id": i} for i in deal_ids[start : start + BATCH_SIZE]]}
             reply = self.call("reading deal associations", lambda sdk: sdk.crm.associations.v4.batch_api.get_page, "deals", "contacts", body,
-                              expect=expect_results)
+                              expect=mapping.expect_results)
             for result in reply.get("results", []):
                 targets = sorted(int(t["toObjectId"]) for t in result.get("to", []))
                 if targets:
@@ -217,20 +217,20 @@ class HubSpotClient:
             kwargs = {"object_type": "contact", "event_type": event_type, "occurred_after": occurred_after,
                       "occurred_before": occurred_before, "limit": EVENTS_PAGE, "sort": ["occurredAt"], **({"after": after} if after else {})}
             body = self.call(f"reading {event_type} events", lambda sdk, kwargs=kwargs: lambda **extra: sdk.events.events_api.get_page(**kwargs, **extra),
-                             optional=True, expect=expect_results)
+                             optional=True, expect=mapping.expect_results)
             yield body.get("results", [])
             after = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not after:
                 return
 
     def pipelines(self, object_type: str) -> dict[str, Any]:
-        return self.call(f"reading {object_type} pipelines", lambda sdk: sdk.crm.pipelines.pipelines_api.get_all, object_type, expect=expect_results)
+        return self.call(f"reading {object_type} pipelines", lambda sdk: sdk.crm.pipelines.pipelines_api.get_all, object_type, expect=mapping.expect_results)
 
     def properties(self, object_type: str) -> dict[str, Any]:
-        return self.call(f"reading {object_type} properties", lambda sdk: sdk.crm.properties.core_api.get_all, object_type, expect=expect_results)
+        return self.call(f"reading {object_type} properties", lambda sdk: sdk.crm.properties.core_api.get_all, object_type, expect=mapping.expect_results)
 
     def groups(self, object_type: str) -> dict[str, Any]:
-        return self.call(f"reading {object_type} property groups", lambda sdk: sdk.crm.properties.groups_api.get_all, object_type, expect=expect_results)
+        return self.call(f"reading {object_type} property groups", lambda sdk: sdk.crm.properties.groups_api.get_all, object_type, expect=mapping.expect_results)
 
     def create_group(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.call(f"creating property group {body['name']}", lambda sdk: sdk.crm.properties.groups_api.create, object_type, body)
@@ -292,33 +292,6 @@ class HubSpotClient:
                 last_id = int(results[-1]["id"])
             if len(results) < SEARCH_PAGE:
                 return
-
-
-# --- answers that are not what the API documents ----------------------------------------------------------------
-
-
-def expect_results(reply: dict[str, Any]) -> None:
-    """A list or batch answer: ``results`` is a list of objects, each with its properties as an object. (Null
-    properties stored as they came would blank the contact in the store, and then in every other tool.)"""
-    results = reply.get("results")
-    if not isinstance(results, list) or not all(isinstance(result, dict) for result in results):
-        raise MalformedAnswer(f"'results' is {type(results).__name__ if results is not None else 'missing or null'}, not a list of objects")
-    blank = sum(not isinstance(result.get("properties", {}), dict) for result in results)
-    if blank:
-        raise MalformedAnswer(f"{blank:,} of {len(results):,} results have null properties")
-
-
-def expect_search_page(reply: dict[str, Any], after: int) -> None:
-    """A search page: results, and paging to the next page whenever ``total`` says more remain (HubSpot always
-    sends both). Without this check an answer that lost its paging would end the read early, and the cursor would
-    move past objects never read."""
-    expect_results(reply)
-    total = reply.get("total")
-    if not isinstance(total, int):
-        raise MalformedAnswer("'total' is missing from a search answer")
-    has_next = bool(((reply.get("paging") or {}).get("next") or {}).get("after"))
-    if not has_next and after + len(reply["results"]) < min(total, SEARCH_CAP):
-        raise MalformedAnswer(f"no paging after {after + len(reply['results']):,} of {total:,} results")
 
 
 # --- failures ------------------------------------------------------------------------------------------------------

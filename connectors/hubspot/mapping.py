@@ -17,6 +17,7 @@ from connectors.records import (
     OrderStatus,
     Record,
 )
+from connectors.retry import MalformedAnswer
 
 SOURCE = "hubspot"
 CONTACT_PROPERTIES = ("email", "firstname", "lastname", "phone", "company", "lifecyclestage", "hs_additional_emails",
@@ -154,6 +155,33 @@ def map_email_event(raw: Mapping[str, Any], contact_email: str | None) -> EmailE
         occurred_at=parse_time(raw.get("occurredAt"), "occurredAt"), campaign_id=props.get(EVENT_CAMPAIGN_PROPERTY) or None,
         url=props.get(EVENT_URL_PROPERTY) or None,
     )
+
+
+# --- answers that are not what the API documents (MalformedAnswer: retried by the client, never stored) ---------
+
+
+def expect_results(reply: dict[str, Any]) -> None:
+    """A list or batch answer: ``results`` is a list of objects, each with its properties as an object. (Null
+    properties stored as they came would blank the contact in the store, and then in every other tool.)"""
+    results = reply.get("results")
+    if not isinstance(results, list) or not all(isinstance(result, dict) for result in results):
+        raise MalformedAnswer(f"'results' is {type(results).__name__ if results is not None else 'missing or null'}, not a list of objects")
+    blank = sum(not isinstance(result.get("properties", {}), dict) for result in results)
+    if blank:
+        raise MalformedAnswer(f"{blank:,} of {len(results):,} results have null properties")
+
+
+def expect_search_page(reply: dict[str, Any], after: int, cap: int) -> None:
+    """A search page: results, and paging to the next page whenever ``total`` says more remain (HubSpot always
+    sends both). Without this check an answer that lost its paging would end the read early, and the cursor would
+    move past objects never read."""
+    expect_results(reply)
+    total = reply.get("total")
+    if not isinstance(total, int):
+        raise MalformedAnswer("'total' is missing from a search answer")
+    has_next = bool(((reply.get("paging") or {}).get("next") or {}).get("after"))
+    if not has_next and after + len(reply["results"]) < min(total, cap):
+        raise MalformedAnswer(f"no paging after {after + len(reply['results']):,} of {total:,} results")
 
 
 def map_all(raws: list[Mapping[str, Any]], object_type: str, build: Callable[[Mapping[str, Any]], Record]) -> tuple[list[Record], list[Rejected]]:

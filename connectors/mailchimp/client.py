@@ -355,20 +355,6 @@ def expect_json(answer: Any) -> None:
         raise MalformedAnswer(malformed_reason(answer.content))
 
 
-def expect_page(key: str) -> Callable[[Any], None]:
-    """A collection page: ``key`` holds a list of objects and ``total_items`` a count. Without the count a reader
-    would stop after the first page and move its cursor past members it never read."""
-
-    def check(answer: Any) -> None:
-        rows = answer.get(key) if isinstance(answer, dict) else None
-        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-            raise MalformedAnswer(f"'{key}' is missing, null or not a list of objects")
-        if not isinstance(answer.get("total_items"), int):
-            raise MalformedAnswer("'total_items' is missing, so the pages left cannot be known")
-
-    return check
-
-
 def classify(exc: Exception) -> Transient | None:
     if isinstance(exc, MalformedAnswer):
         return Transient(f"malformed answer: {exc.reason}")

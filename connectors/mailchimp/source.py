@@ -9,7 +9,7 @@ from typing import Any
 
 from connectors.base import InvalidRecord, Page, Rejected, Stream
 from connectors.mailchimp import mapping
-from connectors.mailchimp.client import PAGE_SIZE, MailchimpClient, expect_page
+from connectors.mailchimp.client import PAGE_SIZE, MailchimpClient
 
 # The member fields we read: everything the Contact needs, nothing more (smaller pages, faster reads).
 MEMBER_FIELDS = (
@@ -81,7 +81,7 @@ class MailchimpSource:
                 f"reading members of audience {list_id}",
                 self.client.sdk.lists.get_list_members_info,
                 list_id,
-                expect=expect_page("members"),
+                expect=mapping.expect_page("members"),
                 **options,
             )
 
@@ -180,7 +180,7 @@ class MailchimpSource:
     def _paged(self, key: str, method: Any, what: str, *args: Any, **options: Any) -> Iterator[dict[str, Any]]:
         offset = 0
         while True:
-            body = self.client.call(what, method, *args, count=PAGE_SIZE, offset=offset, expect=expect_page(key), **options)
+            body = self.client.call(what, method, *args, count=PAGE_SIZE, offset=offset, expect=mapping.expect_page(key), **options)
             rows = body.get(key, [])
             yield from rows
             offset += len(rows)
