@@ -266,7 +266,8 @@ class HubSpotClient:
                 results = reply.get("results", [])
                 if results:
                     yield results
-                    stamps = [stamp for stamp in map(lambda raw: mapping.modified_at(raw, object_type), results) if stamp is not None]
+                    # An object without a readable modified date is quarantined by its mapping; the others place the cursor.
+                    stamps = [stamp for stamp in (mapping.modified_at(raw, object_type) for raw in results) if stamp is not None]
                     last_ms = mapping.to_ms(stamps[-1]) if stamps else last_ms
                 after = ((reply.get("paging") or {}).get("next") or {}).get("after")
                 if not after:
