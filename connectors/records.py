@@ -93,7 +93,20 @@ def _check_text(value: str | None, field_name: str, max_chars: int = MAX_NAME_CH
         return None
     if len(value) > max_chars:
         raise InvalidRecord(field_name, value, f"is {len(value):,} characters long; at most {max_chars:,} allowed")
+    if has_lone_surrogate(value):
+        raise InvalidRecord(field_name, value, "holds half of a UTF-16 surrogate pair (an emoji cut in two?), which no text can store")
     return value
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """JSON's "\\ud83d" without its pair decodes to a str that UTF-8 cannot encode: storing it would end the run."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 # --- the records --------------------------------------------------------------------------------------------

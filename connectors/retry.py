@@ -34,6 +34,26 @@ class Transient:
     retry_after_s: float | None = None
 
 
+class MalformedAnswer(Exception):
+    """A vendor answered 2xx with something that is not the answer its API documents: not JSON (a proxy's HTML
+    page, a body cut short), or JSON without the keys that must be there (paging gone while more results remain).
+    Retried like a 5xx, since it is usually a proxy or a deploy passing; never stored as data."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def malformed_reason(body: bytes | str) -> str:
+    """Why ``body`` is no JSON object, in a few words a log line can hold (never the body itself: it may be long)."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    if not text.strip():
+        return "an empty answer"
+    if text.lstrip()[:1] == "<":
+        return f"an HTML page instead of JSON ({len(text):,} characters)"
+    return f"JSON cut short or invalid ({len(text):,} characters)"
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 8  # per call, the first included

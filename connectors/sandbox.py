@@ -8,6 +8,7 @@ module holds only the plumbing, so the five sandboxes behave alike under faults 
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import re
@@ -177,7 +178,11 @@ class Fault:
     - ``status``: answer ``status`` (429, 5xx, 401, 403...) with ``body`` or the vendor's usual error body;
     - ``stall``: wait ``stall_s`` real seconds, then answer normally (a client timeout should fire first);
     - ``drop``: apply the request, then close the connection without answering (the write happened, the
-      client cannot know).
+      client cannot know);
+    - ``truncate``: answer normally, but only the first ``truncate_at`` bytes of the body (a proxy that cut the
+      answer short, its length header matching what was sent);
+    - ``rewrite``: answer normally, with the JSON body passed through ``rewrite`` first: a vendor answer with a key
+      missing, a null where a value belongs, the paging gone.
     """
 
     kind: str = "status"
@@ -189,6 +194,8 @@ class Fault:
     body: Any = None  # None: the vendor's own error body for ``status``
     content_type: str | None = None
     stall_s: float = 0.0
+    truncate_at: int = 0
+    rewrite: Callable[[Any], Any] | None = None
     until: float | None = None  # sandbox monotonic seconds after which the fault is spent
     name: str = ""
 
@@ -302,6 +309,10 @@ class Sandbox:
         response = self._route(request)
         if fault is not None and fault.kind == "drop":
             return None, fault.name or "drop"
+        if fault is not None and fault.kind == "truncate":
+            response = Response(response.status, response.encoded()[: fault.truncate_at], response.headers, response.content_type)
+        if fault is not None and fault.kind == "rewrite" and fault.rewrite is not None and isinstance(response.body, (dict, list)):
+            response = Response(response.status, fault.rewrite(copy.deepcopy(response.body)), response.headers, response.content_type)
         return response, (fault.name or fault.kind) if fault else None
 
     def _route(self, request: Request) -> Response:

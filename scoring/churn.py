@@ -196,15 +196,17 @@ class ChurnModel:
         self.training_window_ = (activity["at"].min(), as_of)
         alone = "" if self.inputs_.activity == "orders" else " from email and survey engagement alone (no orders yet)"
         if len(history) < 2:
-            self.method_ = f"BG/NBD{alone} (too little history to learn churn from this business's own data)"
-            self.features_ = []
-            summary = rfm_summary(activity, as_of)
-            self.fallback_ = BetaGeoModel().fit(summary["frequency"], summary["recency"], summary["age"])
-            self.backtest_ = {}
-            return self
+            return self._fit_fallback(activity, as_of, f"BG/NBD{alone} (too little history to learn churn from this business's own data)")
         newest, older = history[0], history[1:]
         train_x = pd.concat([s.features for s in older])
         train_y = pd.concat([s.churned for s in older])
+        rng = np.random.default_rng(self.random_state)
+        in_training = rng.random(len(newest.churned)) < 0.5
+        if any(labels.nunique() < 2 for labels in (train_y, newest.churned, newest.churned[~in_training])):
+            # Every customer of a past window churned (or every one stayed): a classifier cannot be fitted or
+            # validated on one class, so the history-only model answers instead, and says why.
+            return self._fit_fallback(activity, as_of, f"BG/NBD{alone} (in the past windows every customer did the same thing, "
+                                                       "so there is nothing to learn churn from)")
         # A survey column with no value at all in the training windows (say, no one had answered twice yet)
         # teaches nothing and breaks gradient boosting's binning: the model leaves it out, and remembers so.
         self.features_ = [column for column in train_x.columns if column in FEATURES or train_x[column].notna().any()]
@@ -219,8 +221,6 @@ class ChurnModel:
         self.backtest_ = {"roc_auc": scores, "validated_at": newest.cutoff, "trained_on": [s.cutoff for s in older]}
         # The newest window is the one most like the present: half its customers join the training data, the
         # other half calibrate the refitted winner.
-        rng = np.random.default_rng(self.random_state)
-        in_training = rng.random(len(newest.churned)) < 0.5
         final = _candidates(self.random_state)[best].fit(
             pd.concat([train_x, newest.features[in_training]]), pd.concat([train_y, newest.churned[in_training]])
         )
@@ -228,6 +228,14 @@ class ChurnModel:
             newest.features[~in_training], newest.churned[~in_training]
         )
         self.method_ = f"{best}{alone}, learnt from windows up to {newest.cutoff:%Y-%m-%d} and calibrated on half of that one"
+        return self
+
+    def _fit_fallback(self, activity: pd.DataFrame, as_of: pd.Timestamp, method: str) -> ChurnModel:
+        self.method_ = method
+        self.features_ = []
+        summary = rfm_summary(activity, as_of)
+        self.fallback_ = BetaGeoModel().fit(summary["frequency"], summary["recency"], summary["age"])
+        self.backtest_ = {}
         return self
 
     def predict_proba(self, orders: pd.DataFrame, as_of: pd.Timestamp, responses: pd.DataFrame | None = None,

@@ -57,9 +57,7 @@ class RetentionGroup(TyperGroup):
         except RetentionError as exc:
             if debug:
                 err.print(redact(traceback.format_exc()))
-            # markup=False: a message quoting a command or a column ("retention-sync[encoder]", "[Q1] Comments")
-            # must reach the user as written, not as rich markup.
-            err.print(redact(f"retention: {exc}"), markup=False)
+            err.print(redact(f"retention: {exc}"))
             code = exc.exit_code
         except Exception as exc:  # a bug: still one line for the user, the details behind --debug
             if debug:
@@ -80,8 +78,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No markup, no emoji codes: every line quotes the user's data (names, columns, file and source names), and rich
+# would read "[/b]" in a cell as a tag (an internal error), ":o:" in "csv:o: 3 new" as an emoji, and swallow the
+# "[redacted]" mask. What a user's file holds is printed as it is.
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 log = logging.getLogger("retention")
 
 

@@ -236,7 +236,9 @@ def _orders_frame(context: Context, path: Path | None, audit_field: str | None =
     settings = context.settings
     if path is not None:
         source = csv_source(settings, path, "orders")
-        source.prepare()
+        plan = source.prepare()
+        if plan.data_rows == 0:  # the file's own notice, not the store's "nobody has engaged" that would follow
+            raise InputError("; ".join(plan.notices).replace("nothing to import", "nothing to score"), path=str(path))
         pages = list(source.read())
         found = [record for page in pages for record in page.records]
         skipped = sum(len(page.rejected) for page in pages)

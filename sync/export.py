@@ -24,6 +24,7 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]
     """Write rows to ``path`` (0600: it holds customer data), neutralising every cell; returns the row count."""
     count = 0
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # O_CREAT's mode applies only to a new file: an existing 0644 one would stay readable
     with open(descriptor, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([neutralise(cell) for cell in header])

@@ -649,7 +649,13 @@ def _occurred_at(record: Record) -> datetime | None:
 def _json(value: Any) -> str:
     import json
 
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a quarantined vendor payload with half a surrogate pair: keep it, escaped
+            text = json.dumps(value, sort_keys=True, ensure_ascii=True, default=str)
+    return text
 
 
 def _now() -> datetime:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from sync.cli import app
 from sync.store import Store
+from tests import canary
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -45,6 +46,8 @@ class Workspace:
             environment["RETENTION_STORE__URL"] = self.store_url
         environment.update(env or {})
         result = CliRunner().invoke(app, list(args), env=environment, catch_exceptions=False, prog_name="retention")
+        CANARY_SIGHTINGS.extend(f"output of `retention {' '.join(args)[:120]}`: {name}"
+                                for name in canary.canaries_in_text(result.stdout + result.stderr))
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     def open_store(self) -> Store:
@@ -63,6 +66,34 @@ class Workspace:
             return len(store.recent_runs(10_000))
         finally:
             store.close()
+
+
+# --- canary credentials (tests/canary.py) --------------------------------------------------------------------------
+
+CANARY_SIGHTINGS: list[str] = []  # where a canary turned up during the session; the session fails if any did
+
+
+@pytest.fixture(scope="session", autouse=True)
+def canary_credentials(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The whole session runs with the canary credentials set; at its end nothing the suite produced may hold one:
+    every file under the session's temporary directory (where every test's stores, WALs, logs and exports live),
+    every CLI run's output, every captured log and failure report, and the PostgreSQL test stores."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in canary.CANARY_CREDENTIALS.items():
+            patch.setenv(name, value)
+        yield canary.CANARY_CREDENTIALS
+    sightings = CANARY_SIGHTINGS + canary.canaries_in_files(tmp_path_factory.getbasetemp())
+    if POSTGRES_URL:
+        sightings += canary.canaries_in_postgres(POSTGRES_URL)
+    if sightings:
+        pytest.fail(canary.report(sightings), pytrace=False)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Captured stdout, stderr and log lines, and the text of any failure's exception, of every test phase."""
+    texts = [content for _, content in report.sections] + ([report.longreprtext] if report.failed else [])
+    for text_seen in texts:
+        CANARY_SIGHTINGS.extend(f"{report.nodeid} ({report.when}): {name}" for name in canary.canaries_in_text(text_seen))
 
 
 def fresh_postgres_url() -> str:
@@ -92,7 +123,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     (tmp_path / "settings.toml").write_text(SETTINGS)
     monkeypatch.chdir(tmp_path)
     for name in list(os.environ):
-        if name.startswith("RETENTION_") and name != "RETENTION_TEST_POSTGRES_URL":
+        # The canary credentials stay: a user's environment holds their credentials, and nothing may leak them.
+        if name.startswith("RETENTION_") and name != "RETENTION_TEST_POSTGRES_URL" and name not in canary.CANARY_CREDENTIALS:
             monkeypatch.delenv(name)
     return Workspace(tmp_path, "")
 

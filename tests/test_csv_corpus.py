@@ -22,51 +22,52 @@ class Expect:
     message: str  # must appear in the one line the user sees
     quarantined: int = 0
     imported: int = 0
+    bad_input: str = ""  # the RELIABILITY.md §4.3 scenario it is a fixture of (tests/test_bad_inputs.py counts them)
 
 
 CASES = [
     # cp1252 bytes (é, ’) with no --encoding: rejected, naming line, byte offset, the likely encoding and the flag.
-    Expect("cp1252_contacts.csv", "contacts", 3, "line 2: byte 0xE9 at offset 55 is not valid UTF-8; the file looks like cp1252 — re-export it as UTF-8, or run again with --encoding cp1252"),
+    Expect("cp1252_contacts.csv", "contacts", 3, "line 2: byte 0xE9 at offset 55 is not valid UTF-8; the file looks like cp1252 — re-export it as UTF-8, or run again with --encoding cp1252", bad_input="B1"),
     # Excel "CSV UTF-8" with a BOM: imported, and the first header is 'Email', not '\ufeffEmail'.
-    Expect("utf8_bom_contacts.csv", "contacts", 0, "Email → email", imported=20),
+    Expect("utf8_bom_contacts.csv", "contacts", 0, "Email → email", imported=20, bad_input="B2"),
     # Excel "Unicode text": UTF-16 LE with BOM, tab-separated: imported without NUL mojibake.
-    Expect("utf16_contacts.csv", "contacts", 0, "utf-16, 20 rows", imported=20),
+    Expect("utf16_contacts.csv", "contacts", 0, "utf-16, 20 rows", imported=20, bad_input="B2"),
     # One row with an extra cell, one with too few: those two quarantined with their lines, the rest imported.
-    Expect("ragged_rows_contacts.csv", "contacts", 0, "line 12: has 5 cells but the header has 4", quarantined=2, imported=20),
+    Expect("ragged_rows_contacts.csv", "contacts", 0, "line 12: has 5 cells but the header has 4", quarantined=2, imported=20, bad_input="B3"),
     # A quote opened on line 5 and never closed: rejected whole, naming the line.
-    Expect("unclosed_quote_contacts.csv", "contacts", 3, "line 5: a quoted cell starting here is never closed"),
+    Expect("unclosed_quote_contacts.csv", "contacts", 3, "line 5: a quoted cell starting here is never closed", bad_input="B3"),
     # 'Email' twice: which one is the email can't be known, so rejected whole.
-    Expect("duplicate_headers_contacts.csv", "contacts", 3, "the column 'Email' appears 2 times (columns 1, 3)"),
+    Expect("duplicate_headers_contacts.csv", "contacts", 3, "the column 'Email' appears 2 times (columns 1, 3)", bad_input="B3"),
     # Neither an email nor an id column: rejected, listing the columns and the --map fix.
-    Expect("no_email_column_contacts.csv", "contacts", 3, "no email or contact-id column found (columns: First Name, Last Name, Phone) — name one with --map COLUMN=email"),
+    Expect("no_email_column_contacts.csv", "contacts", 3, "no email or contact-id column found (columns: First Name, Last Name, Phone) — name one with --map COLUMN=email", bad_input="B3"),
     # A 0-byte file: a one-line notice, exit 0, nothing written.
-    Expect("empty.csv", "contacts", 0, "empty.csv: the file is empty; nothing to import"),
+    Expect("empty.csv", "contacts", 0, "empty.csv: the file is empty; nothing to import", bad_input="B4"),
     # Only a header: a one-line notice, exit 0, nothing written.
-    Expect("header_only_contacts.csv", "contacts", 0, "only a header row; nothing to import"),
+    Expect("header_only_contacts.csv", "contacts", 0, "only a header row; nothing to import", bad_input="B4"),
     # a@b, x@@y.com and a zero-width space inside an address: those three quarantined, 27 imported.
-    Expect("invalid_emails_contacts.csv", "contacts", 0, "'x@@y.com' is not a valid email address", quarantined=3, imported=27),
+    Expect("invalid_emails_contacts.csv", "contacts", 0, "'x@@y.com' is not a valid email address", quarantined=3, imported=27, bad_input="B5"),
     # 'Alice@Example.COM' and ' alice@example.com ': one contact, the rows merged.
-    Expect("case_variant_emails_contacts.csv", "contacts", 0, "Imported 4 contacts", imported=4),
+    Expect("case_variant_emails_contacts.csv", "contacts", 0, "Imported 4 contacts", imported=4, bad_input="B6"),
     # =HYPERLINK(...), +cmd|..., @SUM(1), -2+3, full-width ＝: imported and stored literally (checked below).
-    Expect("formula_cells_contacts.csv", "contacts", 0, "Imported 7 contacts", imported=7),
+    Expect("formula_cells_contacts.csv", "contacts", 0, "Imported 7 contacts", imported=7, bad_input="B12"),
     # A 1 MB first name: that row quarantined with the reason, the other 12 imported.
-    Expect("huge_cell_contacts.csv", "contacts", 0, "is 1,048,576 characters long; at most 1,000 allowed", quarantined=1, imported=12),
+    Expect("huge_cell_contacts.csv", "contacts", 0, "is 1,048,576 characters long; at most 1,000 allowed", quarantined=1, imported=12, bad_input="B10"),
     # A NUL byte inside a name: stripped, the row imported.
-    Expect("nul_byte_contacts.csv", "contacts", 0, "Imported 4 contacts", imported=4),
+    Expect("nul_byte_contacts.csv", "contacts", 0, "Imported 4 contacts", imported=4, bad_input="B11"),
     # 2024-03-05, 03/15/2024 and "Mar 5, 2024" in one column: all read; 03/15 settles month-first.
-    Expect("three_date_formats_orders.csv", "orders", 0, "dates read as month/day/year (line 3 can only be read that way)", imported=3),
+    Expect("three_date_formats_orders.csv", "orders", 0, "dates read as month/day/year (line 3 can only be read that way)", imported=3, bad_input="B9"),
     # Only dates like 03/05/2024: both readings possible, so rejected with the --date-order fix.
-    Expect("ambiguous_dates_orders.csv", "orders", 3, "line 2: dates like 03/05/2024 read both as day/month and month/day — run again with --date-order DMY or --date-order MDY"),
+    Expect("ambiguous_dates_orders.csv", "orders", 3, "line 2: dates like 03/05/2024 read both as day/month and month/day — run again with --date-order DMY or --date-order MDY", bad_input="B9"),
     # 13/05/2024 and 05/13/2024 in one file: contradictory, rejected.
-    Expect("conflicting_dates_orders.csv", "orders", 3, "dates read day-first on line 2 and month-first on line 3"),
+    Expect("conflicting_dates_orders.csv", "orders", 3, "dates read day-first on line 2 and month-first on line 3", bad_input="B9"),
     # Two thirds of the amounts are 'N/A': more bad rows than csv.max_bad_row_fraction, so rejected whole.
-    Expect("mostly_bad_amounts_orders.csv", "orders", 3, "20 of 30 rows could not be imported, more than csv.max_bad_row_fraction (10%); nothing was imported"),
+    Expect("mostly_bad_amounts_orders.csv", "orders", 3, "20 of 30 rows could not be imported, more than csv.max_bad_row_fraction (10%); nothing was imported", bad_input="B8"),
     # The file stops in the middle of a UTF-8 character: rejected as truncated.
-    Expect("truncated_utf8_contacts.csv", "contacts", 3, "the file ends in the middle of a character"),
+    Expect("truncated_utf8_contacts.csv", "contacts", 3, "the file ends in the middle of a character", bad_input="B1"),
     # SQL, path and template strings in names: plain data, imported literally.
-    Expect("injection_strings_contacts.csv", "contacts", 0, "Imported 5 contacts", imported=5),
+    Expect("injection_strings_contacts.csv", "contacts", 0, "Imported 5 contacts", imported=5, bad_input="B13"),
     # One order with status 'bananas': that row quarantined, the other 19 imported.
-    Expect("unknown_status_orders.csv", "orders", 0, "'bananas' is not an order status", quarantined=1, imported=19),
+    Expect("unknown_status_orders.csv", "orders", 0, "'bananas' is not an order status", quarantined=1, imported=19, bad_input="B8"),
 ]
 
 

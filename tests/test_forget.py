@@ -244,7 +244,8 @@ def test_a_tool_failing_during_propagation_is_one_line_without_the_address(works
     settings = workspace.root / "settings.toml"
     settings.write_text(settings.read_text() + "\n[hubspot]\nenabled = true\n\n[typeform]\nenabled = true\n")
 
-    result = workspace.run("forget", TYPED, "--propagate")  # no HubSpot token is set
+    # No HubSpot token (the session's canary one is unset here): the tool fails before any request.
+    result = workspace.run("forget", TYPED, "--propagate", env={"RETENTION_HUBSPOT_TOKEN": ""})
 
     assert result.exit_code == 6
     assert "Forgot 1 person" in result.stdout and "typeform: retention-sync has no erasure call for it" in result.stdout

@@ -20,8 +20,9 @@ from connectors.sandbox import Clock
 from sync.engine import run_source_once
 from sync.settings import HubSpotSettings
 from sync.store import Store
+from tests.canary import HUBSPOT_CANARY
 
-TOKEN = "pat-na1-test-token"
+TOKEN = HUBSPOT_CANARY  # the session's canary credential (tests/canary.py): it must leak nowhere
 
 
 @contextmanager

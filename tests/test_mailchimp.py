@@ -27,8 +27,9 @@ from connectors.sandbox import Clock, Fault
 from sync.engine import push_changes, run_source_once
 from sync.settings import MailchimpSettings
 from sync.store import Store
+from tests.canary import MAILCHIMP_CANARY
 
-KEY = "canary7f3e9c1d5b2a8e4f6c0d-us6"  # a canary: it must appear nowhere but in the Authorization header
+KEY = MAILCHIMP_CANARY  # the session's canary (tests/canary.py): it must appear nowhere but in the Authorization header
 SIZE = 10_000
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
 

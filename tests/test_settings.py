@@ -92,6 +92,7 @@ def test_secrets_come_from_the_environment_first_then_the_os_keyring(monkeypatch
     keyring.set_keyring(memory)
     try:
         monkeypatch.delenv("RETENTION_HUBSPOT_TOKEN", raising=False)
+        monkeypatch.delenv("RETENTION_MAILCHIMP_API_KEY", raising=False)  # the session's canary (tests/canary.py)
         assert read_secret("hubspot_token") == "from-keyring"
         monkeypatch.setenv("RETENTION_HUBSPOT_TOKEN", "from-environment")
         assert read_secret("hubspot_token") == "from-environment"

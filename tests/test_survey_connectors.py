@@ -21,6 +21,7 @@ from connectors.sandbox import Fault
 from sync.engine import run_source_once
 from sync.settings import FormsSettings
 from sync.store import Store
+from tests.canary import SURVEY_CANARY
 from tests.test_survey_vendors import VENDORS, Vendor, changed_copy
 
 BY_NAME = pytest.mark.parametrize("vendor", VENDORS, ids=[v.name for v in VENDORS])
@@ -196,7 +197,7 @@ def test_revoked_token_stops_with_one_line_and_the_store_unchanged(vendor: Vendo
         run_source_once(store, vendor.source(sandbox, url), "sync", vendor.name)
         before = store.checksum()
         sandbox.add_answer_sets(vendor.form_id, fresh_answers(sandbox, 5, seed=3))
-        sandbox.revoke("good-token")
+        sandbox.revoke(SURVEY_CANARY)
         with pytest.raises(AuthError) as raised:
             run_source_once(store, vendor.source(sandbox, url), "sync", vendor.name)
     message = str(raised.value)
@@ -259,7 +260,7 @@ def test_unknown_form_is_one_line_naming_it(store: Store) -> None:
     typeform = VENDORS[0]
     sandbox, url = typeform.start(5)
     with sandbox, pytest.raises(SourceError) as raised:
-        source = typeform.source_type(FormsSettings(forms=("NoSuchForm",)), token="good-token", base_url=url, clock=sandbox.clock)
+        source = typeform.source_type(FormsSettings(forms=("NoSuchForm",)), token=SURVEY_CANARY, base_url=url, clock=sandbox.clock)
         run_source_once(store, source, "sync", "typeform")
     assert str(raised.value) == ("typeform answered HTTP 404 while reading form NoSuchForm: Form NoSuchForm not found; "
                                  "check the form and survey ids in settings.toml")

@@ -16,6 +16,7 @@ from connectors.forms.surveymonkey import SurveyMonkeySource
 from connectors.forms.typeform import TypeformSource
 from connectors.sandbox import Clock
 from sync.settings import FormsSettings
+from tests.canary import SURVEY_CANARY  # the session's canary credential: it must leak nowhere
 
 
 @dataclass
@@ -36,11 +37,11 @@ class Vendor:
     response_id: Callable[[dict[str, Any]], str]
     mutate: dict[str, Callable[..., None]] = field(default_factory=dict)  # how to change one payload
 
-    def start(self, size: int, *, token: str = "good-token", seed: int = 7, speed: float = 200.0, **extra: Any) -> tuple[Any, str]:
+    def start(self, size: int, *, token: str = SURVEY_CANARY, seed: int = 7, speed: float = 200.0, **extra: Any) -> tuple[Any, str]:
         sandbox = self.sandbox_module.demo(size, seed, clock=Clock(speed=speed), token=token, **extra)
         return sandbox, sandbox.start() + self.url_suffix
 
-    def source(self, sandbox: Any, url: str, *, token: str = "good-token", **settings: Any) -> Any:
+    def source(self, sandbox: Any, url: str, *, token: str = SURVEY_CANARY, **settings: Any) -> Any:
         forms = () if not self.needs_form_list else (self.form_id,)
         configured = FormsSettings(enabled=True, forms=forms, email_question=self.email_question, **settings)
         return self.source_type(configured, token=token, base_url=url, clock=sandbox.clock)

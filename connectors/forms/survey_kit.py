@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,13 +28,15 @@ from typing import Any
 import requests
 
 from connectors.base import AuthError, InvalidRecord, Page, Rejected, SourceError
-from connectors.records import Answer, AnswerKind, EmailAddress, SurveyResponse
+from connectors.records import Answer, AnswerKind, EmailAddress, SurveyResponse, has_lone_surrogate
 from connectors.retry import (
+    MalformedAnswer,
     RetryBudget,
     RetryPolicy,
     Transient,
     WindowLimiter,
     call_with_retries,
+    malformed_reason,
 )
 from connectors.sandbox import SystemClock
 
@@ -77,8 +80,16 @@ class ReadStats:
     total_mismatches: list[str] = field(default_factory=list)  # forms whose reported total differs from what we read
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def clean_text(value: str) -> str:
-    return value.replace("\x00", "") if "\x00" in value else value
+    """NUL removed; half of a surrogate pair (a vendor's emoji cut in two) becomes U+FFFD, so the answer is kept."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    if has_lone_surrogate(value):
+        value = _LONE_SURROGATE.sub("\ufffd", value)  # in a str, any surrogate code point is a lone one
+    return value
 
 
 def scrub(value: Any) -> Any:
@@ -360,8 +371,8 @@ class JsonApi:
             raise HttpStatus(response.status_code, body, float(retry_after) if _is_number(retry_after) else None, url)
         try:
             return response.json()
-        except ValueError:
-            raise HttpStatus(response.status_code, "the answer was not JSON", None, url) from None
+        except ValueError:  # a proxy's HTML page or a body cut short: passing trouble, retried like a 5xx
+            raise MalformedAnswer(malformed_reason(response.content)) from None
 
 
 def _is_number(text: str | None) -> bool:
@@ -373,6 +384,8 @@ def _is_number(text: str | None) -> bool:
 
 
 def _classify(exc: Exception) -> Transient | None:
+    if isinstance(exc, MalformedAnswer):
+        return Transient(f"malformed answer: {exc.reason}")
     if isinstance(exc, HttpStatus) and (exc.status == 429 or exc.status >= 500):
         return Transient(f"HTTP {exc.status}", exc.retry_after_s)
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):

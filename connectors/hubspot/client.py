@@ -27,11 +27,13 @@ from connectors.base import (
 )
 from connectors.hubspot import mapping
 from connectors.retry import (
+    MalformedAnswer,
     RetryBudget,
     RetryPolicy,
     Transient,
     WindowLimiter,
     call_with_retries,
+    malformed_reason,
 )
 from connectors.sandbox import SystemClock
 
@@ -91,10 +93,12 @@ class HubSpotClient:
     # --- one request ---------------------------------------------------------------------------------------------
 
     def call(self, what: str, send: Callable[[Any], Callable[..., Any]], *args: Any, is_search: bool = False,
-             optional: bool = False) -> dict[str, Any]:
+             optional: bool = False, expect: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Send one SDK call (``send`` picks the SDK method) with limits and retries; returns the parsed JSON body.
 
         ``optional``: the account may lack this API; a 403 or 404 raises Unavailable instead of an AuthError.
+        ``expect`` raises MalformedAnswer when a 2xx body lacks what the endpoint always sends; like a body that is
+        not JSON at all, that is retried and, if it persists, ends the run with one line (never stored as data).
         """
 
         def attempt() -> dict[str, Any]:
@@ -106,7 +110,17 @@ class HubSpotClient:
             # The API object is built per attempt: after an OAuth refresh it must carry the new access token.
             response = send(self.sdk)(*args, _preload_content=False, _request_timeout=self.settings.timeout_s)
             self._read_limit_headers(response.headers)
-            return json.loads(response.data) if response.data else {}
+            if not response.data:
+                return {}
+            try:
+                body = json.loads(response.data)
+            except ValueError:
+                raise MalformedAnswer(malformed_reason(response.data)) from None
+            if not isinstance(body, dict):
+                raise MalformedAnswer(f"a JSON {type(body).__name__} where an object belongs")
+            if expect is not None:
+                expect(body)
+            return body
 
         for is_last_try in (self.oauth is None, True):
             try:
@@ -152,14 +166,16 @@ class HubSpotClient:
     # --- the endpoints the connector uses --------------------------------------------------------------------------
 
     def search(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.call(f"searching {object_type}", lambda sdk: sdk.crm.objects.search_api.do_search, object_type, body, is_search=True)
+        return self.call(f"searching {object_type}", lambda sdk: sdk.crm.objects.search_api.do_search, object_type, body, is_search=True,
+                         expect=lambda reply: mapping.expect_search_page(reply, int(body.get("after") or 0), SEARCH_CAP))
 
     def list_archived(self, object_type: str, properties: Sequence[str]) -> Iterator[list[dict[str, Any]]]:
         after = None
         while True:
             kwargs = {"limit": 100, "archived": True, "properties": list(properties), **({"after": after} if after else {})}
             body = self.call(f"listing archived {object_type}",
-                             lambda sdk, kwargs=kwargs: lambda **extra: sdk.crm.objects.basic_api.get_page(object_type, **kwargs, **extra))
+                             lambda sdk, kwargs=kwargs: lambda **extra: sdk.crm.objects.basic_api.get_page(object_type, **kwargs, **extra),
+                             expect=mapping.expect_results)
             yield body.get("results", [])
             after = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not after:
@@ -169,7 +185,7 @@ class HubSpotClient:
         found = []
         for start in range(0, len(ids), BATCH_SIZE):
             body = {"inputs": [{"id": i} for i in ids[start : start + BATCH_SIZE]], "properties": list(properties), "propertiesWithHistory": []}
-            reply = self.call(f"reading {object_type}", lambda sdk: sdk.crm.objects.batch_api.read, object_type, body)
+            reply = self.call(f"reading {object_type}", lambda sdk: sdk.crm.objects.batch_api.read, object_type, body, expect=mapping.expect_results)
             found.extend(reply.get("results", []))
         return found
 
@@ -181,7 +197,8 @@ class HubSpotClient:
         owners = {}
         for start in range(0, len(deal_ids), BATCH_SIZE):
             body = {"inputs": [{"id": i} for i in deal_ids[start : start + BATCH_SIZE]]}
-            reply = self.call("reading deal associations", lambda sdk: sdk.crm.associations.v4.batch_api.get_page, "deals", "contacts", body)
+            reply = self.call("reading deal associations", lambda sdk: sdk.crm.associations.v4.batch_api.get_page, "deals", "contacts", body,
+                              expect=mapping.expect_results)
             for result in reply.get("results", []):
                 targets = sorted(int(t["toObjectId"]) for t in result.get("to", []))
                 if targets:
@@ -200,20 +217,20 @@ class HubSpotClient:
             kwargs = {"object_type": "contact", "event_type": event_type, "occurred_after": occurred_after,
                       "occurred_before": occurred_before, "limit": EVENTS_PAGE, "sort": ["occurredAt"], **({"after": after} if after else {})}
             body = self.call(f"reading {event_type} events", lambda sdk, kwargs=kwargs: lambda **extra: sdk.events.events_api.get_page(**kwargs, **extra),
-                             optional=True)
+                             optional=True, expect=mapping.expect_results)
             yield body.get("results", [])
             after = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not after:
                 return
 
     def pipelines(self, object_type: str) -> dict[str, Any]:
-        return self.call(f"reading {object_type} pipelines", lambda sdk: sdk.crm.pipelines.pipelines_api.get_all, object_type)
+        return self.call(f"reading {object_type} pipelines", lambda sdk: sdk.crm.pipelines.pipelines_api.get_all, object_type, expect=mapping.expect_results)
 
     def properties(self, object_type: str) -> dict[str, Any]:
-        return self.call(f"reading {object_type} properties", lambda sdk: sdk.crm.properties.core_api.get_all, object_type)
+        return self.call(f"reading {object_type} properties", lambda sdk: sdk.crm.properties.core_api.get_all, object_type, expect=mapping.expect_results)
 
     def groups(self, object_type: str) -> dict[str, Any]:
-        return self.call(f"reading {object_type} property groups", lambda sdk: sdk.crm.properties.groups_api.get_all, object_type)
+        return self.call(f"reading {object_type} property groups", lambda sdk: sdk.crm.properties.groups_api.get_all, object_type, expect=mapping.expect_results)
 
     def create_group(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.call(f"creating property group {body['name']}", lambda sdk: sdk.crm.properties.groups_api.create, object_type, body)
@@ -249,7 +266,9 @@ class HubSpotClient:
                 results = reply.get("results", [])
                 if results:
                     yield results
-                    last_ms = mapping.to_ms(mapping.parse_time(results[-1]["properties"][modified]))
+                    # An object without a readable modified date is quarantined by its mapping; the others place the cursor.
+                    stamps = [stamp for stamp in (mapping.modified_at(raw, object_type) for raw in results) if stamp is not None]
+                    last_ms = mapping.to_ms(stamps[-1]) if stamps else last_ms
                 after = ((reply.get("paging") or {}).get("next") or {}).get("after")
                 if not after:
                     return
@@ -319,6 +338,8 @@ def classify(exc: Exception) -> Transient | None:
     """What is worth retrying: 429 (not DAILY), 5xx, timeouts and dropped connections."""
     if isinstance(exc, (urllib3.exceptions.HTTPError, TimeoutError, ConnectionError)):
         return Transient(f"network: {type(exc).__name__}")
+    if isinstance(exc, MalformedAnswer):
+        return Transient(f"malformed answer: {exc.reason}")
     if not _is_api_exception(exc):
         return None
     status = getattr(exc, "status", 0) or 0

@@ -17,6 +17,7 @@ from connectors.records import (
     OrderStatus,
     Record,
 )
+from connectors.retry import MalformedAnswer
 
 SOURCE = "hubspot"
 CONTACT_PROPERTIES = ("email", "firstname", "lastname", "phone", "company", "lifecyclestage", "hs_additional_emails",
@@ -34,14 +35,35 @@ EVENT_URL_PROPERTY = "hs_url"
 DEFAULT_CURRENCY = "USD"  # HubSpot: a deal without deal_currency_code is in the account's company currency
 
 
-def parse_time(value: str | None) -> datetime | None:
-    """HubSpot date-times are ISO 8601 in UTC ("2024-05-01T10:00:00.123Z"); some properties hold epoch ms."""
+def parse_time(value: str | None, field_name: str = "date-time") -> datetime | None:
+    """HubSpot date-times are ISO 8601 in UTC ("2024-05-01T10:00:00.123Z"); some properties hold epoch ms.
+    Anything else is InvalidRecord naming ``field_name``, so the one object is quarantined, not the run ended."""
     if value in (None, ""):
         return None
     text = str(value)
-    if text.isdigit():
-        return datetime.fromtimestamp(int(text) / 1000, UTC)
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    try:
+        if text.isdigit():
+            return datetime.fromtimestamp(int(text) / 1000, UTC)
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidRecord(field_name, value, "is not an ISO 8601 date-time or epoch milliseconds") from None
+
+
+def modified_at(raw: Mapping[str, Any], object_type: str) -> datetime | None:
+    """When a search result was last modified, or None when HubSpot sent no usable date (that object is then
+    quarantined by its mapping; paging and cursors go by the others)."""
+    try:
+        return parse_time((raw.get("properties") or {}).get(MODIFIED_PROPERTY[object_type]))
+    except InvalidRecord:
+        return None
+
+
+def object_id(raw: Mapping[str, Any]) -> str:
+    """The object's id; an object without one cannot be stored or written back to."""
+    value = raw.get("id")
+    if value in (None, ""):
+        raise InvalidRecord("id", value, "is missing; HubSpot sent an object without its id")
+    return str(value)
 
 
 def to_ms(moment: datetime) -> int:
@@ -68,12 +90,12 @@ def map_contact(raw: Mapping[str, Any]) -> Contact:
             continue  # a bad secondary address must not cost us the person; the primary one still matches
     optout = props.get("hs_email_optout")
     return Contact(
-        source=SOURCE, source_id=str(raw["id"]), email=email, additional_emails=tuple(additional),
+        source=SOURCE, source_id=object_id(raw), email=email, additional_emails=tuple(additional),
         first_name=props.get("firstname") or None, last_name=props.get("lastname") or None, phone=props.get("phone") or None,
         company_name=props.get("company") or None, lifecycle_stage=props.get("lifecyclestage") or None,
         is_unsubscribed=None if optout in (None, "") else optout == "true",
-        created_at=parse_time(props.get("createdate") or raw.get("createdAt")),
-        updated_at=parse_time(props.get("lastmodifieddate") or raw.get("updatedAt")),
+        created_at=parse_time(props.get("createdate") or raw.get("createdAt"), "createdate"),
+        updated_at=parse_time(props.get("lastmodifieddate") or raw.get("updatedAt"), "lastmodifieddate"),
         merged_ids=tuple(_split(props.get("hs_merged_object_ids"))),
     )
 
@@ -81,9 +103,9 @@ def map_contact(raw: Mapping[str, Any]) -> Contact:
 def map_company(raw: Mapping[str, Any]) -> Company:
     props = raw.get("properties") or {}
     return Company(
-        source=SOURCE, source_id=str(raw["id"]), name=props.get("name") or None, domain=props.get("domain") or None,
-        created_at=parse_time(props.get("createdate") or raw.get("createdAt")),
-        updated_at=parse_time(props.get("hs_lastmodifieddate") or raw.get("updatedAt")),
+        source=SOURCE, source_id=object_id(raw), name=props.get("name") or None, domain=props.get("domain") or None,
+        created_at=parse_time(props.get("createdate") or raw.get("createdAt"), "createdate"),
+        updated_at=parse_time(props.get("hs_lastmodifieddate") or raw.get("updatedAt"), "hs_lastmodifieddate"),
     )
 
 
@@ -111,10 +133,10 @@ def map_deal(raw: Mapping[str, Any], statuses: Mapping[str, OrderStatus], contac
         raise InvalidRecord("dealstage", stage, "is not a stage of any deal pipeline")
     status = statuses[stage]
     return Order(
-        source=SOURCE, source_id=str(raw["id"]), amount=props.get("amount") or "0",
+        source=SOURCE, source_id=object_id(raw), amount=props.get("amount") or "0",
         currency=props.get("deal_currency_code") or DEFAULT_CURRENCY, status=status,
-        created_at=parse_time(props.get("createdate") or raw.get("createdAt")),
-        closed_at=parse_time(props.get("closedate")) if status is not OrderStatus.OPEN else None,
+        created_at=parse_time(props.get("createdate") or raw.get("createdAt"), "createdate"),
+        closed_at=parse_time(props.get("closedate"), "closedate") if status is not OrderStatus.OPEN else None,
         customer_email=EmailAddress.parse(contact_email, "contact email") if contact_email else None,
         customer_source_id=contact_id, title=props.get("dealname") or None,
     )
@@ -129,10 +151,37 @@ def map_email_event(raw: Mapping[str, Any], contact_email: str | None) -> EmailE
     if kind is None:
         raise InvalidRecord("eventType", raw.get("eventType"), "is not a marketing email event type")
     return EmailEvent(
-        source=SOURCE, source_id=str(raw["id"]), email=EmailAddress.parse(contact_email, "contact email"), event=kind,
-        occurred_at=parse_time(raw.get("occurredAt")), campaign_id=props.get(EVENT_CAMPAIGN_PROPERTY) or None,
+        source=SOURCE, source_id=object_id(raw), email=EmailAddress.parse(contact_email, "contact email"), event=kind,
+        occurred_at=parse_time(raw.get("occurredAt"), "occurredAt"), campaign_id=props.get(EVENT_CAMPAIGN_PROPERTY) or None,
         url=props.get(EVENT_URL_PROPERTY) or None,
     )
+
+
+# --- answers that are not what the API documents (MalformedAnswer: retried by the client, never stored) ---------
+
+
+def expect_results(reply: dict[str, Any]) -> None:
+    """A list or batch answer: ``results`` is a list of objects, each with its properties as an object. (Null
+    properties stored as they came would blank the contact in the store, and then in every other tool.)"""
+    results = reply.get("results")
+    if not isinstance(results, list) or not all(isinstance(result, dict) for result in results):
+        raise MalformedAnswer(f"'results' is {type(results).__name__ if results is not None else 'missing or null'}, not a list of objects")
+    blank = sum(not isinstance(result.get("properties", {}), dict) for result in results)
+    if blank:
+        raise MalformedAnswer(f"{blank:,} of {len(results):,} results have null properties")
+
+
+def expect_search_page(reply: dict[str, Any], after: int, cap: int) -> None:
+    """A search page: results, and paging to the next page whenever ``total`` says more remain (HubSpot always
+    sends both). Without this check an answer that lost its paging would end the read early, and the cursor would
+    move past objects never read."""
+    expect_results(reply)
+    total = reply.get("total")
+    if not isinstance(total, int):
+        raise MalformedAnswer("'total' is missing from a search answer")
+    has_next = bool(((reply.get("paging") or {}).get("next") or {}).get("after"))
+    if not has_next and after + len(reply["results"]) < min(total, cap):
+        raise MalformedAnswer(f"no paging after {after + len(reply['results']):,} of {total:,} results")
 
 
 def map_all(raws: list[Mapping[str, Any]], object_type: str, build: Callable[[Mapping[str, Any]], Record]) -> tuple[list[Record], list[Rejected]]:

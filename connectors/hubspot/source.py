@@ -12,11 +12,19 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from connectors.base import Page, Stream
+from connectors.base import InvalidRecord, Page, Stream
 from connectors.hubspot import mapping
 from connectors.hubspot.client import SOURCE, HubSpotClient, Unavailable
 
 log = logging.getLogger(__name__)
+
+
+def _time_or_none(value: Any) -> datetime | None:
+    """An event's time for the cursor; an unreadable one counts as none here (its mapping quarantines the event)."""
+    try:
+        return mapping.parse_time(value)
+    except InvalidRecord:
+        return None
 
 
 class HubSpotSource:
@@ -49,12 +57,12 @@ class HubSpotSource:
         seen: set[str] = set()
         build = self._builder(object_type)
         properties = {"contacts": mapping.CONTACT_PROPERTIES, "companies": mapping.COMPANY_PROPERTIES, "deals": mapping.DEAL_PROPERTIES}[object_type]
-        modified = mapping.MODIFIED_PROPERTY[object_type]
         for raws in self.client.modified_between(object_type, properties, mapping.to_ms(low), mapping.to_ms(run_start)):
-            fresh = [r for r in raws if r["id"] not in seen]  # an object edited mid-run may show up in two windows
-            seen.update(r["id"] for r in fresh)
+            # An object edited mid-run may show up in two windows. One without an id is kept: its mapping quarantines it.
+            fresh = [r for r in raws if r.get("id") is None or r["id"] not in seen]
+            seen.update(r["id"] for r in fresh if r.get("id") is not None)
             for raw in fresh:
-                stamp = mapping.parse_time((raw.get("properties") or {}).get(modified))
+                stamp = mapping.modified_at(raw, object_type)
                 if stamp is not None and (max_seen is None or stamp > max_seen):
                     max_seen = stamp
             records, rejected = build(fresh)
@@ -81,7 +89,7 @@ class HubSpotSource:
             for event_type in wanted:
                 for raws in self.client.events(event_type, after, mapping.iso_ms(run_start)):
                     for raw in raws:
-                        stamp = mapping.parse_time(raw.get("occurredAt"))
+                        stamp = _time_or_none(raw.get("occurredAt"))
                         if stamp is not None and (max_seen is None or stamp > max_seen):
                             max_seen = stamp
                     contact_ids = sorted({str(r["objectId"]) for r in raws})
@@ -102,7 +110,7 @@ class HubSpotSource:
     def _builder(self, object_type: str) -> Callable[[list[dict[str, Any]]], tuple[list[Any], list[Any]]]:
         if object_type == "contacts":
             def contacts(raws: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
-                self._emails.update({r["id"]: (r.get("properties") or {}).get("email") for r in raws})
+                self._emails.update({r["id"]: (r.get("properties") or {}).get("email") for r in raws if r.get("id")})
                 return mapping.map_all(raws, "contacts", mapping.map_contact)
 
             return contacts
@@ -112,7 +120,7 @@ class HubSpotSource:
         return lambda raws: self._deals(raws, statuses)
 
     def _deals(self, raws: list[dict[str, Any]], statuses: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-        owners = self.client.deal_contacts([r["id"] for r in raws]) if raws else {}
+        owners = self.client.deal_contacts([r["id"] for r in raws if r.get("id")]) if raws else {}
         unknown = sorted(set(owners.values()) - set(self._emails))
         if unknown:
             self._emails.update({c["id"]: (c.get("properties") or {}).get("email") for c in self.client.batch_read("contacts", unknown, ("email",))})

@@ -34,10 +34,12 @@ from connectors.base import (
 )
 from connectors.retry import (
     ClockLike,
+    MalformedAnswer,
     RetryBudget,
     RetryPolicy,
     Transient,
     call_with_retries,
+    malformed_reason,
 )
 from connectors.mailchimp.mapping import subscriber_hash
 from connectors.sandbox import SystemClock
@@ -153,16 +155,22 @@ class MailchimpClient:
         method: Callable[..., T],
         *args: Any,
         member: str | None = None,
+        expect: Callable[[Any], None] | None = None,
         **kwargs: Any,
     ) -> T:
         """``method(*args, **kwargs)`` on the SDK, within the connection bound, retried when transient.
 
-        A final vendor refusal becomes one typed line naming ``what`` and the ``member`` it concerns.
+        A final vendor refusal becomes one typed line naming ``what`` and the ``member`` it concerns. An answer that
+        is not JSON, or that ``expect`` finds lacking, is retried like a 5xx (MalformedAnswer) and never returned.
         """
 
         def attempt() -> T:
             with self._slots:
-                return method(*args, **kwargs)
+                answer = method(*args, **kwargs)
+            expect_json(answer)
+            if expect is not None:
+                expect(answer)
+            return answer
 
         try:
             return call_with_retries(
@@ -338,7 +346,18 @@ def problem(exc: ApiClientError) -> dict[str, Any]:
     return {}
 
 
+def expect_json(answer: Any) -> None:
+    """The SDK returns what it could not parse as it came: a 2xx HTML page as a str, a body cut short as the bare
+    ``requests.Response``. A bare response is fine only when it had no body (204 No Content)."""
+    if isinstance(answer, str):
+        raise MalformedAnswer(malformed_reason(answer))
+    if isinstance(answer, requests.Response) and answer.content:
+        raise MalformedAnswer(malformed_reason(answer.content))
+
+
 def classify(exc: Exception) -> Transient | None:
+    if isinstance(exc, MalformedAnswer):
+        return Transient(f"malformed answer: {exc.reason}")
     if not isinstance(exc, ApiClientError):
         return None
     status = exc.status_code

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -19,6 +19,7 @@ from connectors.records import (
     OrderStatus,
     Score,
 )
+from connectors.retry import MalformedAnswer
 
 SOURCE = "mailchimp"
 # Statuses whose holders do not want (or cannot get) email; pending and transactional are not opted out, and an
@@ -266,3 +267,20 @@ def desired_for_audience(
         return {email: fields for email, fields in desired.items()
                 if email in members or (email not in on_audience and email not in opted_out)}
     return {email: fields for email, fields in desired.items() if email in members}
+
+
+# --- answers that are not what the API documents (MalformedAnswer: retried by the client, never stored) ---------
+
+
+def expect_page(key: str) -> Callable[[Any], None]:
+    """A collection page: ``key`` holds a list of objects and ``total_items`` a count. Without the count a reader
+    would stop after the first page and move its cursor past members it never read."""
+
+    def check(answer: Any) -> None:
+        rows = answer.get(key) if isinstance(answer, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise MalformedAnswer(f"'{key}' is missing, null or not a list of objects")
+        if not isinstance(answer.get("total_items"), int):
+            raise MalformedAnswer("'total_items' is missing, so the pages left cannot be known")
+
+    return check

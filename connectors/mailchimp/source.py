@@ -91,6 +91,7 @@ class MailchimpSource:
                 f"reading members of audience {list_id}",
                 self.client.sdk.lists.get_list_members_info,
                 list_id,
+                expect=mapping.expect_page("members"),
                 **options,
             )
 
@@ -189,7 +190,7 @@ class MailchimpSource:
     def _paged(self, key: str, method: Any, what: str, *args: Any, **options: Any) -> Iterator[dict[str, Any]]:
         offset = 0
         while True:
-            body = self.client.call(what, method, *args, count=PAGE_SIZE, offset=offset, **options)
+            body = self.client.call(what, method, *args, count=PAGE_SIZE, offset=offset, expect=mapping.expect_page(key), **options)
             rows = body.get(key, [])
             yield from rows
             offset += len(rows)
