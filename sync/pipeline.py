@@ -288,20 +288,21 @@ def orders_frame(orders: Iterable[Order]) -> tuple[pd.DataFrame, set[str]]:
     return frame, currencies
 
 
-def responses_frame(store: Store) -> pd.DataFrame | None:
-    """Survey answers in the store with a known respondent: (customer, at, nps, sentiment of the free text)."""
+def responses_frame(store: Store, *, sentiment: bool = True) -> pd.DataFrame | None:
+    """Survey answers in the store with a known respondent: (customer, at, nps, sentiment of the free text; left
+    empty without ``sentiment``, when only the NPS is wanted)."""
     found = [from_payload("survey_response", payload) for _, payload in store.stored_records("survey_response")]
     linked = [response for response in found if response.match_email]
     if not linked:
         return None
     nps = [next((float(a.value) for a in r.answers.values() if a.answer_kind.value == "nps"), np.nan) for r in linked]
     texts = [". ".join(a.value for a in r.answers.values() if a.answer_kind.value == "text") for r in linked]
-    sentiment = SentimentModel().score(texts)
+    scored = SentimentModel().score(texts) if sentiment else np.full(len(texts), np.nan)
     return pd.DataFrame({
         "customer": [r.match_email for r in linked],
         "at": pd.to_datetime([r.submitted_at for r in linked], utc=True),
         "nps": nps,
-        "sentiment": np.where([bool(text.strip()) for text in texts], sentiment, np.nan),
+        "sentiment": np.where([bool(text.strip()) for text in texts], scored, np.nan),
     })
 
 
@@ -325,7 +326,8 @@ def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: b
     if store.cursor(*SCORED_INPUTS_CURSOR) == fingerprint:
         kept = _kept_scores(store, as_of)
         if kept:
-            return _scores_stand(kept, responses_frame(store), as_of, report)
+            # The kept scores carry their sentiment: only each customer's last NPS is wanted from the answers.
+            return _scores_stand(kept, responses_frame(store, sentiment=False), as_of, report)
     orders, currencies = orders_frame(from_payload("order", payload) for _, payload in store.stored_records("order"))
     responses = responses_frame(store)
     parameters = ScoringParameters(horizon_days=settings.scoring.horizon_days or None, medium_risk=settings.scoring.medium_risk,
