@@ -376,7 +376,8 @@ def typed_error(exc: Any, what: str) -> SourceError:
 # --- wiring from settings -------------------------------------------------------------------------------------------
 
 
-def client_from_settings(settings: Any, *, host: str | None = None, clock: Any = None) -> HubSpotClient:
+def client_from_settings(settings: Any, *, host: str | None = None, clock: Any = None,
+                         policy: RetryPolicy | None = None) -> HubSpotClient:
     """The client for ``settings.hubspot`` with the token from the environment or keyring (never from the toml)."""
     from sync.settings import read_secret
 
@@ -387,11 +388,11 @@ def client_from_settings(settings: Any, *, host: str | None = None, clock: Any =
             raise AuthError("a HubSpot refresh token is set but hubspot_client_id or hubspot_client_secret is missing; "
                             "set both (RETENTION_HUBSPOT_CLIENT_ID, RETENTION_HUBSPOT_CLIENT_SECRET or the keyring)", source=SOURCE)
         grant = OAuthGrant(client_id, client_secret, refresh_token)
-        return HubSpotClient("", settings.hubspot, host=host, clock=clock, oauth=grant)
+        return HubSpotClient("", settings.hubspot, host=host, clock=clock, oauth=grant, policy=policy)
     token = read_secret("hubspot_token")
     if not token:
         raise AuthError(f"no HubSpot token found; {TOKEN_HELP}", source=SOURCE)
-    return HubSpotClient(token, settings.hubspot, host=host, clock=clock)
+    return HubSpotClient(token, settings.hubspot, host=host, clock=clock, policy=policy)
 
 
 def erase_person(settings: Any, email: str, *, client: HubSpotClient | None = None) -> list[str]:
@@ -402,7 +403,8 @@ def erase_person(settings: Any, email: str, *, client: HubSpotClient | None = No
 @register_check("hubspot")
 def check_hubspot(settings: Any) -> CheckResult:
     """Reachable and authorised: one contact read (the smallest call every scope set allows)."""
-    client = client_from_settings(settings)
+    # One retry at most: a check answers now, it does not wait out an outage the way a sync does.
+    client = client_from_settings(settings, policy=RetryPolicy(max_attempts=2))
     client.call("checking access to contacts", lambda sdk: lambda **extra: sdk.crm.objects.basic_api.get_page("contacts", limit=1, **extra))
     return CheckResult("hubspot", True, f"token accepted; limits {settings.hubspot.requests_per_10s} requests / 10 s, "
                                         f"{settings.hubspot.searches_per_s} searches / s")
