@@ -11,10 +11,13 @@ neither the tools nor the real store change.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
+import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -122,6 +125,7 @@ def connect_enabled(settings: Settings, only: Sequence[str] | None = None,
 def run_sync(settings: Settings, store: Store, *, dry_run: bool = False, full: bool = False, only: Sequence[str] | None = None,
              endpoints: Mapping[str, Endpoint] | None = None, step: Callable[[str], None] | None = None) -> SyncReport:
     """Read, score and write back once. ``step`` is told what is starting (the CLI shows it as progress)."""
+    _fewer_malloc_arenas()
     report = SyncReport(dry_run=dry_run, started_at=datetime.now(timezone.utc))
     connections, report.sources = connect_enabled(settings, only, endpoints)
     say = step or (lambda _: None)
@@ -138,6 +142,22 @@ def run_sync(settings: Settings, store: Store, *, dry_run: bool = False, full: b
             connection.close()
     report.finished_at = datetime.now(timezone.utc)
     return report
+
+
+def _fewer_malloc_arenas() -> None:
+    """At most two malloc arenas, as MALLOC_ARENA_MAX=2 would set (unless the user set it). glibc gives threads
+    arenas of their own, and what a thread frees stays in its arena: with the tools read and written side by side,
+    that kept ~200 MB more at the peak for 20,000 customers (715 MB against 517), for no gain in speed."""
+    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, say): its allocator has no arenas to cap
+        return
+    libc.mallopt(M_ARENA_MAX, 2)
+
+
+M_ARENA_MAX = -8  # glibc's malloc.h
 
 
 def _run_steps(settings: Settings, store: Store, connections: list[Connection], report: SyncReport, *, dry_run: bool,
