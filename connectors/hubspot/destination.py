@@ -6,6 +6,7 @@ turns values into exactly what HubSpot would store, and reports per change what 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -122,15 +123,12 @@ class HubSpotDestination:
         spec = self.spec_by_property.get(field_name)
         if value is None or value == "" or spec is None:
             return value or None
+        if spec.type not in ("number", "datetime"):
+            return value[:TEXT_LIMIT]
         try:
-            if spec.type == "number":
-                return canonical_number(value, spec.decimals)
-            if spec.type == "datetime":
-                moment = parse_time(value)
-                return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z" if moment else None
+            return _as_stored(spec.type, spec.decimals, value)
         except (InvalidOperation, ValueError):
             return value  # HubSpot will refuse it; the receipt carries its reason and the ledger holds it back
-        return value[:TEXT_LIMIT]
 
     def current(self, object_ids: Sequence[str], field_names: Sequence[str]) -> dict[str, dict[str, str | None]]:
         found = self.client.batch_read("contacts", list(object_ids), list(field_names))
@@ -184,6 +182,16 @@ def incompatibility(existing: Mapping[str, Any], spec: PropertySpec) -> str | No
 
 # Canonical contact fields → HubSpot's own contact properties (kept the same as in the other tools).
 CONTACT_PROPERTIES = {"first_name": "firstname", "last_name": "lastname", "phone": "phone", "company_name": "company"}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _as_stored(kind: str, decimals: int | None, value: str) -> str | None:
+    """A number or time as HubSpot stores it. Cached: a run compares every contact's values, and most repeat (one
+    "scored at" for everyone, risks and values on a few thousand steps)."""
+    if kind == "number":
+        return canonical_number(value, decimals)
+    moment = parse_time(value)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z" if moment else None
 
 
 def _owners(contacts: Sequence[Contact]) -> tuple[dict[str, set[str]], dict[str, str]]:
