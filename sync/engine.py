@@ -97,8 +97,13 @@ def push_changes(
         with store.transaction() as conn:
             store.finish_run(conn, run_id, "failed", RunCounts())
         raise
+    # The run history counts field values per write run, so the report's sync health can show what each one sent.
+    counts = RunCounts()
+    values = counts["value"]
+    values.written, values.unchanged, values.quarantined = result.sent, result.unchanged + result.held_back, len(result.rejected)
+    values.read = values.written + values.unchanged + values.quarantined
     with store.transaction() as conn:
-        store.finish_run(conn, run_id, "succeeded", RunCounts())
+        store.finish_run(conn, run_id, "succeeded", counts)
     return result
 
 
