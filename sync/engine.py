@@ -6,11 +6,15 @@ its quarantine entries, its cursor and its run-history row, so a run commits who
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from connectors.base import Change, Destination, Receipt, Rejected, Source
+from sqlalchemy import and_, delete, select, update
+
+from connectors.base import Change, Destination, InputError, Receipt, Rejected, Source
+from sync.schema import ledger, quarantine
 from sync.store import LedgerRow, RunCounts, Store
 
 SHOWN_REJECTS = 5  # how many quarantined rows a summary quotes; the rest are in `retention quarantine`
@@ -206,3 +210,28 @@ def _apply_batch(store: Store, destination: Destination, batch: list[Change], ru
                     )
                 )
         store.quarantine_rejects(conn, target, "write", refused, run_id)
+
+
+def mark_for_retry(store: Store, quarantine_id: int) -> str:
+    """Let the next sync send again the writes a target refused for one object (the dashboard's retry action).
+
+    Nothing is sent here: the object's refusals are cleared from the ledger, so the next push's diff finds its
+    values unsent and sends them through the usual ledger-first path, and its quarantine entries go (a second
+    refusal brings them back). The whole object, not the one field: a vendor refuses an object's input whole
+    (HubSpot quarantines each of its fields with the one reason), so retrying a single field would leave the
+    others held back. Returns what was marked, in words."""
+    with store.transaction() as conn:
+        entry = conn.execute(select(quarantine).where(quarantine.c.id == quarantine_id)).first()
+        if entry is None:
+            raise InputError(f"quarantine entry #{quarantine_id} does not exist (any more)")
+        if entry.kind != "write":
+            raise InputError(f"quarantine entry #{quarantine_id} is a record refused on reading: fix it in "
+                             f"{entry.source} or its file; the next import or sync reads it again")
+        object_id = str(json.loads(entry.raw)["object_id"])
+        conn.execute(update(ledger).where(ledger.c.target == entry.source, ledger.c.object_id == object_id,
+                                          ledger.c.rejected_reason.is_not(None)).values(rejected_value=None, rejected_reason=None))
+        same_target = conn.execute(select(quarantine.c.id, quarantine.c.raw).where(
+            quarantine.c.source == entry.source, quarantine.c.kind == "write")).all()
+        of_object = [row.id for row in same_target if str(json.loads(row.raw).get("object_id")) == object_id]
+        conn.execute(delete(quarantine).where(quarantine.c.id.in_(of_object)))
+    return f"{entry.source} object {object_id}: marked for retry on the next sync"

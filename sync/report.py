@@ -132,7 +132,8 @@ def _score_table(store: Store) -> pd.DataFrame:
 
 def _at_risk(scores: pd.DataFrame) -> list[AtRiskCustomer]:
     # The order of `retention demo`'s list: most at risk first, and among equal risks the most to lose first.
-    high = scores[scores["risk_band"] == "high"].assign(_value=scores["clv"].fillna(0.0))
+    high = scores[scores["risk_band"] == "high"]
+    high = high.assign(_value=high["clv"].fillna(0.0))  # (assigning all scores' values would re-grow an empty frame)
     high = high.sort_values(["churn_probability", "_value", "customer"], ascending=[False, False, True], kind="stable")
     return [AtRiskCustomer(row.customer, float(row.churn_probability), row.segment, None if pd.isna(row.clv) else float(row.clv),
                            row.clv_currency, "; ".join(row.top_reasons or ()), row.scored_at.to_pydatetime())

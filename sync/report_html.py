@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -77,8 +78,12 @@ def overview_view(figures: ReportFigures) -> str:
     tiles.append(figure_cell("at-risk-value", f"{at_risk_value:,.0f} {currency}".strip(), "12-month value of the high-risk customers"))
     tiles.append(figure_cell("quarantine-total", figures.quarantine_total, "records refused (quarantine)"))
     as_of = f"{figures.scored_at:%Y-%m-%d %H:%M} UTC" if figures.scored_at else "never"
+    bands = go.Figure(go.Pie(labels=list(BANDS), values=[figures.bands[b] for b in BANDS], hole=0.5, sort=False,
+                             marker={"colors": [BAND_COLOURS[b] for b in BANDS]}))
+    bands.update_layout(title="Customers by churn risk")
     return (f'<p class="note">Scores as of {escape(as_of)}; store {escape(figures.store_label)}; '
-            f'generated {figures.generated_at:%Y-%m-%d %H:%M} UTC.</p><div class="tiles">{"".join(tiles)}</div>')
+            f'generated {figures.generated_at:%Y-%m-%d %H:%M} UTC.</p><div class="tiles">{"".join(tiles)}</div>'
+            + plot(bands, "band-shares", height=320))
 
 
 def risk_view(figures: ReportFigures) -> str:
@@ -128,7 +133,9 @@ def segments_view(figures: ReportFigures) -> str:
                                      link={"source": [l[0] for l in links], "target": [l[1] for l in links], "value": [l[2] for l in links]}))
         first = all(b == NOT_SCORED for b, _ in latest.segment_flows)
         sankey.update_layout(title=f"Segment flows into run #{latest.run_id}" + (" (the first run: everyone is new)" if first else ""))
-        parts.append(plot(sankey, "segment-flows", height=480))
+        moved = sum(n for (b, a), n in latest.segment_flows.items() if b != a and NOT_SCORED not in (b, a))
+        parts.append(f'<p class="note"><span data-figure="segment-moves">{moved:,}</span> customers changed segment in run '
+                     f"#{latest.run_id} (customers scored for the first time not counted).</p>" + plot(sankey, "segment-flows", height=480))
     return "".join(parts)
 
 
@@ -181,7 +188,7 @@ def model_view(figures: ReportFigures) -> str:
             + table(("method", "ROC-AUC", "PR-AUC", "Brier", "calibration error", "top-10% lift"), metrics, "model-metrics"))
 
 
-def sync_view(figures: ReportFigures, retry_form: Callable[[dict], str] | None = None) -> str:
+def sync_view(figures: ReportFigures) -> str:
     runs = list(reversed(figures.runs))
     totals = [sum(c["written"] for c in run["counts"].values()) for run in runs]
     written = go.Figure(go.Bar(x=[f"#{r['id']} {r['command']} {r['detail'][:24]}" for r in runs], y=totals, marker_color="#16a085"))
@@ -189,9 +196,14 @@ def sync_view(figures: ReportFigures, retry_form: Callable[[dict], str] | None =
     run_rows = [(r["id"], f"{r['started_at']:%Y-%m-%d %H:%M}", r["command"], r["detail"], r["status"],
                  sum(c["read"] for c in r["counts"].values()), sum(c["written"] for c in r["counts"].values()),
                  sum(c["quarantined"] for c in r["counts"].values())) for r in figures.runs]
-    parts = [plot(written, "writes-per-run"), "<h3>Last runs</h3>",
-             table(("run", "started (UTC)", "command", "what", "status", "read", "written", "quarantined"), run_rows, "runs"),
-             f'<h3>Quarantine: <span data-figure="quarantine-rows">{figures.quarantine_total:,}</span> refused records</h3>']
+    return (plot(written, "writes-per-run") + "<h3>Last runs</h3>"
+            + table(("run", "started (UTC)", "command", "what", "status", "read", "written", "quarantined"), run_rows, "runs")
+            + quarantine_section(figures))
+
+
+def quarantine_section(figures: ReportFigures, retry_form: Callable[[dict[str, Any]], str] | None = None) -> str:
+    """The refused records with their reasons; the dashboard adds a retry column (``retry_form``)."""
+    parts = [f'<h3>Quarantine: <span data-figure="quarantine-rows">{figures.quarantine_total:,}</span> refused records</h3>']
     if figures.quarantine_reasons:
         reasons = go.Figure(go.Bar(x=[n for _, n in figures.quarantine_reasons], y=[r[:60] for r, _ in figures.quarantine_reasons],
                                    orientation="h", marker_color="#c0392b"))
@@ -200,7 +212,8 @@ def sync_view(figures: ReportFigures, retry_form: Callable[[dict], str] | None =
     header = ("id", "source", "type", "where", "reason", "last seen (UTC)") + (("",) if retry_form else ())
     rows = [(q["id"], q["source"], q["kind"], q["record_ref"], q["reason"], f"{q['last_seen_at']:%Y-%m-%d %H:%M}")
             + ((RawHtml(retry_form(q)),) if retry_form else ()) for q in figures.quarantine]
-    parts.append(table(header, rows, "quarantine") if rows else '<p class="note">Nothing was refused.</p>')
+    shown = "" if figures.quarantine_total <= len(rows) else f'<p class="note">The {len(rows):,} most recent are listed; `retention quarantine --export FILE` writes all.</p>'
+    parts.append(shown + table(header, rows, "quarantine") if rows else '<p class="note">Nothing was refused.</p>')
     return "".join(parts)
 
 
@@ -235,7 +248,7 @@ document.querySelectorAll('table.sortable').forEach(function(t){t.querySelectorA
 
 def page(title: str, body: str, plotly_script: str, nav: str = "") -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style>{plotly_script}</head>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,"><style>{STYLE}</style>{plotly_script}</head>'
             f"<body>{nav}<h1>{escape(title)}</h1>{body}<script>{SORT_SCRIPT}</script></body></html>")
 
 
