@@ -70,8 +70,8 @@ def report(
     html = render_report(figures)
     _write_private(out_file, html)
     out.print(f"Wrote {out_file} ({len(html.encode()) / 1e6:.1f} MB): {figures.scored:,} customers scored, "
-              f"{len(figures.at_risk):,} at high risk, {len(figures.score_runs):,} scoring runs, "
-              f"{figures.quarantine_total:,} quarantined records ({time.monotonic() - started:.1f} s)")
+              f"{len(figures.at_risk):,} at high risk, {_count(len(figures.score_runs), 'scoring run')}, "
+              f"{_count(figures.quarantine_total, 'quarantined record')} ({time.monotonic() - started:.1f} s)")
     if csv_file is not None:
         written = write_at_risk_csv(csv_file, figures)
         out.print(f"Wrote {written:,} high-risk customers to {csv_file}")
@@ -100,6 +100,10 @@ def ui(
         serve(dashboard, host, port, say=out.print)
     finally:
         dashboard.close()
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -239,16 +239,17 @@ def start(dashboard: Dashboard, host: str, port: int) -> tuple[ThreadingHTTPServ
 
 
 def serve(dashboard: Dashboard, host: str, port: int, say: Callable[[str], None]) -> None:
-    """Serve until Ctrl-C. The figures are gathered before the address is printed, so the first page is quick."""
-    dashboard.figures()
+    """Serve until Ctrl-C. The figures are gathered before the address is printed, so the first page is quick
+    (and after binding, so a port in use is said at once)."""
     server, token = start(dashboard, host, port)
-    url = f"http://{host}:{server.server_address[1]}/"
-    mode = "retry of refused writes allowed" if dashboard.allow_retry else "read-only"
-    if token is None:
-        say(f"Dashboard at {url} ({mode}; Ctrl-C stops it)")
-    else:
-        say(f"Dashboard at {url}?token={token} ({mode}; every request needs this token; Ctrl-C stops it)")
     try:
+        dashboard.figures()
+        url = f"http://{host}:{server.server_address[1]}/"
+        mode = "retry of refused writes allowed" if dashboard.allow_retry else "read-only"
+        if token is None:
+            say(f"Dashboard at {url} ({mode}; Ctrl-C stops it)")
+        else:
+            say(f"Dashboard at {url}?token={token} ({mode}; every request needs this token; Ctrl-C stops it)")
         server.serve_forever()
     except KeyboardInterrupt:
         say("Stopped.")

@@ -109,7 +109,7 @@ def report_files(reported_shop: ReportedShop, tmp_path_factory: pytest.TempPathF
 
 def test_the_report_says_what_it_wrote_in_one_line_and_the_file_is_private(report_files) -> None:
     html_path, csv_path, stdout = report_files
-    assert re.search(r"Wrote .*report\.html \(\d+\.\d MB\): 300 customers scored, [\d,]+ at high risk, 2 scoring runs, 1 quarantined", stdout)
+    assert re.search(r"Wrote .*report\.html \(\d+\.\d MB\): 300 customers scored, [\d,]+ at high risk, 2 scoring runs, 1 quarantined record \(", stdout)
     assert (html_path.stat().st_mode & 0o777) == 0o600 and (csv_path.stat().st_mode & 0o777) == 0o600
 
 
