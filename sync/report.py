@@ -70,6 +70,8 @@ class ModelQuality:
     method: str
     scored_at: str  # the backtest scores as of this day and compares with what happened since
     horizon_days: int
+    customers: int  # customers the backtest scored
+    sampled_from: int  # customers with orders; more than ``customers`` when a sample was drawn
     metrics: dict[str, dict[str, float]]
     calibration: list[tuple[float, float, int]]
     lift_by_decile: list[float]
@@ -209,6 +211,7 @@ def _themes(texts: Sequence[str]) -> list[tuple[str, int]]:
 
 
 BACKTEST_CACHE = "report-backtest.json"
+BACKTEST_CUSTOMERS = 20_000
 
 
 def _model_quality(store: Store, settings: Settings) -> tuple[ModelQuality | None, str]:
@@ -216,7 +219,7 @@ def _model_quality(store: Store, settings: Settings) -> tuple[ModelQuality | Non
     result is kept beside the saved model and reused until the orders, the day or the settings change."""
     from scoring.churn import NothingToCompare, backtest
     from scoring.scores import NotEnoughCustomers
-    from sync.pipeline import orders_frame, score_as_of
+    from sync.pipeline import score_as_of
 
     as_of = score_as_of(settings)
     key = "|".join([as_of.isoformat(), settings.scoring.model_dump_json(), store.kinds_fingerprint(("order",))])
@@ -224,18 +227,39 @@ def _model_quality(store: Store, settings: Settings) -> tuple[ModelQuality | Non
     cached = _read_cache(cache, key)
     if cached is not None:
         return cached
-    orders, _ = orders_frame(from_payload("order", payload) for _, payload in store.stored_records("order"))
+    orders = _completed_orders(store)
     if orders.empty:
         return None, "no completed orders: the backtest measures how well order churn was foreseen"
+    # The backtest refits the model; on a seeded random sample of customers it costs a fraction of that at 100k,
+    # and 20,000 customers still put hundreds in every calibration bin and thousands in every tenth.
+    everyone = orders["customer"].unique()
+    if len(everyone) > BACKTEST_CUSTOMERS:
+        sample = np.random.default_rng(settings.scoring.random_seed).choice(everyone, BACKTEST_CUSTOMERS, replace=False)
+        orders = orders[orders["customer"].isin(sample)]
     try:
         result = backtest(orders, as_of, settings.scoring.horizon_days or None, settings.scoring.random_seed)
     except (NothingToCompare, NotEnoughCustomers, ValueError) as exc:
         return None, f"no backtest: {exc}"
     quality = ModelQuality(result.model_method, f"{result.scored_at:%Y-%m-%d}", int(result.horizon_days),
+                           min(len(everyone), BACKTEST_CUSTOMERS), len(everyone),
                            {m: {k: float(v) for k, v in values.items()} for m, values in result.metrics.items()},
                            result.calibration, result.lift_by_decile)
     _write_cache(cache, key, quality)
     return quality, ""
+
+
+def _completed_orders(store: Store) -> pd.DataFrame:
+    """sync.pipeline.orders_frame's (customer, at, amount) of the won orders, decoded with orjson alone: building
+    400k Order records first takes most of a 100k-customer report's time."""
+    rows = []
+    for _, payload in store.stored_records("order"):
+        data = orjson.loads(payload)
+        if data["status"] == "won":
+            email = data.get("customer_email")
+            rows.append((email["normalised"] if email else data["customer_source_id"], data["created_at"], float(data["amount"])))
+    frame = pd.DataFrame(rows, columns=["customer", "at", "amount"])
+    frame["at"] = pd.to_datetime(frame["at"], utc=True, format="ISO8601")
+    return frame
 
 
 def _read_cache(path: Path, key: str) -> tuple[ModelQuality, str] | None:
@@ -247,19 +271,22 @@ def _read_cache(path: Path, key: str) -> tuple[ModelQuality, str] | None:
         return None
     quality = saved["quality"]
     quality["calibration"] = [tuple(point) for point in quality["calibration"]]
-    return ModelQuality(**quality), ""
+    try:
+        return ModelQuality(**quality), ""
+    except TypeError:  # written by another version: computed again
+        return None
 
 
 def _write_cache(path: Path, key: str, quality: ModelQuality) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_text(json.dumps({"key": key, "quality": vars(quality)}, default=_nan_safe))
+        path.write_text(json.dumps({"key": key, "quality": vars(quality)}, default=_plain_number))
     except OSError:  # a read-only models directory costs a recomputation next time, nothing more
         pass
 
 
-def _nan_safe(value: Any) -> Any:
-    return float(value)
+def _plain_number(value: Any) -> float:
+    return float(value)  # numpy scalars, which json cannot write
 
 
 _NUMBERS = re.compile(r"\d+")

@@ -89,8 +89,13 @@ def overview_view(figures: ReportFigures) -> str:
 def risk_view(figures: ReportFigures) -> str:
     edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
     counts = np.histogram(figures.probabilities, bins=edges)[0]
-    histogram = go.Figure(go.Bar(x=[f"{a:.0%}-{b:.0%}" for a, b in zip(edges[:-1], edges[1:])], y=counts, marker_color="#34495e"))
-    histogram.update_layout(title="Churn probability now (customers per 5 points)", xaxis_title="chance of churning", yaxis_title="customers")
+    slices = [f"{a:.0%}-{b:.0%}" for a, b in zip(edges[:-1], edges[1:])]
+    histogram = go.Figure(go.Bar(x=slices, y=counts, name="now", marker_color="#34495e"))
+    if len(figures.score_runs) >= 2:  # the run before the latest, as kept in the store's history
+        before = figures.score_runs[-2]
+        histogram.add_trace(go.Scatter(x=slices, y=before.probability_histogram, mode="lines+markers", line={"color": "#e67e22"},
+                                       name=f"run #{before.run_id} ({before.scored_at:%Y-%m-%d})"))
+    histogram.update_layout(title="Churn probability (customers per 5 points)", xaxis_title="chance of churning", yaxis_title="customers")
     parts = [plot(histogram, "risk-histogram")]
     runs = figures.score_runs
     if runs:
@@ -182,8 +187,10 @@ def model_view(figures: ReportFigures) -> str:
     lift.update_layout(title="Lift per tenth of customers, riskiest first", yaxis_title="churn rate / average")
     metrics = [(method, *(values.get(k, float("nan")) for k in ("roc_auc", "pr_auc", "brier", "ece", "lift")))
                for method, values in quality.metrics.items()]
+    sample = (f" A random {quality.customers:,} of the {quality.sampled_from:,} customers with orders were scored."
+              if quality.sampled_from > quality.customers else "")
     return (f'<p class="note">Backtest: scored as of {escape(quality.scored_at)} and compared with what happened in the '
-            f"{quality.horizon_days} days since; model: {escape(quality.method)}.</p>"
+            f"{quality.horizon_days} days since; model: {escape(quality.method)}.{sample}</p>"
             + plot(calibration, "calibration") + plot(lift, "lift")
             + table(("method", "ROC-AUC", "PR-AUC", "Brier", "calibration error", "top-10% lift"), metrics, "model-metrics"))
 

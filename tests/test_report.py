@@ -192,3 +192,19 @@ def test_report_on_a_store_without_scores_says_to_score_first(workspace: Workspa
     workspace.run("status")  # creates the empty store
     result = workspace.run("report")
     assert result.exit_code == 4 and "no scores yet" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_backtest_reads_the_same_completed_orders_as_scoring(reported_shop: ReportedShop) -> None:
+    import pandas as pd
+
+    from sync.pipeline import orders_frame
+    from sync.report import _completed_orders
+
+    store = reported_shop.open_store()
+    try:
+        fast = _completed_orders(store)
+        scored, _ = orders_frame(from_payload("order", payload) for _, payload in store.stored_records("order"))
+    finally:
+        store.close()
+    assert len(fast) > 300
+    pd.testing.assert_frame_equal(fast.reset_index(drop=True), scored.reset_index(drop=True), check_dtype=False)
