@@ -217,6 +217,8 @@ BACKTEST_CUSTOMERS = 20_000
 def _model_quality(store: Store, settings: Settings) -> tuple[ModelQuality | None, str]:
     """The backtest of `retention score --backtest` on the store's orders, as of today. It refits a model, so its
     result is kept beside the saved model and reused until the orders, the day or the settings change."""
+    from threadpoolctl import threadpool_limits
+
     from scoring.churn import NothingToCompare, backtest
     from scoring.scores import NotEnoughCustomers
     from sync.pipeline import score_as_of
@@ -237,7 +239,10 @@ def _model_quality(store: Store, settings: Settings) -> tuple[ModelQuality | Non
         sample = np.random.default_rng(settings.scoring.random_seed).choice(everyone, BACKTEST_CUSTOMERS, replace=False)
         orders = orders[orders["customer"].isin(sample)]
     try:
-        result = backtest(orders, as_of, settings.scoring.horizon_days or None, settings.scoring.random_seed)
+        # One OpenMP thread: gradient boosting's threads spin while they wait, and on a busy 2-core machine that
+        # made the demo's backtest 1.5 s alone and 9.5 s beside other work.
+        with threadpool_limits(limits=1):
+            result = backtest(orders, as_of, settings.scoring.horizon_days or None, settings.scoring.random_seed)
     except (NothingToCompare, NotEnoughCustomers, ValueError) as exc:
         return None, f"no backtest: {exc}"
     quality = ModelQuality(result.model_method, f"{result.scored_at:%Y-%m-%d}", int(result.horizon_days),
