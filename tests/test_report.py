@@ -208,3 +208,18 @@ def test_the_backtest_reads_the_same_completed_orders_as_scoring(reported_shop: 
         store.close()
     assert len(fast) > 300
     pd.testing.assert_frame_equal(fast.reset_index(drop=True), scored.reset_index(drop=True), check_dtype=False)
+
+
+def test_ui_with_no_store_says_to_run_the_demo_or_a_sync_first(workspace: Workspace) -> None:
+    result = workspace.run("ui", "--port", "0")
+    assert result.exit_code == 4 and "no store yet" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_report_path_that_cannot_be_written_is_one_line(reported_shop: ReportedShop, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sync.cli import app
+
+    result = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "no-such-dir" / "report.html")], env=reported_shop.env)
+    assert result.exit_code == 2
+    assert "cannot write the report (No such file or directory)" in result.stderr and len(result.stderr.strip().splitlines()) == 1
