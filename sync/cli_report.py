@@ -64,10 +64,12 @@ def report(
     settings, label = report_settings(ctx.obj, demo)
     store = open_report_store(settings)
     try:
-        figures = gather_figures(store, settings, label)
+        with err.status("reading the store (and backtesting the model, when the orders or the day changed)"):
+            figures = gather_figures(store, settings, label)
     finally:
         store.close()
-    html = render_report(figures)
+    with err.status("drawing the report"):
+        html = render_report(figures)
     _write_private(out_file, html)
     out.print(f"Wrote {out_file} ({len(html.encode()) / 1e6:.1f} MB): {figures.scored:,} customers scored, "
               f"{len(figures.at_risk):,} at high risk, {_count(len(figures.score_runs), 'scoring run')}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots for people to look at (ignored by git)
+SESSION_STARTED = time.time()
 
 
 @dataclass
@@ -212,3 +214,10 @@ def open_page(browser, url: str, screenshot: str | None = None, plots: int = 0):
         page.screenshot(path=str(path), full_page=True)
         print(f"screenshot: {path}")
     return page, errors
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say where the browser tests left their screenshots, for people to look at."""
+    shots = [shot for shot in ARTIFACTS.glob("*.png") if shot.stat().st_mtime >= SESSION_STARTED] if ARTIFACTS.is_dir() else []
+    if shots:  # taken by this run
+        terminalreporter.write_line(f"screenshots of the report and the dashboard: {ARTIFACTS} ({len(shots)} files)")
