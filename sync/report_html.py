@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
@@ -134,7 +135,10 @@ def segments_view(figures: ReportFigures) -> str:
         right = sorted({a for _, a in latest.segment_flows})
         nodes = [f"{name} (before)" for name in left] + [f"{name} (now)" for name in right]
         links = [(left.index(b), len(left) + right.index(a), n) for (b, a), n in latest.segment_flows.items()]
-        sankey = go.Figure(go.Sankey(node={"label": nodes, "pad": 12},
+        # One colour per segment on both sides, so a segment's customers can be followed across.
+        palette = qualitative.Plotly + qualitative.Safe
+        colour = {name: palette[i % len(palette)] for i, name in enumerate(sorted(set(left) | set(right)))}
+        sankey = go.Figure(go.Sankey(node={"label": nodes, "pad": 12, "color": [colour[n] for n in left] + [colour[n] for n in right]},
                                      link={"source": [l[0] for l in links], "target": [l[1] for l in links], "value": [l[2] for l in links]}))
         first = all(b == NOT_SCORED for b, _ in latest.segment_flows)
         sankey.update_layout(title=f"Segment flows into run #{latest.run_id}" + (" (the first run: everyone is new)" if first else ""))
