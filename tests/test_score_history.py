@@ -53,3 +53,22 @@ def test_a_version_3_store_gains_the_score_history_and_keeps_its_scores(store_ur
     [run] = recent_score_runs(upgraded)
     assert run.band_flows == {("low", "medium"): 1}  # the flow starts from the scores kept before the upgrade
     upgraded.close()
+
+
+def test_the_report_gathers_its_figures_from_either_backend(store_url: str, tmp_path) -> None:
+    from sync.report import gather_figures
+    from sync.settings import Settings
+
+    store = Store.open(store_url)
+    keep_scores(store, scores(DAY_ONE, {"ann": ("high", "At risk", 0.9), "bob": ("low", "Loyal", 0.1)}), "score", "day one")
+    keep_scores(store, scores(DAY_ONE + timedelta(days=1), {"ann": ("high", "Lost", 0.95), "bob": ("high", "At risk", 0.8)}),
+                "score", "day two")
+
+    figures = gather_figures(store, Settings(data_dir=tmp_path), "test store")
+
+    assert figures.bands == {"high": 2, "medium": 0, "low": 0, "new": 0} and figures.segments == {"Lost": 1, "At risk": 1}
+    assert [c.customer for c in figures.at_risk] == ["ann", "bob"]
+    assert [run.customers for run in figures.score_runs] == [2, 2]
+    assert figures.score_runs[-1].band_flows == {("high", "high"): 1, ("low", "high"): 1}
+    assert figures.model is None and "no completed orders" in figures.model_note
+    store.close()
