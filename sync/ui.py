@@ -6,8 +6,8 @@ the run history, the quarantine with a retry action, and the settings in effect 
 - Read-only unless started with --allow-retry. The retry only marks a refused write for the next sync
   (sync.engine.mark_for_retry): the sync sends it, through its own ledger-first path.
 - plotly.js is served from the installed package (/static/plotly.min.js): no CDN, nothing leaves the machine.
-- Figures are gathered once and again only when the store has a new run or quarantine entry (one cheap query per
-  request), and each page is rendered once per such version: pages answer from memory.
+- Figures are gathered at start, and again in the background when the store has a new run or quarantine entry
+  (one cheap query per request tells); each page is rendered once per version: pages answer from memory.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ class Dashboard:
         self._version: tuple[Any, ...] | None = None
         self._figures: ReportFigures | None = None
         self._pages: dict[str, str] = {}
+        self.is_refreshing = False
+        self.refreshed = threading.Event()  # set when a background gathering ends
 
     def close(self) -> None:
         self.store.close()
@@ -66,24 +68,44 @@ class Dashboard:
         return (*last_run, *held)
 
     def figures(self) -> ReportFigures:
+        """The figures to show. The first call gathers them; after that, a store with a new run or quarantine entry
+        is gathered again in the background while pages keep answering from the figures they have (and say so)."""
+        version = self.store_version()
         with self._lock:
-            version = self.store_version()
-            if version != self._version or self._figures is None:
-                self._figures = gather_figures(self.store, self.settings, self.store_label)
-                self._version, self._pages = version, {}
+            if self._figures is None:
+                self._figures, self._version, self._pages = gather_figures(self.store, self.settings, self.store_label), version, {}
+            elif version != self._version and not self.is_refreshing:
+                self.is_refreshing = True
+                self.refreshed.clear()
+                threading.Thread(target=self._refresh, args=(version,), daemon=True).start()
             return self._figures
+
+    def _refresh(self, version: tuple[Any, ...]) -> None:
+        try:
+            figures = gather_figures(self.store, self.settings, self.store_label)
+        except RetentionError:  # e.g. the scores were erased meanwhile: keep showing what we have
+            figures = None
+        with self._lock:
+            if figures is not None:
+                self._figures, self._version, self._pages = figures, version, {}
+            self.is_refreshing = False
+            self.refreshed.set()
 
     def page(self, name: str) -> str | None:
         """The HTML of the page ``name`` ("" is the overview), or None for no such page."""
-        figures = self.figures()
-        with self._lock:
+        self.figures()
+        with self._lock:  # the figures and the pages rendered from them are swapped together, under this lock
             if name not in self._pages:
-                body = self._body(name, figures)
+                body = self._body(name, self._figures)
                 if body is None:
                     return None
                 heading = VIEWS[name][0] if name in VIEWS else EXTRA_PAGES[name]
                 self._pages[name] = page(f"Retention dashboard: {heading}", body, f'<script src="{PLOTLY_PATH}"></script>', self._nav())
-            return self._pages[name]
+            html = self._pages[name]
+            if self.is_refreshing:
+                html = html.replace("<body>", '<body><p class="note" id="updating">The store changed: the figures are being '
+                                              "gathered again; reload in a moment.</p>", 1)
+            return html
 
     def _body(self, name: str, figures: ReportFigures) -> str | None:
         if name in VIEWS:
@@ -104,8 +126,10 @@ class Dashboard:
 
     def retry(self, quarantine_id: int) -> str:
         message = mark_for_retry(self.store, quarantine_id)
+        # The person who pressed it expects to see the entry gone: gather again now, not in the background.
+        figures, version = gather_figures(self.store, self.settings, self.store_label), self.store_version()
         with self._lock:
-            self._version = None  # the quarantine changed: gather again
+            self._figures, self._version, self._pages = figures, version, {}
         return message
 
 

@@ -197,3 +197,25 @@ def test_retry_marks_a_refused_write_and_the_next_sync_sends_it(refused_write, t
     retried = push_changes(store, HubSpotDestination(make_client(box)), desired)
     assert retried.sent >= 1 and not retried.rejected
     assert box.objects["contacts"][contact_id]["properties"][NAMES["segment"]] == "VIP"
+
+
+def test_after_a_new_run_pages_keep_answering_and_the_new_figures_follow(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path}/retention.db")
+    day_one, day_two = datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc)
+    customers = [f"c{i}@example.com" for i in range(30)]
+    keep_scores(store, [Score(source="scoring", source_id=c, churn_probability=0.1, risk_band="low", scored_at=day_one) for c in customers],
+                "score", "day one")
+    dashboard = Dashboard(Settings(data_dir=tmp_path), "test store", Store.open(f"sqlite:///{tmp_path}/retention.db"))
+    with running(dashboard) as (url, _):
+        assert number(PageText(fetch(url)[1]).figures["band-high"]) == 0
+        keep_scores(store, [Score(source="scoring", source_id=c, churn_probability=0.9, risk_band="high", scored_at=day_two)
+                            for c in customers], "score", "day two")
+
+        during = fetch(url)[1]
+        assert dashboard.refreshed.wait(60)
+        after = fetch(url)[1]
+    # While it gathers again, a page shows what it had and says so; once done, the new figures.
+    high_during = number(PageText(during).figures["band-high"])
+    assert (high_during, 'id="updating"' in during) in ((0, True), (30, False))
+    assert number(PageText(after).figures["band-high"]) == 30 and 'id="updating"' not in after
+    store.close()
