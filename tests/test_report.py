@@ -223,3 +223,36 @@ def test_a_report_path_that_cannot_be_written_is_one_line(reported_shop: Reporte
     result = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "no-such-dir" / "report.html")], env=reported_shop.env)
     assert result.exit_code == 2
     assert "cannot write the report (No such file or directory)" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_survey_figures_per_month_match_the_store(reported_shop: ReportedShop, report_files) -> None:
+    store = reported_shop.open_store()
+    try:
+        responses = [from_payload("survey_response", payload) for _, payload in store.stored_records("survey_response")]
+    finally:
+        store.close()
+    by_month: dict[str, list[int | None]] = {}
+    for response in responses:
+        nps = next((int(a.value) for a in response.answers.values() if a.answer_kind.value == "nps"), None)
+        by_month.setdefault(response.submitted_at.strftime("%Y-%m"), []).append(nps)
+    expected = []
+    for month, scores in sorted(by_month.items()):
+        rated = [s for s in scores if s is not None]
+        nps = (sum(s >= 9 for s in rated) - sum(s <= 6 for s in rated)) / len(rated) * 100 if rated else None
+        expected.append([month, f"{len(scores):,}", f"{len(rated):,}", "" if nps is None else f"{round(nps, 1):+.1f}"])
+
+    shown = PageText(report_files[0].read_text())
+    assert [row[:4] for row in shown.tables["survey-months"]] == expected
+    assert len(expected) >= 6
+
+
+def test_each_at_risk_row_shows_the_stored_risk_and_value(reported_shop: ReportedShop, report_files) -> None:
+    store = reported_shop.open_store()
+    try:
+        stored = {s.source_id: s for s in (from_payload("score", p) for _, p in store.stored_records("score", "scoring"))}
+    finally:
+        store.close()
+    for customer, probability, segment, value, currency, reasons in PageText(report_files[0].read_text()).tables["at-risk"]:
+        score = stored[customer]
+        assert probability == f"{score.churn_probability:.1%}" and segment == score.segment
+        assert value == ("" if score.clv is None else f"{score.clv:,.2f}") and reasons == "; ".join(score.top_reasons)
