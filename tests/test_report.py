@@ -256,3 +256,18 @@ def test_each_at_risk_row_shows_the_stored_risk_and_value(reported_shop: Reporte
         score = stored[customer]
         assert probability == f"{score.churn_probability:.1%}" and segment == score.segment
         assert value == ("" if score.clv is None else f"{score.clv:,.2f}") and reasons == "; ".join(score.top_reasons)
+
+
+def test_after_the_demo_a_report_with_no_store_of_its_own_is_about_the_demo(reported_shop: ReportedShop, workspace: Workspace) -> None:
+    import shutil
+
+    assert workspace.run("report", "--demo").exit_code == 4  # no demo store here yet
+    demo = workspace.root / ".retention" / "demo"
+    demo.mkdir(parents=True)
+    shutil.copy(reported_shop.data_dir / "retention.db", demo / "retention.db")  # what `retention demo` leaves
+
+    result = workspace.run("report")
+
+    assert result.exit_code == 0, result.stderr
+    assert "reporting on the demo's store" in result.stderr and "300 customers scored" in result.stdout
+    assert (workspace.root / "report.html").is_file() and not (workspace.root / ".retention" / "retention.db").exists()
