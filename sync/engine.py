@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import delete, select, update
 
 from connectors.base import Change, Destination, InputError, Receipt, Rejected, Source
 from sync.schema import ledger, quarantine

@@ -174,7 +174,7 @@ def settings_view(settings: Settings, store_label: str) -> str:
             + "<h3>Credentials (never shown)</h3>" + table(("credential", "state"), secrets_rows, "credentials"))
 
 
-def make_handler(dashboard: Dashboard, token: str | None, host: str, port_of: Callable[[], int]) -> type[BaseHTTPRequestHandler]:
+def make_handler(dashboard: Dashboard, token: str | None, port_of: Callable[[], int]) -> type[BaseHTTPRequestHandler]:
     plotly_js = get_plotlyjs().encode()
 
     class Handler(BaseHTTPRequestHandler):
@@ -254,7 +254,7 @@ def start(dashboard: Dashboard, host: str, port: int) -> tuple[ThreadingHTTPServ
     token = None if host == LOOPBACK else secrets.token_urlsafe(24)
     holder: dict[str, int] = {}
     try:
-        server = ThreadingHTTPServer((host, port), make_handler(dashboard, token, host, lambda: holder["port"]))
+        server = ThreadingHTTPServer((host, port), make_handler(dashboard, token, lambda: holder["port"]))
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}) — choose another with --port, or stop what uses it") from None
     holder["port"] = server.server_address[1]
