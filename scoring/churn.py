@@ -21,7 +21,7 @@ Method (README, "Churn risk"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -266,12 +266,14 @@ class Backtest:
     scored_at: pd.Timestamp
     model_method: str
     metrics: dict[str, dict[str, float]]  # "model", "recency", "BG/NBD" -> churn_metrics
+    calibration: list[tuple[float, float, int]] = field(default_factory=list)  # the model's, scoring.evaluation.calibration_bins
+    lift_by_decile: list[float] = field(default_factory=list)  # the model's, riskiest tenth first
 
 
 def backtest(orders: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int | None, random_state: int = 7) -> Backtest:
     """Out of time: fit as of one horizon before ``as_of``, score then, and compare with what happened since,
     beside the recency and BG/NBD baselines."""
-    from scoring.evaluation import churn_metrics  # evaluation is only needed here
+    from scoring.evaluation import calibration_bins, churn_metrics, lift_by_decile  # evaluation is only needed here
 
     horizon = horizon_days or horizon_from_history(orders, as_of)
     then = (as_of - pd.Timedelta(days=horizon)).floor("D")
@@ -287,4 +289,4 @@ def backtest(orders: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int | None
         "model": churn_metrics(churned, probability),
         "recency": churn_metrics(churned, summary["days_since_last"], is_probability=False),
         "BG/NBD": churn_metrics(churned, bg_nbd.probability_no_purchase(horizon, summary["frequency"], summary["recency"], summary["age"])),
-    })
+    }, calibration_bins(churned, probability), lift_by_decile(churned, probability))

@@ -20,6 +20,22 @@ def expected_calibration_error(y_true: ArrayLike, probability: ArrayLike, bins: 
     return total / len(y)
 
 
+def calibration_bins(y_true: ArrayLike, probability: ArrayLike, bins: int = 10) -> list[tuple[float, float, int]]:
+    """Per equal-width probability bin that holds anyone: (mean predicted, observed churn rate, customers), the points
+    of a calibration plot; a calibrated model's points lie on the diagonal."""
+    y, p = np.asarray(y_true, dtype=float), np.asarray(probability, dtype=float)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    return [(float(p[which == index].mean()), float(y[which == index].mean()), int((which == index).sum()))
+            for index in range(bins) if (which == index).any()]
+
+
+def lift_by_decile(y_true: ArrayLike, score: ArrayLike) -> list[float]:
+    """The churn rate of each tenth of customers, riskiest tenth first, over everyone's churn rate."""
+    y, s = np.asarray(y_true, dtype=float), np.asarray(score, dtype=float)
+    ranked = y[np.argsort(-s, kind="stable")]
+    return [float(part.mean() / y.mean()) for part in np.array_split(ranked, 10) if len(part)]
+
+
 def churn_metrics(y_true: ArrayLike, score: ArrayLike, is_probability: bool = True) -> dict[str, float]:
     """ROC-AUC, PR-AUC, and, for probabilities, Brier score and calibration error; plus the top decile's precision
     and lift (how much likelier than average a customer flagged in the riskiest 10% is to churn)."""

@@ -380,6 +380,7 @@ from sync import cli_schedule  # noqa: E402,F401  (imported for its command)
 from sync import cli_forget  # noqa: E402,F401  (imported for its command)
 from sync import cli_sync  # noqa: E402,F401  (imported for its command)
 from sync import demo  # noqa: E402,F401  (imported for its command)
+from sync import cli_report  # noqa: E402,F401  (imported for its commands)
 
 if __name__ == "__main__":
     main()

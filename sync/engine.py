@@ -8,14 +8,16 @@ page by page, so the cursor never passes what is stored.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, delete, select, update
 
-from connectors.base import Change, Destination, Receipt, Rejected, Source
+from connectors.base import Change, Destination, InputError, Receipt, Rejected, Source
+from sync.schema import ledger, quarantine
 from sync.store import LedgerRow, RunCounts, Store
 
 SHOWN_REJECTS = 5  # how many quarantined rows a summary quotes; the rest are in `retention quarantine`
@@ -112,8 +114,8 @@ def push_changes(
         _settle_interrupted(store, destination, result)
         step = max(1, destination.objects_per_apply)
         waiting: dict[str, list[Change]] = {}  # object id → its changes, in the order found, not sent yet
-        for chunk, ledger in _with_ledger(store, target, desired):
-            for change in _diff(destination, chunk, ledger, result, companions, live):
+        for chunk, known in _with_ledger(store, target, desired):
+            for change in _diff(destination, chunk, known, result, companions, live):
                 waiting.setdefault(change.object_id, []).append(change)
             while len(waiting) >= step:  # full batches only: a chunk's end must not cost a part-filled call
                 _apply_batch(store, destination, _take(waiting, step), run_id, result, live)
@@ -123,8 +125,13 @@ def push_changes(
         with store.transaction() as conn:
             store.finish_run(conn, run_id, "failed", RunCounts())
         raise
+    # The run history counts field values per write run, so the report's sync health can show what each one sent.
+    counts = RunCounts()
+    values = counts["value"]
+    values.written, values.unchanged, values.quarantined = result.sent, result.unchanged + result.held_back, len(result.rejected)
+    values.read = values.written + values.unchanged + values.quarantined
     with store.transaction() as conn:
-        store.finish_run(conn, run_id, "succeeded", RunCounts())
+        store.finish_run(conn, run_id, "succeeded", counts)
     return result
 
 
@@ -170,8 +177,8 @@ def plan_changes(store: Store, destination: Destination, desired: Mapping[str, M
 
     Intents an interrupted run left in doubt count as not confirmed here: the real run reads them back first."""
     result = PushResult(run_id=0, target=destination.name)
-    changes = [change for chunk, ledger in _with_ledger(store, destination.name, desired)
-               for change in _diff(destination, chunk, ledger, result, companions, live)]
+    changes = [change for chunk, known in _with_ledger(store, destination.name, desired)
+               for change in _diff(destination, chunk, known, result, companions, live)]
     return changes, result
 
 
@@ -248,3 +255,28 @@ def _apply_batch(store: Store, destination: Destination, batch: list[Change], ru
                     )
                 )
         store.quarantine_rejects(conn, target, "write", refused, run_id)
+
+
+def mark_for_retry(store: Store, quarantine_id: int) -> str:
+    """Let the next sync send again the writes a target refused for one object (the dashboard's retry action).
+
+    Nothing is sent here: the object's refusals are cleared from the ledger, so the next push's diff finds its
+    values unsent and sends them through the usual ledger-first path, and its quarantine entries go (a second
+    refusal brings them back). The whole object, not the one field: a vendor refuses an object's input whole
+    (HubSpot quarantines each of its fields with the one reason), so retrying a single field would leave the
+    others held back. Returns what was marked, in words."""
+    with store.transaction() as conn:
+        entry = conn.execute(select(quarantine).where(quarantine.c.id == quarantine_id)).first()
+        if entry is None:
+            raise InputError(f"quarantine entry #{quarantine_id} does not exist (any more)")
+        if entry.kind != "write":
+            raise InputError(f"quarantine entry #{quarantine_id} is a record refused on reading: fix it in "
+                             f"{entry.source} or its file; the next import or sync reads it again")
+        object_id = str(json.loads(entry.raw)["object_id"])
+        conn.execute(update(ledger).where(ledger.c.target == entry.source, ledger.c.object_id == object_id,
+                                          ledger.c.rejected_reason.is_not(None)).values(rejected_value=None, rejected_reason=None))
+        same_target = conn.execute(select(quarantine.c.id, quarantine.c.raw).where(
+            quarantine.c.source == entry.source, quarantine.c.kind == "write")).all()
+        of_object = [row.id for row in same_target if str(json.loads(row.raw).get("object_id")) == object_id]
+        conn.execute(delete(quarantine).where(quarantine.c.id.in_(of_object)))
+    return f"{entry.source} object {object_id}: marked for retry on the next sync"

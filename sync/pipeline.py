@@ -48,6 +48,7 @@ from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_recor
 from scoring.sentiment import SentimentModel
 from sync.engine import plan_changes, push_changes, run_source_once
 from sync.linking import CONTACT_FIELDS, Linked, agreed_values, link_contacts, remember_agreed
+from sync.score_history import record_run, stored_bands, summarise_run
 from sync.settings import Settings
 from sync.store import RunCounts, Store
 
@@ -414,10 +415,14 @@ def _scores_stand(kept: list[Score], responses: pd.DataFrame | None, as_of: pd.T
 def keep_scores(store: Store, records: Sequence[Score], command: str, detail: str) -> tuple[int, RunCounts]:
     """Score records into the store in one run of its history; unchanged scores are not rewritten."""
     counts = RunCounts()
+    # The scores being replaced, read before the write: the run's history row says how customers moved from them.
+    summary = summarise_run(stored_bands(store), records)
     with store.transaction() as conn:
         run_id = store.begin_run(conn, command, detail, datetime.now(timezone.utc))
         for start in range(0, len(records), 2_000):
             store.upsert_records(conn, records[start : start + 2_000], counts)
+        if records:
+            record_run(conn, run_id, records[0].scored_at, len(records), summary)
         store.finish_run(conn, run_id, "succeeded", counts)
     return run_id, counts
 

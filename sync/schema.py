@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 UTC = timezone.utc
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class UtcDateTime(TypeDecorator):
@@ -191,6 +191,19 @@ erasure_salt = Table(
     Column("salt", String(64), nullable=False),
 )
 
+# One row per scoring run that kept scores: the run's aggregates, and how customers moved from the scores it
+# replaced (schema 4). Per-run aggregates, not per-customer history: a daily sync of 100k customers would add 36M
+# rows a year, while the report only needs counts, a histogram and the flows. The previous run's per-customer band
+# and segment are the score records this run replaces, so the flows are computed as they are written.
+score_runs = Table(
+    "score_runs",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), primary_key=True),
+    Column("scored_at", UtcDateTime, nullable=False),  # the as-of moment the scores are for
+    Column("customers", Integer, nullable=False),
+    Column("summary", Text, nullable=False),  # JSON: bands, segments, probability histogram, band and segment flows
+)
+
 # The state a rejected input must leave untouched; run history is an append-only log and is not part of it.
 STATE_TABLES = (records, identities, cursors, ledger, quarantine, forgotten)
 
@@ -220,4 +233,9 @@ def _migrate_to_3(conn: Connection) -> None:
         conn.execute(insert(erasure_salt).values(id=1, salt=secrets.token_hex(32)))
 
 
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
+def _migrate_to_4(conn: Connection) -> None:
+    # The per-scoring-run aggregates for the owner report. Older stores start their history at the next run.
+    metadata.create_all(conn, tables=[score_runs], checkfirst=True)
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,3 +150,106 @@ def shared_file(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is absent: the real-data tests need ../shared/data beside the repository")
     return path
+
+
+# --- the owner report and the dashboard: a synced demo store, and the system's Chromium ---------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Flags that work in a container without a GPU, a sandbox user or a network; nothing is fetched by the browser.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots for people to look at (ignored by git)
+SESSION_STARTED = time.time()
+
+
+@dataclass
+class ReportedShop:
+    """A demo shop synced once and scored again by `retention score`, so the store holds two scoring runs."""
+
+    data_dir: Path  # the shop's data directory (its store is data_dir / retention.db)
+    scores_before: dict[str, tuple[str, str]]  # customer -> (band, segment) after the sync's scoring
+    scores_after: dict[str, tuple[str, str]]  # the same after `retention score`
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"RETENTION_DATA_DIR": str(self.data_dir)}
+
+    def open_store(self) -> Store:
+        return Store.open(f"sqlite:///{self.data_dir / 'retention.db'}")
+
+
+def _bands(store: Store) -> dict[str, tuple[str, str]]:
+    from connectors.records import from_payload
+
+    scores = (from_payload("score", payload) for _, payload in store.stored_records("score", "scoring"))
+    return {s.source_id: (s.risk_band.value, s.segment or "(none)") for s in scores}
+
+
+@pytest.fixture(scope="session")
+def reported_shop(tmp_path_factory: pytest.TempPathFactory) -> ReportedShop:
+    from sync.demo import open_demo_shop
+    from sync.pipeline import run_sync
+    from sync.settings import Settings
+
+    root = tmp_path_factory.mktemp("reported-shop")
+    shop = open_demo_shop(Settings(data_dir=root / ".retention"), 300, seed=5)
+    try:
+        store = Store.open(shop.settings.store_url)
+        run_sync(shop.settings, store, endpoints=shop.endpoints)
+        before = _bands(store)
+        store.close()
+    finally:
+        for box in shop.sandboxes.values():
+            box.stop()
+    data_dir = shop.settings.data_dir
+    (root / "settings.toml").write_text(SETTINGS)
+    # A CSV row with a bad email lands in the quarantine, as a user's import would.
+    (root / "customers.csv").write_text("Email,First Name\nann@example.com,Ann\nnot-an-email@,Bob\ncy@example.com,Cy\n")
+    env = {"RETENTION_SETTINGS": str(root / "settings.toml"), "RETENTION_DATA_DIR": str(data_dir), "RETENTION_CURRENCY": "EUR"}
+    for args in (["import", str(root / "customers.csv"), "--kind", "contacts"], ["score"]):
+        result = CliRunner().invoke(app, args, env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.stderr
+    store = Store.open(f"sqlite:///{data_dir / 'retention.db'}")
+    after = _bands(store)
+    store.close()
+    return ReportedShop(data_dir, before, after)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """The system's Chromium driven by playwright (never a downloaded browser); skips when either is missing."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is absent: the browser tests need Debian's chromium (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: pip install -e '.[test]'")
+    with sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+def open_page(browser, url: str, screenshot: str | None = None, plots: int = 0):
+    """Load ``url`` in a fresh page; wait for ``plots`` plotly charts to draw; return (page, console errors).
+    With ``screenshot``, the whole page is saved under tests/artifacts and its path printed."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url, wait_until="load")
+    if plots:
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {plots}", timeout=30_000)
+    if screenshot:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / screenshot
+        page.screenshot(path=str(path), full_page=True)
+        print(f"screenshot: {path}")
+    return page, errors
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say where the browser tests left their screenshots, for people to look at."""
+    shots = [shot for shot in ARTIFACTS.glob("*.png") if shot.stat().st_mtime >= SESSION_STARTED] if ARTIFACTS.is_dir() else []
+    if shots:  # taken by this run
+        terminalreporter.write_line(f"screenshots of the report and the dashboard: {ARTIFACTS} ({len(shots)} files)")
