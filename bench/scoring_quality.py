@@ -25,7 +25,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from scoring.churn import ChurnModel
+from scoring.churn import ChurnModel, backtest
 from scoring.clv import BetaGeoModel, GammaGammaModel
 from scoring.evaluation import churn_metrics, value_metrics
 from scoring.features import rfm_summary
@@ -84,6 +84,18 @@ def churn_90_day_table(orders: pd.DataFrame) -> tuple[list[tuple[str, dict[str, 
         ("logistic regression on RFM (5-fold)", churn_metrics(churned, logistic_probability)),
         ("shipped model (scoring.churn)", churn_metrics(churned, learnt)),
     ], churned.mean(), model.method_
+
+
+def churn_out_of_time_rows(orders: pd.DataFrame) -> list[tuple[str, dict[str, float]]]:
+    """`retention score --backtest` as of later dates: the model fitted one horizon (derived from the purchase
+    cycle) before each date, scored then, and compared with what happened up to it. A second look, on cut-offs
+    the 90-day check does not use, that the model's choices were not made for one date."""
+    rows = []
+    for as_of in ("1997-12-31", "1998-03-31", "1998-06-30"):
+        result = backtest(orders, pd.Timestamp(as_of, tz="UTC"), None, random_state=SEED)
+        for method in ("recency", "BG/NBD", "model"):
+            rows.append((f"{result.scored_at:%Y-%m-%d} +{result.horizon_days} d: {method}", result.metrics[method]))
+    return rows
 
 
 def clv_table(orders: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, dict[str, float]]]:
@@ -170,9 +182,12 @@ def main() -> None:
     best_baseline = max(rows_90[0][1]["roc_auc"], rows_90[1][1]["roc_auc"]) + 0.02
     shipped = rows_90[3][1]
     print(f"shipped model: {method}")
-    print(f"targets (issue 8): ROC-AUC >= {best_baseline:.3f} (best of recency and BG/NBD + 0.02): "
-          f"{'PASS' if shipped['roc_auc'] >= best_baseline else 'MISS'}; >= RFM logistic {rows_90[2][1]['roc_auc']:.3f}: "
+    # Four decimals: the shipped model and the RFM logistic regression are that close.
+    print(f"targets (issue 8), shipped ROC-AUC {shipped['roc_auc']:.4f}: >= {best_baseline:.4f} (best of recency and BG/NBD + 0.02): "
+          f"{'PASS' if shipped['roc_auc'] >= best_baseline else 'MISS'}; >= RFM logistic {rows_90[2][1]['roc_auc']:.4f}: "
           f"{'PASS' if shipped['roc_auc'] >= rows_90[2][1]['roc_auc'] else 'MISS'}; ECE <= 0.03: {'PASS' if shipped['ece'] <= 0.03 else 'MISS'}")
+    print_table(CHURN_HEADER, churn_cells(churn_out_of_time_rows(orders)),
+                title="Churn, out-of-time backtests (retention score --backtest as of 1997-12-31, 1998-03-31, 1998-06-30)")
     print_table(("method", "Spearman", "MAE"),
                 [(name, f"{m['spearman']:.3f}", f"{m['mae']:.2f}") for name, m in clv_table(orders, summary)],
                 title="Lifetime value (39-week holdout spend)")
