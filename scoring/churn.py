@@ -243,8 +243,9 @@ class ChurnModel:
         self.estimator_ = _candidates(self.random_state)[best].fit(
             pd.concat([train_x, newest.features]), pd.concat([train_y, newest.churned])
         )
-        # Platt scaling, unpenalised: two parameters learnt on out-of-time scores need no shrinking.
-        self.calibration_ = LogisticRegression(C=np.inf).fit(_log_odds(newest_probability[best]), newest.churned)
+        # Platt scaling. Its light default penalty is nothing beside thousands of customers, but keeps a small store
+        # whose newest window the scores happen to split cleanly from a map that says 0 or 1 outright.
+        self.calibration_ = LogisticRegression(C=1.0).fit(_log_odds(newest_probability[best]), newest.churned)
         self.method_ = (f"{best}{alone}, learnt from windows up to {newest.cutoff:%Y-%m-%d} and calibrated on how "
                         "the older windows' model scored that one")
         return self
