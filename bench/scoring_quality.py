@@ -25,12 +25,13 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from scoring.churn import ChurnModel
+from scoring.churn import ChurnModel, backtest
 from scoring.clv import BetaGeoModel, GammaGammaModel
 from scoring.evaluation import churn_metrics, value_metrics
 from scoring.features import rfm_summary
 from scoring.sentence_encoder import is_encoder_installed
 from scoring.sentiment import SentimentModel
+from scoring.sentiment_bands import sentiment_label
 from tables import print_table
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -86,6 +87,18 @@ def churn_90_day_table(orders: pd.DataFrame) -> tuple[list[tuple[str, dict[str, 
     ], churned.mean(), model.method_
 
 
+def churn_out_of_time_rows(orders: pd.DataFrame) -> list[tuple[str, dict[str, float]]]:
+    """`retention score --backtest` as of later dates: the model fitted one horizon (derived from the purchase
+    cycle) before each date, scored then, and compared with what happened up to it. A second look, on cut-offs
+    the 90-day check does not use, that the model's choices were not made for one date."""
+    rows = []
+    for as_of in ("1997-12-31", "1998-03-31", "1998-06-30"):
+        result = backtest(orders, pd.Timestamp(as_of, tz="UTC"), None, random_state=SEED)
+        for method in ("recency", "BG/NBD", "model"):
+            rows.append((f"{result.scored_at:%Y-%m-%d} +{result.horizon_days} d: {method}", result.metrics[method]))
+    return rows
+
+
 def clv_table(orders: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, dict[str, float]]]:
     holdout = orders[(orders["at"] >= CUT) & (orders["at"] < END)]
     actual = holdout.groupby("customer")["amount"].sum().reindex(summary.index, fill_value=0.0)
@@ -129,9 +142,15 @@ def sentiment_table() -> tuple[list[tuple[str, dict[str, float]]], list[str]]:
         if is_encoder_installed():
             methods[f"shipped, encoder learnt on {other}"] = list(SentimentModel(method="encoder").fit(*data[other]).score(texts))
         measured = {}
+        truth_labels = ["positive" if label else "negative" for label in truth]
         for method, scores in methods.items():
             predicted = [int(score > 0) for score in scores]
-            measured[method] = {"accuracy": accuracy_score(truth, predicted), "macro_f1": f1_score(truth, predicted, average="macro")}
+            # What a user is shown: positive, neutral or negative (scoring.sentiment_bands, the same band for
+            # every method). Every sentence here is positive or negative, so a neutral label is a miss.
+            shown = [sentiment_label(score) for score in scores]
+            measured[method] = {"accuracy": accuracy_score(truth, predicted), "macro_f1": f1_score(truth, predicted, average="macro"),
+                                "label_accuracy": accuracy_score(truth_labels, shown),
+                                "neutral_share": sum(label == "neutral" for label in shown) / len(shown)}
             rows.append((f"{name}: {method}", measured[method]))
         target = max(measured["TextBlob"]["accuracy"], measured["VADER"]["accuracy"]) + 0.05
         best_method = max((m for m in measured if m.startswith("shipped")), key=lambda m: measured[m]["accuracy"])
@@ -140,7 +159,10 @@ def sentiment_table() -> tuple[list[tuple[str, dict[str, float]]], list[str]]:
                         f"({best_method}) {best:.3f}: {'PASS' if best >= target else 'MISS'}")
     if not is_encoder_installed():
         verdicts.append("the encoder method was not measured: its extra is not installed (pip install 'retention-sync[encoder]')")
-    verdicts.append("three-class (neutral) accuracy: not measured; ../shared/data holds no sentences labelled neutral")
+    verdicts.append("accuracy: score > 0 counts as positive, as the issue's reference figures were made; three labels: "
+                    "the positive / neutral / negative label a user sees, a neutral label counted as a miss")
+    verdicts.append("three-class accuracy on answers that are truly neutral: not measured; ../shared/data holds no sentence "
+                    "labelled neutral")
     return rows, verdicts
 
 
@@ -170,15 +192,19 @@ def main() -> None:
     best_baseline = max(rows_90[0][1]["roc_auc"], rows_90[1][1]["roc_auc"]) + 0.02
     shipped = rows_90[3][1]
     print(f"shipped model: {method}")
-    print(f"targets (issue 8): ROC-AUC >= {best_baseline:.3f} (best of recency and BG/NBD + 0.02): "
-          f"{'PASS' if shipped['roc_auc'] >= best_baseline else 'MISS'}; >= RFM logistic {rows_90[2][1]['roc_auc']:.3f}: "
+    # Four decimals: the shipped model and the RFM logistic regression are that close.
+    print(f"targets (issue 8), shipped ROC-AUC {shipped['roc_auc']:.4f}: >= {best_baseline:.4f} (best of recency and BG/NBD + 0.02): "
+          f"{'PASS' if shipped['roc_auc'] >= best_baseline else 'MISS'}; >= RFM logistic {rows_90[2][1]['roc_auc']:.4f}: "
           f"{'PASS' if shipped['roc_auc'] >= rows_90[2][1]['roc_auc'] else 'MISS'}; ECE <= 0.03: {'PASS' if shipped['ece'] <= 0.03 else 'MISS'}")
+    print_table(CHURN_HEADER, churn_cells(churn_out_of_time_rows(orders)),
+                title="Churn, out-of-time backtests (retention score --backtest as of 1997-12-31, 1998-03-31, 1998-06-30)")
     print_table(("method", "Spearman", "MAE"),
                 [(name, f"{m['spearman']:.3f}", f"{m['mae']:.2f}") for name, m in clv_table(orders, summary)],
                 title="Lifetime value (39-week holdout spend)")
     sentiment_rows, sentiment_verdicts = sentiment_table()
-    print_table(("data: method", "accuracy", "macro-F1"),
-                [(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}") for name, m in sentiment_rows],
+    print_table(("data: method", "accuracy", "macro-F1", "three labels: accuracy", "labelled neutral"),
+                [(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m['label_accuracy']:.3f}", f"{m['neutral_share']:.1%}")
+                 for name, m in sentiment_rows],
                 title="Sentiment (binary labelled sentences; target: 5 points above the better of TextBlob and VADER)")
     print("\n".join(sentiment_verdicts))
     print(f"\n({time.perf_counter() - started:.1f} s)")
