@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Connection
 
 from connectors.base import Change, Destination, Receipt, Rejected, Source
+from sync.crash_points import crash_point
 from sync.store import LedgerRow, RunCounts, Store
 
 SHOWN_REJECTS = 5  # how many quarantined rows a summary quotes; the rest are in `retention quarantine`
@@ -54,6 +55,8 @@ def run_source_once(store: Store, source: Source, command: str, detail: str, *, 
                     quarantined = store.quarantine_rejects(conn, source.name, stream.record_kind, page.rejected, run_id)
                     if page.cursor_after is not None:
                         store.save_cursor(conn, source.name, stream.name, page.cursor_after)
+                if page.cursor_after is not None:
+                    crash_point("after-cursor")
                 kind_counts.read += quarantined
                 kind_counts.quarantined += quarantined
                 first_rejects.extend(page.rejected[: SHOWN_REJECTS - len(first_rejects)])
@@ -218,6 +221,7 @@ def _apply_batch(store: Store, destination: Destination, batch: list[Change], ru
     with store.transaction() as conn:
         store.record_intents(conn, target, [(c.object_id, c.field_name, c.value) for c in batch], run_id)
     receipts = destination.apply(batch)
+    crash_point("after-remote-2xx")
     with store.transaction() as conn:
         confirmed = [(r.change.object_id, r.change.field_name) for r in receipts if r.ok]
         store.confirm_writes(conn, target, confirmed)
