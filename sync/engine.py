@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import Connection
 
-from connectors.base import Change, Destination, Receipt, Rejected, Source
+from connectors.base import Change, Destination, RateLimited, Receipt, Rejected, Source
 from sync.crash_points import crash_point
 from sync.store import LedgerRow, RunCounts, Store
 
@@ -71,13 +71,19 @@ def run_source_once(store: Store, source: Source, command: str, detail: str, *, 
             run_id = store.begin_run(conn, command, detail, started_at)
         try:
             read_streams(run_id, store.transaction)
-        except BaseException:
+        except BaseException as exc:
             with store.transaction() as conn:
-                store.finish_run(conn, run_id, "failed", counts)
+                store.finish_run(conn, run_id, _ended(exc), counts)
             raise
         with store.transaction() as conn:
             store.finish_run(conn, run_id, "succeeded", counts)
     return RunResult(run_id=run_id, source=source.name, counts=counts, first_rejects=first_rejects)
+
+
+def _ended(exc: BaseException) -> str:
+    """A run's status in the history when ``exc`` stopped it: "deferred" when the tool asked us to come back later
+    than we wait within a run (its Retry-After is past the cap, or a daily limit), else "failed"."""
+    return "deferred" if isinstance(exc, RateLimited) else "failed"
 
 
 # --- the write path ---------------------------------------------------------------------------------------------
@@ -122,9 +128,9 @@ def push_changes(
                 _apply_batch(store, destination, _take(waiting, step), run_id, result, live)
         while waiting:
             _apply_batch(store, destination, _take(waiting, step), run_id, result, live)
-    except BaseException:
+    except BaseException as exc:
         with store.transaction() as conn:
-            store.finish_run(conn, run_id, "failed", RunCounts())
+            store.finish_run(conn, run_id, _ended(exc), RunCounts())
         raise
     with store.transaction() as conn:
         store.finish_run(conn, run_id, "succeeded", RunCounts())

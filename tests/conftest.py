@@ -114,6 +114,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for param in (callspec.params.values() if callspec else ()):
             if isinstance(getattr(param, "bad_input", None), str):
                 scenarios.append(param.bad_input)
+                item.add_marker(pytest.mark.fault(param.bad_input))  # so `pytest -m fault` selects the corpus too
         if scenarios:
             SCENARIOS_OF[item.nodeid] = sorted(set(scenarios))
 

@@ -143,6 +143,7 @@ def shops(tmp_path: Path):
             box.stop()
 
 
+@pytest.mark.fault("F1")
 def test_kill_9_at_random_points_then_a_normal_run_reaches_the_uninterrupted_state(shops):
     shop = shops("killed")
     rng = random.Random(SEED)
