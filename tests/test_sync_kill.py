@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import random
+import resource
 import signal
 import time
 from collections import Counter
@@ -144,7 +145,7 @@ def shops(tmp_path: Path):
 
 
 @pytest.mark.fault("F1")
-def test_kill_9_at_random_points_then_a_normal_run_reaches_the_uninterrupted_state(shops):
+def test_kill_9_at_random_points_then_a_normal_run_reaches_the_uninterrupted_state(shops, reliability_figures):
     shop = shops("killed")
     rng = random.Random(SEED)
     spawn = multiprocessing.get_context("spawn")
@@ -172,6 +173,18 @@ def test_kill_9_at_random_points_then_a_normal_run_reaches_the_uninterrupted_sta
         redundant_requests.append(sum(1 for w in writes(shop, before_normal) if w <= sent_by_killed))
         span = max(20, requests_made(shop) - start)  # the next kill lands anywhere in a run of about this size
 
+    twin = shops("twin")
+    sync_normally(twin)
+    killed_state, twin_state = state(shop), state(twin)
+    audience = next(iter(shop.sandboxes["mailchimp"].lists.values()))
+    reliability_figures.record(
+        kills=kills, random_kills=kills,
+        records_lost=sum(killed_state[i].get(email) != values for i in (0, 1) for email, values in twin_state[i].items()),
+        duplicates_created=(len(shop.sandboxes["hubspot"].objects["contacts"]) - CONTACTS
+                            + sum(c - 1 for c in Counter(s["name"] for s in audience["segments"].values()).values())),
+        redundant_requests_max_per_kill=max(redundant_requests),
+        status_changing_requests=sum(1 for e in shop.sandboxes["mailchimp"].journal if isinstance(e.body, dict) and "status" in e.body),
+        peak_rss_children_mb=round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))
     assert kills >= KILLS - 1, "the kills must land during the runs"
     assert max(redundant_requests) <= 1, redundant_requests
 
@@ -191,6 +204,4 @@ def test_kill_9_at_random_points_then_a_normal_run_reaches_the_uninterrupted_sta
     assert len(shop.sandboxes["hubspot"].objects["contacts"]) == CONTACTS
 
     # The scores and tags equal those of a twin that synced the same inputs without ever being killed.
-    twin = shops("twin")
-    sync_normally(twin)
-    assert state(shop) == state(twin)
+    assert killed_state == twin_state
