@@ -176,6 +176,8 @@ def test_a_missing_scope_names_the_scope_to_add(store):
         with pytest.raises(AuthError) as caught:
             run_source_once(store, HubSpotSource(make_client(box)), "sync", "hubspot")
         assert "403" in str(caught.value) and "crm.objects.deals.read" in str(caught.value)
+        assert "\n" not in str(caught.value)
+        assert len(box.journal.entries(path="/deals")) == 1  # a missing scope is not retried: only the user can add it
 
 
 @pytest.mark.fault("F21")
