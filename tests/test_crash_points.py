@@ -8,8 +8,10 @@ to read, link and write both ways. Then a sync runs in a child process and dies:
   each write batch the tool acknowledged before the ledger confirmed it (after-remote-2xx), each store transaction
   before its COMMIT (mid-commit);
 - or by SIGKILL once the sandboxes have answered a seeded random number of its requests.
-A normal run follows, and the oracle is checked after every one of them: the scores and tags in both tools equal
-those of a twin shop that synced the same inputs once, never killed (the edits touch no input of scoring); every
+In a quarter of the rounds a customer also places an order in both this shop and a twin, so scores move and are written
+under the crash. A normal run follows, and the oracle is checked after every one of them: the scores and tags in
+both tools equal those of the twin, which syncs the same orders and is never killed (the edits touch no input of
+scoring); every
 edit is in both tools; nothing was created twice; no subscription moved and no request carried a status; the store
 passes SQLite's full integrity check; and the normal run re-sent at most one request's worth of writes the killed
 run had already delivered.
@@ -45,9 +47,10 @@ from tests.test_sync_kill import members, positions, state, writes
 
 SOAK = os.environ.get("RETENTION_SOAK") == "1"
 CONTACTS = 200 if SOAK else 40
-RANDOM_KILLS = 500 if SOAK else 180
+RANDOM_KILLS = 500 if SOAK else 200
 EDITS_PER_TOOL = 4  # people whose last name (HubSpot) and phone (Mailchimp) a user edits before each round
 SEED = 23
+ORDER_SHARE = 0.25  # share of rounds in which a customer places an order first (so scores move and are written)
 NAMED_POINTS = {  # point → the most passes swept (a run that passes it fewer times ends the sweep)
     "after-cursor": 8, "after-read": 2, "after-score": 1, "after-remote-2xx": 6, "mid-commit": 60,
 }
@@ -121,6 +124,19 @@ def edit_both_tools(shop: DemoShop, rng: random.Random, round_: int, expected: d
         expected[(email.lower(), "phone")] = phone
 
 
+def add_order(shops: tuple[DemoShop, ...], rng: random.Random, round_: int) -> None:
+    """A customer places an order (a won HubSpot deal) in both shops: rescoring moves their scores, so the round has
+    score writes for the crash to land among, and the twin gets the same inputs for the final comparison."""
+    contact_ids = sorted(shops[0].sandboxes["hubspot"].objects["contacts"], key=int)
+    contact_id, amount = rng.choice(contact_ids), f"{rng.randrange(20, 400)}.{round_ % 100:02d}"
+    for shop in shops:
+        hubspot = shop.sandboxes["hubspot"]
+        closed = hubspot.objects["contacts"][contact_id]["properties"]["lastmodifieddate"]
+        deal_id = hubspot.create("deals", {"dealname": f"Order {90_000 + round_}", "amount": amount, "pipeline": "default",
+                                           "dealstage": "closedwon", "deal_currency_code": "EUR", "closedate": closed})
+        hubspot.associations.setdefault(deal_id, set()).add(contact_id)
+
+
 def requests_made(shop: DemoShop) -> int:
     return sum(len(box.journal) for box in shop.sandboxes.values())
 
@@ -188,7 +204,12 @@ def test_a_crash_at_every_named_point_and_random_moment_then_a_normal_run_reache
         point, _, nth = crash.partition(":") if isinstance(crash, str) else ("random", "", "0")
         if int(nth) >= unreached.get(point, 10**9):
             continue
-        edit_both_tools(shop, rng, round_, expected)
+        if round_:  # not before the first run: with no agreed value yet, the record changed last wins every field
+            edit_both_tools(shop, rng, round_, expected)
+        if round_ and rng.random() < ORDER_SHARE:  # not before the first run: both shops fit their model on the same data
+            add_order((shop, twin), rng, round_)
+            sync_normally(twin)
+            oracle = state(twin)
         mark, start = positions(shop), requests_made(shop)
         child = fork.Process(target=_crashing_sync, args=(shop.settings, shop.endpoints, crash if point != "random" else None))
         child.start()

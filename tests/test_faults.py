@@ -6,7 +6,7 @@ counts them per group. The map:
 
 | F   | scenario                         | where                                                                       |
 |-----|----------------------------------|-----------------------------------------------------------------------------|
-| F1  | random SIGKILL then resume       | test_crash_points (≈180 seeded kills, small shop), test_sync_kill (spawned, 1,000 contacts; 10,000 with RETENTION_SOAK=1) |
+| F1  | random SIGKILL then resume       | test_crash_points (≈170 seeded random kills and ≈38 named, small shop), test_sync_kill (spawned, 1,000 contacts; 10,000 with RETENTION_SOAK=1) |
 | F2  | crash after remote 2xx           | test_crash_points (after-remote-2xx at every write batch)                   |
 | F3  | crash mid-commit                 | test_crash_points (mid-commit at every store transaction; full integrity_check after each resume) |
 | F4  | power-loss copies of db + wal    | not yet tested                                                              |
