@@ -95,7 +95,7 @@ def figure_rows(lines: list[dict]) -> list[list[str]]:
         ["seeded kill points", f"{kills:,}", f">= {KILL_TARGET}", verdict(kills >= KILL_TARGET), by_test],
         ["  of them at named crash points", f"{total('named_kills'):,}", "-", "-",
          "; ".join(m["named_kills_by_point"] for m in measured if m.get("named_kills_by_point"))],
-        ["records lost", f"{total('records_lost'):,}", "0", verdict(total("records_lost") == 0), "oracle: twin shop synced once, never killed"],
+        ["records lost", f"{total('records_lost'):,}", "0", verdict(total("records_lost") == 0), "oracle: a twin shop with the same inputs, never killed"],
         ["duplicates created", f"{total('duplicates_created'):,}", "0", verdict(total("duplicates_created") == 0),
          "contacts, members, tag segments, merge fields"],
         ["redundant writes per kill (max)", f"{worst_resend} request(s)", "<= 1 batch", verdict(worst_resend <= 1),
