@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 
 from sqlalchemy import Connection, delete, select, update
 
-from connectors.base import Change, Destination, InputError, Receipt, Rejected, Source
+from connectors.base import Change, Destination, InputError, RateLimited, Receipt, Rejected, Source
+from sync.crash_points import crash_point
 from sync.schema import ledger, quarantine
 from sync.store import LedgerRow, RunCounts, Store
 
@@ -56,6 +57,8 @@ def run_source_once(store: Store, source: Source, command: str, detail: str, *, 
                     quarantined = store.quarantine_rejects(conn, source.name, stream.record_kind, page.rejected, run_id)
                     if page.cursor_after is not None:
                         store.save_cursor(conn, source.name, stream.name, page.cursor_after)
+                if page.cursor_after is not None:
+                    crash_point("after-cursor")
                 kind_counts.read += quarantined
                 kind_counts.quarantined += quarantined
                 first_rejects.extend(page.rejected[: SHOWN_REJECTS - len(first_rejects)])
@@ -70,13 +73,19 @@ def run_source_once(store: Store, source: Source, command: str, detail: str, *, 
             run_id = store.begin_run(conn, command, detail, started_at)
         try:
             read_streams(run_id, store.transaction)
-        except BaseException:
+        except BaseException as exc:
             with store.transaction() as conn:
-                store.finish_run(conn, run_id, "failed", counts)
+                store.finish_run(conn, run_id, _ended(exc), counts)
             raise
         with store.transaction() as conn:
             store.finish_run(conn, run_id, "succeeded", counts)
     return RunResult(run_id=run_id, source=source.name, counts=counts, first_rejects=first_rejects)
+
+
+def _ended(exc: BaseException) -> str:
+    """A run's status in the history when ``exc`` stopped it: "deferred" when the tool asked us to come back later
+    than we wait within a run (its Retry-After is past the cap, or a daily limit), else "failed"."""
+    return "deferred" if isinstance(exc, RateLimited) else "failed"
 
 
 # --- the write path ---------------------------------------------------------------------------------------------
@@ -121,9 +130,9 @@ def push_changes(
                 _apply_batch(store, destination, _take(waiting, step), run_id, result, live)
         while waiting:
             _apply_batch(store, destination, _take(waiting, step), run_id, result, live)
-    except BaseException:
+    except BaseException as exc:
         with store.transaction() as conn:
-            store.finish_run(conn, run_id, "failed", RunCounts())
+            store.finish_run(conn, run_id, _ended(exc), RunCounts())
         raise
     # The run history counts field values per write run, so the report's sync health can show what each one sent.
     counts = RunCounts()
@@ -225,6 +234,7 @@ def _apply_batch(store: Store, destination: Destination, batch: list[Change], ru
     with store.transaction() as conn:
         store.record_intents(conn, target, [(c.object_id, c.field_name, c.value) for c in batch], run_id)
     receipts = destination.apply(batch)
+    crash_point("after-remote-2xx")
     with store.transaction() as conn:
         confirmed = [(r.change.object_id, r.change.field_name) for r in receipts if r.ok]
         store.confirm_writes(conn, target, confirmed)

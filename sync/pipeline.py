@@ -46,6 +46,7 @@ from connectors.records import Contact, Order, OrderStatus, Score, from_payload
 from scoring.churn import MODEL_VERSION
 from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, score_with_saved_model
 from scoring.sentiment import SentimentModel
+from sync.crash_points import crash_point
 from sync.engine import plan_changes, push_changes, run_source_once
 from sync.linking import CONTACT_FIELDS, Linked, agreed_values, link_contacts, remember_agreed
 from sync.score_history import record_run, stored_bands, summarise_run
@@ -177,6 +178,7 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
     started = time.monotonic()
     scores, last_nps = score_store(settings, store, report, keep=not dry_run)
     report.scoring_seconds = time.monotonic() - started
+    crash_point("after-score")
     writing = [c for c in connections if c.name not in failed_tools and c.targets]
     # A failed tool is not written: what we know of it is stale, and its credential or service just failed.
     contacts = {c.name: [from_payload("contact", payload) for _, payload in store.stored_records("contact", c.source.name)]
@@ -206,6 +208,7 @@ def _read_source(store: Store, connection: Connection, full: bool) -> SourceOutc
     try:
         outcome.counts = run_source_once(store, connection.source, "sync", f"read {connection.name}", full=full,
                                          atomic=False).counts
+        crash_point("after-read")
     except RetentionError as exc:  # this tool failed; the others go on; it keeps what it read, its cursor where it was
         outcome.error = exc
     outcome.seconds = time.monotonic() - started

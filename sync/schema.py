@@ -133,7 +133,7 @@ runs = Table(
     Column("detail", Text, nullable=False),  # e.g. the file imported; never a secret
     Column("started_at", UtcDateTime, nullable=False),
     Column("ended_at", UtcDateTime),
-    Column("status", String(20), nullable=False),  # running, succeeded, partial, failed
+    Column("status", String(20), nullable=False),  # running, succeeded, partial, failed, deferred (asked to come back later)
 )
 
 run_counts = Table(

@@ -39,6 +39,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 
 from connectors.base import Rejected, StoreError
 from connectors.records import Contact, Record, to_payload
+from sync.crash_points import crash_point
 from sync.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -177,6 +178,7 @@ class Store:
         try:
             with self.engine.connect().execution_options(write=True) as conn, conn.begin():
                 yield conn
+                crash_point("mid-commit")
         except OperationalError as exc:
             raise StoreError(f"{self._where()}: {_explain_operational(exc)}") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -20,6 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 FIXTURES = Path(__file__).parent / "fixtures"
 POSTGRES_URL = os.environ.get("RETENTION_TEST_POSTGRES_URL", "")
+# bench/reliability_report.py points this at a directory: each test's scenarios, outcome and measured figures go there.
+RELIABILITY_DIR = os.environ.get("RETENTION_RELIABILITY_DIR", "")
 
 SETTINGS = """\
 data_dir = ".retention"
@@ -86,15 +89,64 @@ def canary_credentials(tmp_path_factory: pytest.TempPathFactory) -> object:
     sightings = CANARY_SIGHTINGS + canary.canaries_in_files(tmp_path_factory.getbasetemp())
     if POSTGRES_URL:
         sightings += canary.canaries_in_postgres(POSTGRES_URL)
+    _record_figures({"test": "session", "canary_sightings": len(set(sightings))})
     if sightings:
         pytest.fail(canary.report(sightings), pytrace=False)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Captured stdout, stderr and log lines, and the text of any failure's exception, of every test phase."""
+    _record_outcome(report)
     texts = [content for _, content in report.sections] + ([report.longreprtext] if report.failed else [])
     for text_seen in texts:
         CANARY_SIGHTINGS.extend(f"{report.nodeid} ({report.when}): {name}" for name in canary.canaries_in_text(text_seen))
+
+
+# --- reliability figures (bench/reliability_report.py) ----------------------------------------------------------------
+
+SCENARIOS_OF: dict[str, list[str]] = {}  # test id → the RELIABILITY.md scenarios it covers (its `fault` marks)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Remember each test's scenarios: its `fault` marks, and the `bad_input` of a bad-input corpus case."""
+    for item in items:
+        scenarios = [scenario for mark in item.iter_markers("fault") for scenario in mark.args]
+        callspec = getattr(item, "callspec", None)
+        for param in (callspec.params.values() if callspec else ()):
+            if isinstance(getattr(param, "bad_input", None), str):
+                scenarios.append(param.bad_input)
+                item.add_marker(pytest.mark.fault(param.bad_input))  # so `pytest -m fault` selects the corpus too
+        if scenarios:
+            SCENARIOS_OF[item.nodeid] = sorted(set(scenarios))
+
+
+def _record_figures(figures: dict) -> None:
+    if RELIABILITY_DIR:
+        with open(Path(RELIABILITY_DIR) / f"figures-{os.getpid()}.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(figures) + "\n")
+
+
+def _record_outcome(report: pytest.TestReport) -> None:
+    """One line per scenario test: passed, failed or skipped (a failed or skipped setup counts too)."""
+    if report.nodeid not in SCENARIOS_OF or not (report.when == "call" or report.outcome != "passed"):
+        return
+    _record_figures({"test": report.nodeid, "scenarios": SCENARIOS_OF[report.nodeid], "outcome": report.outcome,
+                     "phase": report.when, "seconds": round(report.duration, 2)})
+
+
+class FiguresLog:
+    """What a fault test measured (kills, records lost, duplicates, redundant writes, status changes, peak RSS)."""
+
+    def __init__(self, test: str) -> None:
+        self.test = test
+
+    def record(self, **figures: float | int | str) -> None:
+        _record_figures({"test": self.test, "figures": figures})
+
+
+@pytest.fixture
+def reliability_figures(request: pytest.FixtureRequest) -> FiguresLog:
+    return FiguresLog(request.node.nodeid)
 
 
 def fresh_postgres_url() -> str:

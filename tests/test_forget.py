@@ -73,6 +73,7 @@ def traces(data: bytes | str) -> list[str]:
     return [form for form in (ADDRESS, SUBSCRIBER_HASH, "g.hopper@navy.example") if form in text]
 
 
+@pytest.mark.fault("F25")
 def test_forget_erases_every_trace_from_the_store_files_the_logs_and_the_exports(workspace: Workspace) -> None:
     import_examples(workspace)
     store = workspace.open_store()
@@ -129,6 +130,7 @@ def test_the_tombstone_is_a_salted_hash_of_the_normalised_address(workspace: Wor
     store.close()
 
 
+@pytest.mark.fault("F25")
 def test_importing_the_same_exports_three_times_after_forget_never_brings_the_person_back(workspace: Workspace) -> None:
     import_examples(workspace)
     assert workspace.run("forget", TYPED).exit_code == 0
@@ -202,6 +204,7 @@ def test_forget_erases_the_person_on_either_backend(any_workspace: Workspace) ->
 # --- propagation -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.fault("F25")
 def test_propagation_calls_hubspot_gdpr_delete_and_mailchimp_delete_permanent_once_each() -> None:
     hubspot_box = HubSpotSandbox(token="hub-token", clock=Clock(speed=100))
     mailchimp_box = MailchimpSandbox(api_key="mc-key-us6", clock=Clock(speed=100))

@@ -59,6 +59,7 @@ def service_account_file(tmp_path: Path, url: str, private_key: str) -> Path:
     return path
 
 
+@pytest.mark.fault("F14")
 def test_service_account_key_reads_responses_and_refreshes_when_the_token_expires(
     tmp_path: Path, env, store: Store, key_pair: tuple[str, str]
 ) -> None:
@@ -80,6 +81,7 @@ def test_service_account_key_reads_responses_and_refreshes_when_the_token_expire
         assert sandbox.admit(_bearer(first)).status == 401
 
 
+@pytest.mark.fault("F15")
 def test_revoked_key_is_one_clear_line_and_no_key_or_token_leaks(
     tmp_path: Path, env, key_pair: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -122,6 +122,7 @@ class RecordingSandbox(HubSpotSandbox):
         return response, fault
 
 
+@pytest.mark.fault("F13")
 @pytest.mark.skipif(not SPECS.is_dir(), reason=f"HubSpot specs folder {SPECS} is absent: conformance cannot be checked")
 def test_sandbox_requests_and_responses_conform_to_the_published_specs(tmp_path):
     operations = load_operations()

@@ -27,6 +27,7 @@ def store(tmp_path):
     return Store.open(f"sqlite:///{tmp_path}/r.db")
 
 
+@pytest.mark.fault("F5", "F6", "F8")
 def test_random_429s_and_a_60_second_outage_lose_nothing_and_honour_retry_after(store):
     with hubspot_sandbox(2_000, speed=400) as box:
         box.faults.outage(60, status=502, body=HTML_502, content_type="text/html")
@@ -46,6 +47,7 @@ def test_random_429s_and_a_60_second_outage_lose_nothing_and_honour_retry_after(
                 assert entries[n + 1].monotonic - entries[n].monotonic >= 2.0  # never earlier than the server asked
 
 
+@pytest.mark.fault("F8")
 def test_a_persistent_html_gateway_error_ends_in_one_short_line_with_status_and_correlation_id(store):
     with hubspot_sandbox(10, speed=2_000) as box:
         box.faults.add(Fault(status=502, times=None, body=HTML_502, content_type="text/html", match="/search"))
@@ -57,6 +59,7 @@ def test_a_persistent_html_gateway_error_ends_in_one_short_line_with_status_and_
         assert caught.value.retryable
 
 
+@pytest.mark.fault("F7")
 def test_the_daily_limit_stops_the_run_with_a_checkpoint_and_one_line(store):
     with hubspot_sandbox(300, daily_limit=3) as box:
         with pytest.raises(RateLimited) as caught:
@@ -66,6 +69,7 @@ def test_the_daily_limit_stops_the_run_with_a_checkpoint_and_one_line(store):
         assert len(box.journal) == 4  # the three allowed requests and the refused one: no retry loop on a daily limit
 
 
+@pytest.mark.fault("F9")
 def test_a_stalled_search_times_out_and_is_retried(store):
     with hubspot_sandbox(30) as box:
         box.faults.add(Fault(kind="stall", stall_s=1.5, match="contacts/search", times=1))
@@ -73,6 +77,7 @@ def test_a_stalled_search_times_out_and_is_retried(store):
         assert set(stored(store, "contact")) == set(box.objects["contacts"])
 
 
+@pytest.mark.fault("F10")
 def test_a_write_applied_but_its_response_dropped_is_confirmed_on_retry(store):
     with hubspot_sandbox(150) as box:
         box.faults.add(Fault(kind="drop", match="batch/update", times=1))
@@ -84,6 +89,7 @@ def test_a_write_applied_but_its_response_dropped_is_confirmed_on_retry(store):
         assert [e.status for e in box.journal.entries(path="batch/update")][:2] == [0, 200]
 
 
+@pytest.mark.fault("SEC-secrets")
 def test_a_canary_token_appears_nowhere(tmp_path, caplog):
     canary = f"pat-na1-canary-{uuid.uuid4().hex}"
     caplog.set_level(logging.DEBUG)
@@ -116,6 +122,7 @@ def oauth_client(box, refresh_token: str = "refresh-1"):
     return make_client(box, token="", oauth=OAuthGrant("app-1", "app-secret", refresh_token))
 
 
+@pytest.mark.fault("F14")
 def test_oauth_refreshes_before_expiry_and_once_after_an_early_expiry(store):
     with hubspot_sandbox(400, speed=200) as box:
         box.access_token_lifetime_s = 120.0  # short-lived tokens, so a read outlives several of them
@@ -136,6 +143,7 @@ def test_oauth_refreshes_before_expiry_and_once_after_an_early_expiry(store):
         assert statuses[0][1] == 401 and statuses[1] == ("/oauth/v1/token", 200) and statuses[2][1] == 200
 
 
+@pytest.mark.fault("F15")
 def test_a_revoked_oauth_grant_stops_with_one_line_after_at_most_two_requests(store):
     with hubspot_sandbox(20) as box:
         client = oauth_client(box, refresh_token="refresh-revoked")

@@ -53,6 +53,7 @@ def test_first_push_creates_the_group_and_typed_properties_then_writes_rounded_v
         assert props[NAMES["scored_at"]] == "2025-03-01T00:00:00.000Z"
 
 
+@pytest.mark.fault("L2")
 def test_an_unchanged_second_push_makes_no_write_calls(store):
     with hubspot_sandbox(120) as box:
         ids = sorted(box.objects["contacts"])
@@ -84,6 +85,7 @@ def test_a_large_push_fills_every_call_across_the_parts_it_is_diffed_in(store):
         assert all(box.objects["contacts"][i]["properties"][NAMES["segment"]] == "Lost" for i in every_third)
 
 
+@pytest.mark.fault("F11")
 def test_three_invalid_inputs_in_a_batch_of_a_hundred_are_quarantined_and_not_resent(store):
     with hubspot_sandbox(100) as box:
         ids = sorted(box.objects["contacts"])[:100]
@@ -110,6 +112,7 @@ def test_three_invalid_inputs_in_a_batch_of_a_hundred_are_quarantined_and_not_re
         assert fixed.sent >= 1 and box.objects["contacts"][bad[0]]["properties"][NAMES["segment"]] == "Loyal"
 
 
+@pytest.mark.fault("F12")
 def test_a_whole_batch_400_is_bisected_down_to_the_bad_inputs(store):
     with hubspot_sandbox(100, batch_errors="whole") as box:
         ids = sorted(box.objects["contacts"])[:100]
@@ -136,6 +139,7 @@ def test_an_incompatible_existing_property_stops_only_that_mapping_with_one_line
         assert NAMES["clv"] in caplog.text
 
 
+@pytest.mark.fault("F22")
 def test_scores_go_to_the_survivor_never_to_a_merged_away_id(store):
     with hubspot_sandbox(20) as box:
         client = make_client(box)

@@ -141,6 +141,7 @@ def test_after_a_write_to_the_whole_audience_later_reads_do_not_read_it_all_agai
     assert later.counts["contact"].read == 0
 
 
+@pytest.mark.fault("F24")
 def test_scores_reach_every_reachable_member_and_never_touch_consent_or_shop_tags(sandbox, store):
     before_status, before_tags = statuses(sandbox), shop_tags(sandbox)
     destination = MailchimpDestination(make_client(sandbox), LIST_ID)
@@ -201,6 +202,7 @@ def test_merge_fields_are_created_with_mailchimps_rules_and_written_without_stat
             ) == (80, "Champions", 120.5)
 
 
+@pytest.mark.fault("L2")
 def test_second_run_writes_nothing_and_a_changed_score_swaps_only_that_members_tool_tags(sandbox, store):
     emails = all_emails(600)
     push_changes(
@@ -234,6 +236,7 @@ def test_second_run_writes_nothing_and_a_changed_score_swaps_only_that_members_t
         assert touched == [changed] or entry.path.endswith(changed_hash)
 
 
+@pytest.mark.fault("F24")
 def test_a_forgotten_address_is_never_re_added_and_reported_once(sandbox, store):
     client = make_client(sandbox, add_new_contacts=True)
     forgotten = member_email(9_999)
@@ -273,6 +276,7 @@ def test_a_forgotten_address_is_never_re_added_and_reported_once(sandbox, store)
     assert len([row for row in store.quarantined() if forgotten in str(row)]) == 1  # reported once
 
 
+@pytest.mark.fault("F24")
 def test_without_add_new_contacts_strangers_are_refused_without_a_request(sandbox, store):
     result = push_changes(
         store,
@@ -287,6 +291,7 @@ def test_without_add_new_contacts_strangers_are_refused_without_a_request(sandbo
 # --- limits and faults ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.fault("L6")
 def test_concurrency_never_exceeds_max_connections(sandbox, store):
     sandbox.max_concurrent = 3  # a stricter account: any 4th connection would be refused with 429
     sandbox.faults.add(Fault(kind="stall", stall_s=0.02, times=None, match="POST "))  # so requests overlap
@@ -300,6 +305,7 @@ def test_concurrency_never_exceeds_max_connections(sandbox, store):
     assert not [e for e in sandbox.journal if e.fault == "concurrency"]
 
 
+@pytest.mark.fault("F6", "F8")
 def test_rate_limits_and_server_errors_are_retried_until_everything_is_written(sandbox, store):
     sandbox.faults.random(0.2, status=429)
     sandbox.faults.add(Fault(status=503, times=4, match="POST /3.0/lists/.*/segments/"))
@@ -317,6 +323,7 @@ def test_rate_limits_and_server_errors_are_retried_until_everything_is_written(s
     )
 
 
+@pytest.mark.fault("F9")
 def test_a_stalled_request_times_out_and_is_retried(sandbox):
     sandbox.faults.add(Fault(kind="stall", stall_s=1.5, times=1, match="GET /3.0/lists/[^/]+\\Z"))
     client = make_client(sandbox, timeout_s=1.0)
@@ -343,6 +350,7 @@ def test_a_problem_document_becomes_one_line_naming_the_member(sandbox):
     assert "\n" not in text and email in text and "NOSUCH" in text and raised.value.record_id == email
 
 
+@pytest.mark.fault("F15")
 def test_a_wrong_key_is_an_auth_error_that_says_what_to_do(sandbox):
     client = make_client(sandbox, api_key="wrongkey-us6")
     with pytest.raises(AuthError, match="check the API key"):
@@ -385,6 +393,7 @@ def test_a_refused_oauth_token_or_a_metadata_page_that_is_not_json_is_one_line(s
     assert str(not_json.value) == "mailchimp: the OAuth metadata endpoint answered 200 without a data centre"
 
 
+@pytest.mark.fault("SEC-secrets")
 def test_the_api_key_appears_nowhere(sandbox, store, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     client = make_client(sandbox)

@@ -36,6 +36,7 @@ def compliance_problem(email: str) -> dict:
     }
 
 
+@pytest.mark.fault("F24")
 def test_2000_members_merge_fields_go_in_4_batches_and_no_request_carries_a_status(sandbox, store):
     emails = all_emails(2_000)
     before = statuses(sandbox)
@@ -66,6 +67,7 @@ def test_2000_members_merge_fields_go_in_4_batches_and_no_request_carries_a_stat
     assert writes(sandbox) == [] and again.write_calls == 0 and rerun.sent == 0
 
 
+@pytest.mark.fault("F11")
 def test_a_refusal_inside_a_batch_is_that_members_receipt_and_the_rest_are_confirmed(sandbox, store):
     emails = reachable(sandbox, all_emails(300))
     walled, missing, flaky, down = emails[10], emails[20], emails[30], emails[40]
@@ -94,6 +96,7 @@ def test_a_refusal_inside_a_batch_is_that_members_receipt_and_the_rest_are_confi
     assert len(merge_refusals) == 3 * len([f for f in desired[walled] if f in WRITABLE_MERGE_FIELDS])
 
 
+@pytest.mark.fault("F6", "F8", "F10")
 def test_batch_requests_are_retried_through_429_5xx_and_a_dropped_answer(sandbox, store):
     sandbox.faults.add(Fault(status=429, times=1, match=r"POST /3\.0/batches\Z"))
     sandbox.faults.add(Fault(status=503, times=2, match=r"GET /3\.0/batches/"))

@@ -130,6 +130,7 @@ def test_a_lease_nobody_renews_expires_and_the_next_holder_takes_it(store_url: s
     store.close()
 
 
+@pytest.mark.fault("F19")
 def test_a_kill_9_of_the_holder_on_this_computer_lets_the_next_run_proceed_at_once(sqlite_url: str) -> None:
     Store.open(sqlite_url).close()
     victim = python_child(f"hold_until_killed({sqlite_url!r}, ttl_s=600)")
@@ -146,6 +147,7 @@ def test_a_kill_9_of_the_holder_on_this_computer_lets_the_next_run_proceed_at_on
     store.close()
 
 
+@pytest.mark.fault("F19")
 def test_a_killed_holder_on_another_computer_blocks_until_its_lease_expires(sqlite_url: str) -> None:
     store = Store.open(sqlite_url)
     acquire(store, "sync", "other-host:4242:abc123", 1.0)  # its process cannot be seen from here
@@ -166,6 +168,7 @@ def test_a_killed_holder_on_another_computer_blocks_until_its_lease_expires(sqli
     store.close()
 
 
+@pytest.mark.fault("F19")
 def test_a_hundred_forced_overlaps_from_threads_and_two_processes_never_run_two_at_once(tmp_path: Path, sqlite_url: str) -> None:
     Store.open(sqlite_url).close()
     path, stop_file = tmp_path / "runs.log", tmp_path / "stop"
@@ -189,6 +192,7 @@ def test_a_hundred_forced_overlaps_from_threads_and_two_processes_never_run_two_
 # --- the scheduler ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.fault("F19")
 def test_two_schedulers_whose_runs_outlast_the_interval_never_run_two_at_once(tmp_path: Path, sqlite_url: str) -> None:
     Store.open(sqlite_url).close()
     path = tmp_path / "runs.log"
@@ -206,6 +210,7 @@ def test_two_schedulers_whose_runs_outlast_the_interval_never_run_two_at_once(tm
     assert sum(u.completed for u in users) == len(recorded_runs(path))
 
 
+@pytest.mark.fault("F19")
 def test_runs_missed_while_asleep_are_coalesced_into_one_run_and_each_logged(tmp_path: Path, sqlite_url: str, caplog) -> None:
     path = tmp_path / "runs.log"
     runs = LeasedRuns(lambda: Store.open(sqlite_url), RunRecorder(path, 0.05), lease_s=5)
@@ -226,6 +231,7 @@ def test_runs_missed_while_asleep_are_coalesced_into_one_run_and_each_logged(tmp
     store.close()
 
 
+@pytest.mark.fault("F19")
 def test_a_run_later_than_the_grace_is_logged_as_missed_and_the_next_run_records_it(tmp_path: Path, sqlite_url: str, caplog) -> None:
     path = tmp_path / "runs.log"
     runs = LeasedRuns(lambda: Store.open(sqlite_url), RunRecorder(path, 0.0), lease_s=5)

@@ -30,6 +30,7 @@ def test_the_session_supplies_the_canary_credentials_as_a_user_does(workspace: W
     assert read_secret("typeform_token") == canary.SURVEY_CANARY
 
 
+@pytest.mark.fault("SEC-secrets")
 def test_the_canary_scan_finds_a_credential_in_a_store_its_wal_an_export_and_a_log(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Plants each canary where a leak would land, in the directory the session's scan covers; then removes them,
     so that scan stays clean."""
@@ -58,6 +59,7 @@ def test_the_canary_scan_finds_a_credential_in_a_store_its_wal_an_export_and_a_l
     assert canary.canaries_in_files(workspace.root) == []
 
 
+@pytest.mark.fault("SEC-secrets")
 def test_the_canary_scan_finds_a_credential_in_output_and_captured_text() -> None:
     line = f"retention: hubspot refused Bearer {canary.HUBSPOT_CANARY} (401)"
     assert canary.canaries_in_text(line) == ["RETENTION_HUBSPOT_TOKEN"]
@@ -87,6 +89,7 @@ def test_the_canary_scan_finds_a_credential_in_a_postgres_store_row() -> None:
 # --- files at rest ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.fault("SEC-permissions")
 def test_a_store_left_world_readable_by_an_earlier_tool_is_made_private_at_open(tmp_path: Path) -> None:
     """A store made before the tool set modes (or copied in by hand): 0755 directory, 0644 database and WAL."""
     old = os.umask(0o022)
@@ -114,6 +117,7 @@ def test_a_store_left_world_readable_by_an_earlier_tool_is_made_private_at_open(
     assert set(modes.values()) == {0o600}, modes
 
 
+@pytest.mark.fault("SEC-permissions")
 def test_an_export_written_over_a_world_readable_file_is_made_private(workspace: Workspace) -> None:
     export = workspace.root / "quarantine.csv"
     export.write_text("old\n")
@@ -174,6 +178,7 @@ def python_sources() -> list[Path]:
     return sorted(found)
 
 
+@pytest.mark.fault("SEC-tls")
 def test_no_code_in_the_repository_turns_tls_verification_off() -> None:
     # This file names every switch as data to look for; everything else is scanned.
     sources = [path for path in python_sources() if path != Path(__file__).resolve()]
@@ -199,6 +204,7 @@ os.environ["PYTHONHTTPSVERIFY"] = "0"
 '''
 
 
+@pytest.mark.fault("SEC-tls")
 def test_the_tls_check_finds_each_way_of_turning_verification_off() -> None:
     found = tls_verification_disabled(OFFENDING, "offending.py")
 

@@ -200,6 +200,7 @@ def test_a_store_from_a_newer_version_is_refused_with_one_line(store_url: str) -
         Store.open(store_url)
 
 
+@pytest.mark.fault("SEC-permissions")
 def test_sqlite_files_are_private_even_under_a_permissive_umask(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
@@ -271,6 +272,7 @@ def hold_write_lock(path: Path, seconds: float) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.fault("F17")
 def test_a_store_locked_longer_than_the_busy_timeout_gives_a_clear_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'retention.db'}"
     store = Store.open(url, busy_timeout_s=0.2)
@@ -285,6 +287,7 @@ def test_a_store_locked_longer_than_the_busy_timeout_gives_a_clear_error(tmp_pat
     store.close()
 
 
+@pytest.mark.fault("F17")
 def test_a_writer_waits_for_a_short_lock_instead_of_failing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'retention.db'}"
     store = Store.open(url, busy_timeout_s=10)
@@ -297,6 +300,7 @@ def test_a_writer_waits_for_a_short_lock_instead_of_failing(tmp_path: Path) -> N
     store.close()
 
 
+@pytest.mark.fault("F23")
 def test_records_a_source_archived_are_tombstoned_and_revived_when_they_return(store_url: str) -> None:
     from connectors.base import Page, Stream
     from sync.engine import run_source_once

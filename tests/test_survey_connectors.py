@@ -47,6 +47,7 @@ def fresh_answers(sandbox, count: int, seed: int) -> list[SeedAnswerSet]:
     return seed_answer_sets(count, seed, now - timedelta(seconds=30), now)
 
 
+@pytest.mark.fault("F27")
 @BY_NAME
 def test_5000_responses_read_in_full_then_only_new_pages(vendor: Vendor, store: Store) -> None:
     sandbox, url = vendor.start(5000)
@@ -70,6 +71,7 @@ def test_5000_responses_read_in_full_then_only_new_pages(vendor: Vendor, store: 
         assert source.last_stats.responses == counts.read
 
 
+@pytest.mark.fault("F27")
 def test_typeform_duplicates_across_pages_are_stored_once(store: Store) -> None:
     typeform = VENDORS[0]
     sandbox, url = typeform.start(2500)
@@ -190,6 +192,7 @@ def test_bad_payloads_are_kept_as_documented_or_quarantined_leaving_stored_recor
     assert "response_id" in reasons and "names no question id" in reasons and "NPS" in reasons
 
 
+@pytest.mark.fault("F15")
 @BY_NAME
 def test_revoked_token_stops_with_one_line_and_the_store_unchanged(vendor: Vendor, store: Store) -> None:
     sandbox, url = vendor.start(50)
@@ -205,6 +208,7 @@ def test_revoked_token_stops_with_one_line_and_the_store_unchanged(vendor: Vendo
     assert store.checksum() == before
 
 
+@pytest.mark.fault("F5", "F6", "F8")
 @BY_NAME
 def test_429_and_5xx_are_retried_after_the_wait_the_vendor_asks(vendor: Vendor, store: Store) -> None:
     sandbox, url = vendor.start(300)
@@ -218,6 +222,7 @@ def test_429_and_5xx_are_retried_after_the_wait_the_vendor_asks(vendor: Vendor, 
     assert len(stored(store, vendor)) == 300
 
 
+@pytest.mark.fault("F9")
 def test_a_stalled_request_times_out_and_is_retried(store: Store) -> None:
     typeform = VENDORS[0]
     sandbox, url = typeform.start(50)
@@ -230,6 +235,7 @@ def test_a_stalled_request_times_out_and_is_retried(store: Store) -> None:
     assert len(stored(store, typeform)) == 50
 
 
+@pytest.mark.fault("F27")
 def test_google_unordered_pages_are_all_read_before_the_mark_moves(store: Store) -> None:
     google = VENDORS[2]
     sandbox, url = google.start(6000)
@@ -266,6 +272,7 @@ def test_unknown_form_is_one_line_naming_it(store: Store) -> None:
                                  "check the form and survey ids in settings.toml")
 
 
+@pytest.mark.fault("F7")
 def test_surveymonkey_daily_cap_stops_the_run_with_nothing_half_written(store: Store) -> None:
     surveymonkey = VENDORS[1]
     sandbox, url = surveymonkey.start(1000, per_day=6)
@@ -277,6 +284,7 @@ def test_surveymonkey_daily_cap_stops_the_run_with_nothing_half_written(store: S
     assert response_requests(sandbox)[-1].status == 429
 
 
+@pytest.mark.fault("F27")
 @pytest.mark.parametrize("vendor", VENDORS[:2], ids=[v.name for v in VENDORS[:2]])
 def test_vendor_total_that_disagrees_with_what_was_read_is_reported(vendor: Vendor, store: Store, caplog: pytest.LogCaptureFixture) -> None:
     sandbox, url = vendor.start(120)
@@ -289,6 +297,7 @@ def test_vendor_total_that_disagrees_with_what_was_read_is_reported(vendor: Vend
     assert len(stored(store, vendor)) == 120
 
 
+@pytest.mark.fault("SEC-secrets")
 @BY_NAME
 def test_canary_token_never_leaves_the_client(vendor: Vendor, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     canary = "canary-7f3a9c-DO-NOT-LEAK"

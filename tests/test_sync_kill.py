@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import random
+import resource
 import signal
 import time
 from collections import Counter
@@ -67,6 +68,8 @@ def writes(shop: DemoShop, since: dict[str, int]) -> list[frozenset]:
     """Each write request since ``since`` (journal positions) as the set of (object, field, value) it carried."""
     found = []
     for entry in shop.sandboxes["hubspot"].journal.entries("POST", r"/batch/update$")[since["hubspot_update"]:]:
+        if not isinstance(entry.body, dict):
+            continue  # the kill cut the request short: the sandbox refused a body that is not JSON, nothing was written
         found.append(frozenset((i["id"], k, v) for i in entry.body["inputs"] for k, v in i["properties"].items()))
     for entry in shop.sandboxes["mailchimp"].journal.entries()[since["mailchimp"]:]:
         if entry.fault == "batch-operation":
@@ -141,7 +144,8 @@ def shops(tmp_path: Path):
             box.stop()
 
 
-def test_kill_9_at_random_points_then_a_normal_run_reaches_the_uninterrupted_state(shops):
+@pytest.mark.fault("F1")
+def test_kill_9_at_random_points_then_a_normal_run_reaches_the_uninterrupted_state(shops, reliability_figures):
     shop = shops("killed")
     rng = random.Random(SEED)
     spawn = multiprocessing.get_context("spawn")
@@ -169,6 +173,18 @@ def test_kill_9_at_random_points_then_a_normal_run_reaches_the_uninterrupted_sta
         redundant_requests.append(sum(1 for w in writes(shop, before_normal) if w <= sent_by_killed))
         span = max(20, requests_made(shop) - start)  # the next kill lands anywhere in a run of about this size
 
+    twin = shops("twin")
+    sync_normally(twin)
+    killed_state, twin_state = state(shop), state(twin)
+    audience = next(iter(shop.sandboxes["mailchimp"].lists.values()))
+    reliability_figures.record(
+        kills=kills, random_kills=kills,
+        records_lost=sum(killed_state[i].get(email) != values for i in (0, 1) for email, values in twin_state[i].items()),
+        duplicates_created=(len(shop.sandboxes["hubspot"].objects["contacts"]) - CONTACTS
+                            + sum(c - 1 for c in Counter(s["name"] for s in audience["segments"].values()).values())),
+        redundant_requests_max_per_kill=max(redundant_requests),
+        status_changing_requests=sum(1 for e in shop.sandboxes["mailchimp"].journal if isinstance(e.body, dict) and "status" in e.body),
+        peak_rss_children_mb=round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))
     assert kills >= KILLS - 1, "the kills must land during the runs"
     assert max(redundant_requests) <= 1, redundant_requests
 
@@ -188,6 +204,4 @@ def test_kill_9_at_random_points_then_a_normal_run_reaches_the_uninterrupted_sta
     assert len(shop.sandboxes["hubspot"].objects["contacts"]) == CONTACTS
 
     # The scores and tags equal those of a twin that synced the same inputs without ever being killed.
-    twin = shops("twin")
-    sync_normally(twin)
-    assert state(shop) == state(twin)
+    assert killed_state == twin_state
