@@ -11,6 +11,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -283,11 +284,9 @@ def _read_cache(path: Path, key: str) -> tuple[ModelQuality, str] | None:
 
 
 def _write_cache(path: Path, key: str, quality: ModelQuality) -> None:
-    try:
+    with suppress(OSError):  # a read-only models directory costs a recomputation next time, nothing more
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         path.write_text(json.dumps({"key": key, "quality": vars(quality)}, default=_plain_number))
-    except OSError:  # a read-only models directory costs a recomputation next time, nothing more
-        pass
 
 
 def _plain_number(value: Any) -> float:

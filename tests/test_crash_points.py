@@ -32,18 +32,16 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import mailchimp_marketing
 import pytest
 from threadpoolctl import threadpool_limits
 
-from connectors.mailchimp.mapping import subscriber_hash
 from sync.crash_points import CRASH_AT_VARIABLE, CRASH_EXIT_CODE
 from sync.demo import DemoShop, open_demo_shop
 from sync.pipeline import run_sync
 from sync.scheduler import LEASE_NAME
 from sync.settings import Settings
 from sync.store import Store
-from tests.test_sync_kill import members, positions, state, writes
+from tests.test_sync_kill import edit_between_runs, members, positions, state, writes
 
 SOAK = os.environ.get("RETENTION_SOAK") == "1"
 CONTACTS = 200 if SOAK else 40
@@ -103,25 +101,6 @@ def sync_normally(shop: DemoShop) -> None:
     finally:
         store.close()
     assert not report.errors, [str(e) for e in report.errors]
-
-
-def edit_both_tools(shop: DemoShop, rng: random.Random, round_: int, expected: dict[tuple[str, str], str]) -> None:
-    """A user edits last names in HubSpot and phones of subscribed members in Mailchimp."""
-    hubspot = shop.sandboxes["hubspot"]
-    contacts = sorted(hubspot.objects["contacts"].values(), key=lambda c: int(c["id"]))
-    for contact in rng.sample(contacts, EDITS_PER_TOOL):
-        name = f"{contact['properties']['lastname'].split('-')[0]}-{round_}"
-        hubspot.update("contacts", contact["id"], {"lastname": name})
-        expected[(contact["properties"]["email"].lower(), "last_name")] = name
-    sdk = mailchimp_marketing.Client()
-    sdk.set_config({"api_key": shop.endpoints["mailchimp"].credential, "server": "us6"})
-    sdk.api_client.host = shop.endpoints["mailchimp"].base_url + "/3.0"
-    list_id = next(iter(shop.sandboxes["mailchimp"].lists))
-    subscribed = sorted(m["email_address"] for m in members(shop).values() if m["status"] == "subscribed")
-    for email in rng.sample(subscribed, EDITS_PER_TOOL):
-        phone = f"+49 40 {round_:04d}{rng.randrange(1_000):03d}"
-        sdk.lists.update_list_member(list_id, subscriber_hash(email), {"merge_fields": {"PHONE": phone}})
-        expected[(email.lower(), "phone")] = phone
 
 
 def add_order(shops: tuple[DemoShop, ...], rng: random.Random, round_: int) -> None:
@@ -205,7 +184,7 @@ def test_a_crash_at_every_named_point_and_random_moment_then_a_normal_run_reache
         if int(nth) >= unreached.get(point, 10**9):
             continue
         if round_:  # not before the first run: with no agreed value yet, the record changed last wins every field
-            edit_both_tools(shop, rng, round_, expected)
+            edit_between_runs(shop, rng, round_, expected, per_tool=EDITS_PER_TOOL)
         if round_ and rng.random() < ORDER_SHARE:  # not before the first run: both shops fit their model on the same data
             add_order((shop, twin), rng, round_)
             sync_normally(twin)

@@ -95,11 +95,13 @@ def members(shop: DemoShop) -> dict[str, dict]:
     return audience["members"]
 
 
-def edit_between_runs(shop: DemoShop, rng: random.Random, round_: int, expected: dict[tuple[str, str], str]) -> None:
-    """A user edits last names in HubSpot and phones in Mailchimp (never the same field of one person in both)."""
+def edit_between_runs(shop: DemoShop, rng: random.Random, round_: int, expected: dict[tuple[str, str], str],
+                      per_tool: int | None = None) -> None:
+    """A user edits last names in HubSpot and phones in Mailchimp (never the same field of one person in both):
+    ``per_tool`` people in each tool, by default EDITS of them."""
     hubspot = shop.sandboxes["hubspot"]
     contacts = sorted(hubspot.objects["contacts"].values(), key=lambda c: int(c["id"]))
-    for contact in rng.sample(contacts, int(len(contacts) * EDITS)):
+    for contact in rng.sample(contacts, int(len(contacts) * EDITS) if per_tool is None else per_tool):
         name = f"{contact['properties']['lastname'].split('-')[0]}-{round_}"
         hubspot.update("contacts", contact["id"], {"lastname": name})
         expected[(contact["properties"]["email"].lower(), "last_name")] = name
@@ -108,8 +110,8 @@ def edit_between_runs(shop: DemoShop, rng: random.Random, round_: int, expected:
     sdk.api_client.host = shop.endpoints["mailchimp"].base_url + "/3.0"
     subscribed = sorted(m["email_address"] for m in members(shop).values() if m["status"] == "subscribed")
     list_id = next(iter(shop.sandboxes["mailchimp"].lists))
-    for email in rng.sample(subscribed, int(len(subscribed) * EDITS)):
-        phone = f"+49 40 {round_:03d}{rng.randrange(10_000):04d}"
+    for email in rng.sample(subscribed, int(len(subscribed) * EDITS) if per_tool is None else per_tool):
+        phone = f"+49 40 {round_:04d}{rng.randrange(1_000):03d}"
         sdk.lists.update_list_member(list_id, subscriber_hash(email), {"merge_fields": {"PHONE": phone}})
         expected[(email.lower(), "phone")] = phone
 
