@@ -7,7 +7,7 @@ A destination receives the changes the ledger computed and reports, per record, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -206,7 +206,8 @@ class ScoreView:
     opted_out: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # person → tools where they opted out
 
 
-Desired = Mapping[str, Mapping[str, "str | None"]]  # object id → field → value
+# object id → field → value; or (object id, {field: value}) pairs, streamed one object at a time
+Desired = Mapping[str, Mapping[str, "str | None"]] | Iterable[tuple[str, Mapping[str, "str | None"]]]
 
 
 @dataclass(frozen=True)

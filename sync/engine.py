@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import Connection, delete, select, update
 
-from connectors.base import Change, Destination, InputError, RateLimited, Receipt, Rejected, Source
+from connectors.base import Change, Desired, Destination, InputError, RateLimited, Receipt, Rejected, Source
 from sync.crash_points import crash_point
 from sync.schema import ledger, quarantine
 from sync.store import LedgerRow, RunCounts, Store
@@ -104,10 +104,11 @@ class PushResult:
 
 
 def push_changes(
-    store: Store, destination: Destination, desired: Mapping[str, Mapping[str, str | None]], *, command: str = "push",
+    store: Store, destination: Destination, desired: Desired, *, command: str = "push",
     companions: frozenset[str] = frozenset(), live: frozenset[str] = frozenset(),
 ) -> PushResult:
-    """Write ``desired`` (object id → field → value) to ``destination``, sending only what changed.
+    """Write ``desired`` (object id → field → value, or such pairs streamed) to ``destination``, sending only what
+    changed.
 
     Ledger first: the intent of each batch is committed before the call and confirmed (or marked refused) after
     the response, so a crash anywhere leaves at most one batch in doubt. Doubtful intents from an interrupted run
@@ -163,13 +164,13 @@ def _settle_interrupted(store: Store, destination: Destination, result: PushResu
 LEDGER_OBJECTS = 5_000  # objects whose ledger rows are in memory at once during a write run
 
 
-def _with_ledger(store: Store, target: str, desired: Mapping[str, Mapping[str, str | None]]
+def _with_ledger(store: Store, target: str, desired: Desired
                  ) -> Iterator[tuple[dict[str, Mapping[str, str | None]], dict[tuple[str, str], LedgerRow]]]:
-    """``desired`` a few thousand objects at a time, each part with its objects' ledger rows."""
-    object_ids = list(desired)
-    for start in range(0, len(object_ids), LEDGER_OBJECTS):
-        part = object_ids[start : start + LEDGER_OBJECTS]
-        yield {object_id: desired[object_id] for object_id in part}, store.ledger_rows(target, part)
+    """``desired`` a few thousand objects at a time, each part with its objects' ledger rows. A target's
+    ``desired`` streams its objects, so neither its values nor its ledger are ever in memory whole."""
+    pairs = iter(desired.items() if isinstance(desired, Mapping) else desired)
+    while part := dict(itertools.islice(pairs, LEDGER_OBJECTS)):
+        yield part, store.ledger_rows(target, list(part))
 
 
 def _take(waiting: dict[str, list[Change]], objects: int) -> list[Change]:
@@ -180,7 +181,7 @@ def _take(waiting: dict[str, list[Change]], objects: int) -> list[Change]:
     return batch
 
 
-def plan_changes(store: Store, destination: Destination, desired: Mapping[str, Mapping[str, str | None]],
+def plan_changes(store: Store, destination: Destination, desired: Desired,
                  companions: frozenset[str] = frozenset(), live: frozenset[str] = frozenset()) -> tuple[list[Change], PushResult]:
     """What ``push_changes`` would send, without sending or storing anything (``retention sync --dry-run``).
 

@@ -37,7 +37,8 @@ class Linked:
     values: dict[str, dict[str, str]] = field(default_factory=dict)
     opted_out: dict[str, tuple[str, ...]] = field(default_factory=dict)  # person → tools where they opted out
     conflicts: int = 0  # fields that two tools both changed (rule 3 decided)
-    agreed: dict[tuple[str, str], str] = field(default_factory=dict)  # (person, field) → value read agreeing
+    # (person, field) → value read agreeing this run, where it differs from the one last remembered
+    agreed: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def _clean(value: str | None) -> str | None:
@@ -80,8 +81,8 @@ def link_contacts(tools: Mapping[str, Sequence[Contact]], agreed: Mapping[tuple[
                 continue
             if len(distinct) == 1:
                 value = distinct.pop()
-                if len(filled) == len(held) and len(held) > 1:
-                    linked.agreed[(person, name)] = value
+                if len(filled) == len(held) and len(held) > 1 and agreed.get((person, name)) != value:
+                    linked.agreed[(person, name)] = value  # only what moved: the rest is in the store already
                 decided[name] = value
                 continue
             base = agreed.get((person, name))
@@ -99,15 +100,22 @@ def link_contacts(tools: Mapping[str, Sequence[Contact]], agreed: Mapping[tuple[
     return linked
 
 
-def agreed_values(store: Store) -> dict[tuple[str, str], str | None]:
-    return {key: row.confirmed_value for key, row in store.ledger_rows(AGREED).items() if row.confirmed}
+def agreed_values(store: Store, people: Sequence[str] | None = None) -> dict[tuple[str, str], str | None]:
+    """The agreed values remembered, by (person, field): everyone's, or those of ``people``."""
+    return {key: row.confirmed_value for key, row in store.ledger_rows(AGREED, people).items() if row.confirmed}
 
 
-def remember_agreed(store: Store, linked: Linked, known: dict[tuple[str, str], str | None]) -> int:
-    """Keep the values read agreeing this run (only those that moved), in one transaction of the run history;
-    ``known`` (what the store held) is brought up to date too, so a run reads the agreed values once."""
-    moved = [(person, name, value) for (person, name), value in linked.agreed.items() if known.get((person, name)) != value]
-    known.update(((person, name), value) for person, name, value in moved)
+def remember_agreed(store: Store, agreed: Mapping[tuple[str, str], str],
+                    known: Mapping[tuple[str, str], str | None] | None = None) -> int:
+    """Keep the values read (or written) agreeing this run, (person, field) → value, those that moved only, in one
+    transaction of the run history. ``known`` is what the store holds; without it, the store is asked for these
+    people's values only (a whole audience's agreed values need not stay in memory through the writes)."""
+    items = sorted(agreed.items())  # by person: each part of people is one run of the list
+    moved = []
+    for start in range(0, len(items), AGREED_PEOPLE_AT_ONCE):
+        part = items[start : start + AGREED_PEOPLE_AT_ONCE]
+        held = known if known is not None else agreed_values(store, sorted({person for (person, _), _ in part}))
+        moved += [(person, name, value) for (person, name), value in part if held.get((person, name)) != value]
     if not moved:
         return 0
     with store.transaction() as conn:
@@ -118,3 +126,6 @@ def remember_agreed(store: Store, linked: Linked, known: dict[tuple[str, str], s
             store.confirm_writes(conn, AGREED, [(person, name) for person, name, _ in chunk])
         store.finish_run(conn, run_id, "succeeded", RunCounts())
     return len(moved)
+
+
+AGREED_PEOPLE_AT_ONCE = 5_000  # agreed values read back at once (their people make an SQL IN list)

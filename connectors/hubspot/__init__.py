@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from connectors.base import Connection, Endpoint, ScoreView, Target, register_connector
@@ -11,7 +12,7 @@ from connectors.hubspot.client import HubSpotClient, client_from_settings  # the
 @register_connector("hubspot")
 def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
     """The HubSpot source and its one target, the contact properties of the account."""
-    from connectors.hubspot.destination import CONTACT_PROPERTIES, HubSpotDestination, desired_contact_fields, desired_from_scores
+    from connectors.hubspot.destination import CONTACT_PROPERTIES, HubSpotDestination, desired_values
     from connectors.hubspot.source import HubSpotSource
 
     if endpoint is None:
@@ -22,14 +23,11 @@ def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
 
     emails: dict[str, str] = {}  # contact id → its primary email, for the contact fields the engine confirms
 
-    def desired(view: ScoreView) -> dict[str, dict[str, str | None]]:
+    def desired(view: ScoreView) -> Iterator[tuple[str, dict[str, str | None]]]:
         # Never write to an id that was merged away, even one a stale score still names.
         destination.merged_away = {old for contact in view.contacts for old in contact.merged_ids}
         emails.update({c.source_id: c.email.normalised for c in view.contacts if c.email is not None})
-        desired = desired_contact_fields(view.contacts, view.linked, view.opted_out, destination.names)
-        for contact_id, values in desired_from_scores(view.scores, view.contacts, destination.names, view.last_nps).items():
-            desired.setdefault(contact_id, {}).update(values)
-        return desired
+        return desired_values(view.scores, view.contacts, view.linked, view.opted_out, destination.names, view.last_nps)
 
     stamp = frozenset({destination.names["scored_at"]})
     target = Target(destination, desired, stamp, contact_fields=CONTACT_PROPERTIES, person_of=emails.get)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -209,56 +209,76 @@ def _owners(contacts: Sequence[Contact]) -> tuple[dict[str, set[str]], dict[str,
     return owners, survivor_of
 
 
-def desired_contact_fields(contacts: Iterable[Contact], linked: Mapping[str, Mapping[str, str]],
-                           opted_out: Mapping[str, tuple[str, ...]], names: Mapping[str, str]) -> dict[str, dict[str, str | None]]:
-    """{contact id: {property: value}} for the contact fields this account holds differently from what was decided
-    across tools, and the tools (other than HubSpot) where the person opted out of email."""
+def desired_values(scores: Iterable[Score], contacts: Sequence[Contact], linked: Mapping[str, Mapping[str, str]],
+                   opted_out: Mapping[str, tuple[str, ...]], names: Mapping[str, str],
+                   last_nps: Mapping[str, int] | None = None) -> Iterator[tuple[str, dict[str, str | None]]]:
+    """(contact id, {property: value}) one contact at a time, so a write run never holds every contact's values:
+    the contact fields this account holds differently from what was decided across tools, the tools (other than
+    HubSpot) where the person opted out of email, and the person's scores."""
     contacts = [c for c in contacts if c.source == "hubspot"]
     owners, survivor_of = _owners(contacts)
-    desired: dict[str, dict[str, str | None]] = {}
+    scored = _scores_by_contact(scores, owners)
     for contact in contacts:
-        if contact.source_id in survivor_of or contact.email is None:
-            continue
-        emails = [e.normalised for e in (contact.email, *contact.additional_emails) if e is not None]
-        if any(len(owners[e]) > 1 for e in emails):
-            continue  # shared by two contacts: reported by desired_from_scores, never guessed
-        values: dict[str, str | None] = {}
-        decided = next((linked[e] for e in emails if e in linked), {})
-        for field_name, prop in CONTACT_PROPERTIES.items():
-            if field_name in decided and decided[field_name] != (getattr(contact, field_name) or "").strip():
-                values[prop] = decided[field_name]
-        elsewhere = sorted({tool for e in emails for tool in opted_out.get(e, ()) if tool != "hubspot"})
-        values[names["unsubscribed_in"]] = ", ".join(elsewhere) or None
-        desired[contact.source_id] = values
-    return desired
+        values = _contact_field_values(contact, owners, survivor_of, linked, opted_out, names)
+        score = scored.pop(contact.source_id, None)
+        if score is not None:
+            values = {**(values or {}), **_score_values(score, names, last_nps)}
+        if values is not None:
+            yield contact.source_id, values
+    for contact_id, score in scored.items():  # owners only name contacts, so this stays empty: kept for safety
+        yield contact_id, _score_values(score, names, last_nps)
+
+
+def _contact_field_values(contact: Contact, owners: Mapping[str, set[str]], survivor_of: Mapping[str, str],
+                          linked: Mapping[str, Mapping[str, str]], opted_out: Mapping[str, tuple[str, ...]],
+                          names: Mapping[str, str]) -> dict[str, str | None] | None:
+    if contact.source_id in survivor_of or contact.email is None:
+        return None
+    emails = [e.normalised for e in (contact.email, *contact.additional_emails) if e is not None]
+    if any(len(owners[e]) > 1 for e in emails):
+        return None  # shared by two contacts: reported with the scores, never guessed
+    values: dict[str, str | None] = {}
+    decided = next((linked[e] for e in emails if e in linked), {})
+    for field_name, prop in CONTACT_PROPERTIES.items():
+        if field_name in decided and decided[field_name] != (getattr(contact, field_name) or "").strip():
+            values[prop] = decided[field_name]
+    elsewhere = sorted({tool for e in emails for tool in opted_out.get(e, ()) if tool != "hubspot"})
+    values[names["unsubscribed_in"]] = ", ".join(elsewhere) or None
+    return values
+
+
+def _scores_by_contact(scores: Iterable[Score], owners: Mapping[str, set[str]]) -> dict[str, Score]:
+    """Each score's HubSpot contact, matched by email (primary or additional) or id; a merged-away contact is
+    replaced by its survivor, so nothing is ever addressed to a dead id. An email that two distinct contacts carry
+    is ambiguous: it is reported and nothing is written for it, rather than guessed."""
+    scored: dict[str, Score] = {}
+    ambiguous = 0
+    for score in scores:
+        found = owners.get(score.source_id.strip().lower()) or owners.get(score.source_id) or set()
+        if len(found) > 1:
+            ambiguous += 1
+        elif found:
+            scored[next(iter(found))] = score
+    if ambiguous:
+        log.warning("hubspot: %d customer(s) match more than one HubSpot contact by email and were not written; "
+                    "merge the duplicate contacts in HubSpot and the next sync writes them", ambiguous)
+    return scored
+
+
+def _score_values(score: Score, names: Mapping[str, str], last_nps: Mapping[str, int] | None) -> dict[str, str | None]:
+    sentiment = None if score.sentiment is None else sentiment_label(score.sentiment)
+    values = {"churn_risk": str(score.churn_probability * 100), "risk_band": score.risk_band.value,
+              "churn_reasons": "; ".join(score.top_reasons) or None, "segment": score.segment,
+              "clv": None if score.clv is None else str(score.clv), "sentiment": sentiment,
+              "scored_at": score.scored_at.astimezone(UTC).isoformat()}
+    if last_nps is not None and score.source_id in last_nps:
+        values["last_nps"] = str(last_nps[score.source_id])
+    return {names[key]: value for key, value in values.items()}
 
 
 def desired_from_scores(scores: Iterable[Score], contacts: Iterable[Contact], names: Mapping[str, str],
                         last_nps: Mapping[str, int] | None = None) -> dict[str, dict[str, str | None]]:
-    """Score records → {HubSpot contact id: {property: value}}, matched by email (primary or additional) or id.
-
-    A merged-away contact id is replaced by its survivor, so nothing is ever addressed to a dead id. An email that
-    two distinct contacts carry is ambiguous: it is reported and nothing is written for it, rather than guessed."""
+    """Score records → {HubSpot contact id: {property: value}}, matched as in ``desired_values``."""
     owners, _ = _owners([c for c in contacts if c.source == "hubspot"])
-    desired: dict[str, dict[str, str | None]] = {}
-    ambiguous = []
-    for score in scores:
-        found = owners.get(score.source_id.strip().lower()) or owners.get(score.source_id) or set()
-        if len(found) > 1:
-            ambiguous.append(score.source_id)
-            continue
-        if not found:
-            continue
-        contact_id = next(iter(found))
-        sentiment = None if score.sentiment is None else sentiment_label(score.sentiment)
-        values = {"churn_risk": str(score.churn_probability * 100), "risk_band": score.risk_band.value,
-                  "churn_reasons": "; ".join(score.top_reasons) or None, "segment": score.segment,
-                  "clv": None if score.clv is None else str(score.clv), "sentiment": sentiment,
-                  "scored_at": score.scored_at.astimezone(UTC).isoformat()}
-        if last_nps is not None and score.source_id in last_nps:
-            values["last_nps"] = str(last_nps[score.source_id])
-        desired[contact_id] = {names[key]: value for key, value in values.items()}
-    if ambiguous:
-        log.warning("hubspot: %d customer(s) match more than one HubSpot contact by email and were not written; "
-                    "merge the duplicate contacts in HubSpot and the next sync writes them", len(ambiguous))
-    return desired
+    return {contact_id: _score_values(score, names, last_nps)
+            for contact_id, score in _scores_by_contact(scores, owners).items()}

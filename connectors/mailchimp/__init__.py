@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from connectors.base import Connection, Endpoint, ScoreView, Target, register_connector
@@ -25,7 +26,7 @@ def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
         destination = MailchimpDestination(client, list_id)
 
         def desired(view: ScoreView, list_id: str = list_id,
-                    destination: MailchimpDestination = destination) -> dict[str, dict[str, str | None]]:
+                    destination: MailchimpDestination = destination) -> Iterator[tuple[str, dict[str, str | None]]]:
             # The members the source just read are the audience as it stands: no second read before writing.
             destination.know_members(view.contacts)
             return desired_for_audience(view.scores, view.contacts, list_id, section.tag_prefix, section.add_new_contacts,

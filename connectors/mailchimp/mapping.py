@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -220,53 +220,65 @@ def desired_from_scores(
     ``email_for`` maps a score's customer key to an email; without it the key itself must be an email.
     Scores whose customer has no email are left out (Mailchimp addresses members by email only).
     """
-    desired: dict[str, dict[str, str | None]] = {}
+    return {email: _score_fields(score, tag_prefix, include_merge_fields)
+            for email, score in _scores_by_email(scores, email_for).items()}
+
+
+def _scores_by_email(scores: Iterable[Score], email_for: Mapping[str, str] | None = None) -> dict[str, Score]:
+    found: dict[str, Score] = {}
     for score in scores:
         email = (email_for or {}).get(score.source_id, score.source_id)
-        if "@" not in email:
-            continue
-        fields: dict[str, str | None] = {"churn_tag": f"{tag_prefix}churn-{score.risk_band.value}"}
-        if score.segment:
-            fields["segment_tag"] = f"{tag_prefix}segment-{slug(score.segment)}"
-        if score.sentiment is not None:
-            fields["sentiment_tag"] = f"{tag_prefix}sentiment-{sentiment_label(score.sentiment)}"
-        if include_merge_fields:
-            fields["CHURNRISK"] = str(round(score.churn_probability * 100))
-            fields["SEGMENT"] = score.segment
-            fields["CLV"] = str(score.clv) if score.clv is not None else None
-        desired[email.strip().lower()] = fields
-    return desired
+        if "@" in email:
+            found[email.strip().lower()] = score
+    return found
+
+
+def _score_fields(score: Score, tag_prefix: str, include_merge_fields: bool = True) -> dict[str, str | None]:
+    fields: dict[str, str | None] = {"churn_tag": f"{tag_prefix}churn-{score.risk_band.value}"}
+    if score.segment:
+        fields["segment_tag"] = f"{tag_prefix}segment-{slug(score.segment)}"
+    if score.sentiment is not None:
+        fields["sentiment_tag"] = f"{tag_prefix}sentiment-{sentiment_label(score.sentiment)}"
+    if include_merge_fields:
+        fields["CHURNRISK"] = str(round(score.churn_probability * 100))
+        fields["SEGMENT"] = score.segment
+        fields["CLV"] = str(score.clv) if score.clv is not None else None
+    return fields
 
 
 def desired_for_audience(
     scores: Iterable[Score], contacts: Iterable[Contact], list_id: str, tag_prefix: str, add_new_contacts: bool,
     linked: Mapping[str, Mapping[str, str]] | None = None, opted_out: Mapping[str, tuple[str, ...]] | None = None,
-) -> dict[str, dict[str, str | None]]:
-    """The writes one audience should hold: its current members' scores and the contact fields they hold
-    differently from what was decided across tools (archived members are never touched). With
-    ``add_new_contacts``, also people known elsewhere who are not on it yet (the destination adds them as new,
-    with ``status_if_new``), except anyone who opted out of email in any tool."""
+) -> Iterator[tuple[str, dict[str, str | None]]]:
+    """The writes one audience should hold, (email, {field: value}) one member at a time (a write run never holds
+    the whole audience's): its current members' scores and the contact fields they hold differently from what was
+    decided across tools (archived members are never touched). With ``add_new_contacts``, also people known
+    elsewhere who are not on it yet (the destination adds them as new, with ``status_if_new``), except anyone who
+    opted out of email in any tool."""
     linked, opted_out = linked or {}, opted_out or {}
     on_audience = {contact.email.normalised: contact for contact in contacts
                    if contact.source_id.startswith(f"{list_id}/") and contact.email is not None}
     members = {email: contact for email, contact in on_audience.items()
                if contact.properties.get("mailchimp_status") != "archived"}
-    desired = desired_from_scores(scores, tag_prefix=tag_prefix)
-    for email, decided in linked.items():
+
+    def writable(email: str) -> bool:
+        return email in members or (add_new_contacts and email not in on_audience and email not in opted_out)
+
+    def contact_fields(email: str, decided: Mapping[str, str]) -> dict[str, str | None]:
         member = members.get(email)
-        if member is None:
-            if add_new_contacts and email not in on_audience:
-                desired.setdefault(email, {}).update(
-                    {CONTACT_MERGE_FIELDS[name]: value for name, value in decided.items() if name in CONTACT_MERGE_FIELDS})
-            continue
-        differing = {CONTACT_MERGE_FIELDS[name]: value for name, value in decided.items()
-                     if name in CONTACT_MERGE_FIELDS and value != (getattr(member, name) or "").strip()}
-        if differing:
-            desired.setdefault(email, {}).update(differing)
-    if add_new_contacts:
-        return {email: fields for email, fields in desired.items()
-                if email in members or (email not in on_audience and email not in opted_out)}
-    return {email: fields for email, fields in desired.items() if email in members}
+        if member is None:  # someone new to the audience: everything decided, if they may be added at all
+            return {CONTACT_MERGE_FIELDS[name]: value for name, value in decided.items()
+                    if name in CONTACT_MERGE_FIELDS} if add_new_contacts and email not in on_audience else {}
+        return {CONTACT_MERGE_FIELDS[name]: value for name, value in decided.items()
+                if name in CONTACT_MERGE_FIELDS and value != (getattr(member, name) or "").strip()}
+
+    scored = _scores_by_email(scores)
+    for email, score in scored.items():
+        if writable(email):
+            yield email, {**_score_fields(score, tag_prefix), **contact_fields(email, linked.get(email, {}))}
+    for email, decided in linked.items():
+        if email not in scored and writable(email) and (fields := contact_fields(email, decided)):
+            yield email, fields
 
 
 # --- answers that are not what the API documents (MalformedAnswer: retried by the client, never stored) ---------
