@@ -8,17 +8,15 @@ page by page, so the cursor never passes what is stored.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection
 
-from connectors.base import Change, Desired, Destination, InputError, RateLimited, Receipt, Rejected, Source
+from connectors.base import Change, Desired, Destination, RateLimited, Receipt, Rejected, Source
 from sync.crash_points import crash_point
-from sync.schema import ledger, quarantine
 from sync.store import LedgerRow, RunCounts, Store
 
 SHOWN_REJECTS = 5  # how many quarantined rows a summary quotes; the rest are in `retention quarantine`
@@ -276,18 +274,5 @@ def mark_for_retry(store: Store, quarantine_id: int) -> str:
     refusal brings them back). The whole object, not the one field: a vendor refuses an object's input whole
     (HubSpot quarantines each of its fields with the one reason), so retrying a single field would leave the
     others held back. Returns what was marked, in words."""
-    with store.transaction() as conn:
-        entry = conn.execute(select(quarantine).where(quarantine.c.id == quarantine_id)).first()
-        if entry is None:
-            raise InputError(f"quarantine entry #{quarantine_id} does not exist (any more)")
-        if entry.kind != "write":
-            raise InputError(f"quarantine entry #{quarantine_id} is a record refused on reading: fix it in "
-                             f"{entry.source} or its file; the next import or sync reads it again")
-        object_id = str(json.loads(entry.raw)["object_id"])
-        conn.execute(update(ledger).where(ledger.c.target == entry.source, ledger.c.object_id == object_id,
-                                          ledger.c.rejected_reason.is_not(None)).values(rejected_value=None, rejected_reason=None))
-        same_target = conn.execute(select(quarantine.c.id, quarantine.c.raw).where(
-            quarantine.c.source == entry.source, quarantine.c.kind == "write")).all()
-        of_object = [row.id for row in same_target if str(json.loads(row.raw).get("object_id")) == object_id]
-        conn.execute(delete(quarantine).where(quarantine.c.id.in_(of_object)))
-    return f"{entry.source} object {object_id}: marked for retry on the next sync"
+    target, object_id = store.clear_refusals(quarantine_id)
+    return f"{target} object {object_id}: marked for retry on the next sync"

@@ -8,6 +8,7 @@ integrity check at open; its files are 0600 in a 0700 directory.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from operator import itemgetter
 import sqlite3
@@ -38,7 +39,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from connectors.base import Rejected, StoreError
+from connectors.base import InputError, Rejected, StoreError
 from connectors.records import Contact, Record, to_payload
 from sync.crash_points import crash_point
 from sync.schema import (
@@ -469,6 +470,25 @@ class Store:
         """A pending write turned out not to have reached the target: forget it; the diff sends it again."""
         key = and_(ledger.c.target == target, ledger.c.object_id == object_id, ledger.c.field == field_name)
         conn.execute(update(ledger).where(key).values(pending_value=None, pending_run_id=None))
+
+    def clear_refusals(self, quarantine_id: int) -> tuple[str, str]:
+        """Forget a target's refusals of the object a write quarantine entry names, and every quarantine entry of
+        that object (the dashboard's retry: the next push finds its values unsent). Returns (target, object id)."""
+        with self.transaction() as conn:
+            entry = conn.execute(select(quarantine).where(quarantine.c.id == quarantine_id)).first()
+            if entry is None:
+                raise InputError(f"quarantine entry #{quarantine_id} does not exist (any more)")
+            if entry.kind != "write":
+                raise InputError(f"quarantine entry #{quarantine_id} is a record refused on reading: fix it in "
+                                 f"{entry.source} or its file; the next import or sync reads it again")
+            object_id = str(json.loads(entry.raw)["object_id"])
+            conn.execute(update(ledger).where(ledger.c.target == entry.source, ledger.c.object_id == object_id,
+                                              ledger.c.rejected_reason.is_not(None)).values(rejected_value=None, rejected_reason=None))
+            same_target = conn.execute(select(quarantine.c.id, quarantine.c.raw).where(
+                quarantine.c.source == entry.source, quarantine.c.kind == "write")).all()
+            of_object = [row.id for row in same_target if str(json.loads(row.raw).get("object_id")) == object_id]
+            conn.execute(delete(quarantine).where(quarantine.c.id.in_(of_object)))
+        return entry.source, object_id
 
     def ledger_rows(self, target: str, object_ids: Sequence[str] | None = None, *,
                     pending: bool = False) -> dict[tuple[str, str], LedgerRow]:
