@@ -146,7 +146,7 @@ def test_the_command_says_which_method_learnt_from_the_nps_column(workspace: Wor
     lexicon_code, lexicon_said, _ = run_sentiment(workspace, rows, "--nps", "NPS", "--method", "lexicon")
 
     assert code == 0, said
-    assert "method: sentence encoder + VADER + TextBlob, learnt from 200 rated answers" in said
+    assert "method: sentence encoder + word model + VADER + TextBlob, learnt from 200 rated answers" in said
     assert lexicon_code == 0, lexicon_said
     assert "method: VADER + TextBlob, learnt from 200 rated answers" in lexicon_said
 
