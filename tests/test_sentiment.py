@@ -97,16 +97,16 @@ def test_calibrating_on_one_business_helps_on_another(method: str) -> None:
 
 
 @needs_encoder
-def test_the_encoder_learnt_on_one_business_clearly_beats_textblob_and_vader_on_another() -> None:
-    # The target is +5 points; on these two sets it is reached on Yelp (learnt on Amazon) but not on
-    # Amazon (learnt on Yelp, +3.8): bench/scoring_quality.py prints both. This guards what is reached.
+def test_the_encoder_learnt_on_one_business_beats_textblob_and_vader_on_another_by_five_points() -> None:
+    # The target, reached on both sets since the word model joined the stack (Amazon learnt on Yelp +5.8,
+    # Yelp learnt on Amazon +6.3; bench/scoring_quality.py prints both).
     vader = SentimentIntensityAnalyzer()
     amazon, yelp = labelled_sentences("amazon_cells_labelled.txt"), labelled_sentences("yelp_labelled.txt")
     for (train_texts, train_labels), (test_texts, test_labels) in ((amazon, yelp), (yelp, amazon)):
         baselines = (accuracy_score(test_labels, [int(TextBlob(text).sentiment.polarity > 0) for text in test_texts]),
                      accuracy_score(test_labels, [int(vader.polarity_scores(text)["compound"] > 0) for text in test_texts]))
         learnt = SentimentModel(method="encoder").fit(train_texts, train_labels)
-        assert accuracy(learnt, test_texts, test_labels) >= max(baselines) + 0.03
+        assert accuracy(learnt, test_texts, test_labels) >= max(baselines) + 0.05
 
 
 @needs_encoder
