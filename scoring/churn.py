@@ -166,7 +166,7 @@ def labelled_snapshots(
 BLEND = "average of logistic regression and gradient boosting"
 
 
-def _candidates(random_state: int) -> dict[str, object]:
+def candidate_models(random_state: int) -> dict[str, object]:
     """The models the backtest compares, simplest first: a tie goes to the earlier one."""
     def logistic() -> object:
         return make_pipeline(
@@ -230,7 +230,7 @@ class ChurnModel:
         train_x = train_x[self.features_]
         newest = Snapshot(newest.cutoff, newest.features[self.features_], newest.churned)
         scores, newest_probability = {}, {}
-        for name, estimator in _candidates(self.random_state).items():
+        for name, estimator in candidate_models(self.random_state).items():
             if name == BLEND:  # the mean of the two fitted above, as soft voting computes it: no second fit
                 newest_probability[name] = (newest_probability["logistic regression"] + newest_probability["gradient boosting"]) / 2
             else:
@@ -240,7 +240,7 @@ class ChurnModel:
         # 0.7515 and 0.7524 a tie but not 0.7514 and 0.7516.)
         best = next(name for name, score in scores.items() if score >= max(scores.values()) - TIE_ROC_AUC)
         self.backtest_ = {"roc_auc": scores, "validated_at": newest.cutoff, "trained_on": [s.cutoff for s in older]}
-        self.estimator_ = _candidates(self.random_state)[best].fit(
+        self.estimator_ = candidate_models(self.random_state)[best].fit(
             pd.concat([train_x, newest.features]), pd.concat([train_y, newest.churned])
         )
         # Platt scaling. Its light default penalty is nothing beside thousands of customers, but keeps a small store

@@ -6,9 +6,11 @@ Methods (README, "Sentiment"):
   Labels use VADER's published thresholds: >= 0.05 positive, <= -0.05 negative, else neutral.
 - Fitted on answers that also carry a rating or NPS (so their sentiment is known), the method learns the
   business's own words; the score is then 2 P(positive) - 1.
-  - ``encoder`` (the optional extra): a logistic regression on all-MiniLM-L6-v2 sentence vectors, its strength
-    chosen by cross-validation on those answers, stacked with VADER's and TextBlob's scores by a second logistic
-    regression learnt on out-of-fold predictions, so the stack never sees a vector the first model was fitted on.
+  - ``encoder`` (the optional extra): a logistic regression on all-MiniLM-L6-v2 sentence vectors and one on the
+    answers' words and word pairs (TF-IDF), each with its strength chosen by cross-validation on those answers,
+    stacked with VADER's and TextBlob's scores by a second logistic regression learnt on out-of-fold predictions,
+    so the stack never sees an answer a first-level model was fitted on. The vectors know English but not the
+    business's words; the word model learns those words ("refund", "waste of") and the pairs that carry negation.
   - ``lexicon``: a logistic combination of VADER's and TextBlob's scores alone.
   - ``auto`` (the default) is ``encoder`` where the extra is installed, else ``lexicon``.
   A few dozen rated answers are enough; with fewer, or all of one kind, the unfitted method stays.
@@ -18,12 +20,14 @@ Everything runs offline: the lexicons and the encoder's weights ship inside thei
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import Pipeline, make_pipeline
 from textblob import TextBlob
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
@@ -32,7 +36,8 @@ from scoring.sentiment_bands import sentiment_label  # re-exported: the label li
 
 MIN_RATED_ANSWERS = 30
 MAX_FOLDS = 5
-ENCODER_STRENGTHS = np.logspace(-2, 2, 9)  # inverse regularisation strengths the cross-validation chooses among
+STRENGTHS = np.logspace(-2, 2, 9)  # inverse regularisation strengths the cross-validation chooses among
+WORD_NGRAMS = (1, 2)  # single words and word pairs: a pair carries negation ("not good") and phrases ("waste of")
 Method = Literal["auto", "encoder", "lexicon"]
 METHODS: tuple[Method, ...] = ("auto", "encoder", "lexicon")
 # Emoji whose VADER description carries no sentiment, put into words its lexicon scores.
@@ -56,6 +61,27 @@ def _has_content(text: str) -> bool:
     return any(char.isalnum() or (not char.isascii() and not char.isspace()) for char in text)
 
 
+def _vector_model(strength: float) -> LogisticRegression:
+    return LogisticRegression(C=strength, max_iter=5_000)
+
+
+def _word_model(strength: float) -> Pipeline:
+    return make_pipeline(TfidfVectorizer(ngram_range=WORD_NGRAMS, sublinear_tf=True), LogisticRegression(C=strength, max_iter=5_000))
+
+
+def _fit_with_out_of_fold(make_model: Callable[[float], object], inputs: object, labels: np.ndarray,
+                          folds: StratifiedKFold) -> tuple[object, np.ndarray]:
+    """The model at the strength whose out-of-fold log-loss is lowest, fitted on every answer, and its out-of-fold
+    decision values on them: the stack learns from those, never from a score of an answer the model was fitted on."""
+    losses = []
+    for strength in STRENGTHS:
+        probability = cross_val_predict(make_model(strength), inputs, labels, cv=folds, method="predict_proba")[:, 1]
+        losses.append(-np.mean(np.log(np.where(labels == 1, probability, 1 - probability).clip(1e-12))))
+    model = make_model(float(STRENGTHS[int(np.argmin(losses))]))
+    out_of_fold = cross_val_predict(model, inputs, labels, cv=folds, method="decision_function")
+    return model.fit(inputs, labels), out_of_fold
+
+
 class SentimentModel:
     """score() and label() work unfitted (VADER); fit() on rated answers calibrates it to the business's words."""
 
@@ -75,7 +101,7 @@ class SentimentModel:
         if not self.is_calibrated:
             return "VADER"
         if self.method_ == "encoder":
-            return f"sentence encoder + VADER + TextBlob, learnt from {self.trained_on_:,} rated answers"
+            return f"sentence encoder + word model + VADER + TextBlob, learnt from {self.trained_on_:,} rated answers"
         return f"VADER + TextBlob, learnt from {self.trained_on_:,} rated answers"
 
     def _lexicon_features(self, texts: Sequence[str]) -> np.ndarray:
@@ -110,25 +136,13 @@ class SentimentModel:
         lexicon = self._lexicon_features(texts)
         method = self._chosen_method()
         if method == "encoder":
-            lexicon = np.column_stack([self._fit_sentence_model(texts, labels), lexicon])
+            folds = StratifiedKFold(n_splits=min(MAX_FOLDS, int(np.bincount(labels).min())), shuffle=True, random_state=self.random_state)
+            self.sentence_model_, sentence_out_of_fold = _fit_with_out_of_fold(_vector_model, self._sentence_vectors(texts), labels, folds)
+            self.word_model_, word_out_of_fold = _fit_with_out_of_fold(_word_model, [_words_for_emoji(text) for text in texts], labels, folds)
+            lexicon = np.column_stack([sentence_out_of_fold, word_out_of_fold, lexicon])
         self.combination_ = LogisticRegression(C=1.0).fit(lexicon, labels)
         self.method_, self.trained_on_ = method, len(labels)
         return self
-
-    def _fit_sentence_model(self, texts: Sequence[str], labels: np.ndarray) -> np.ndarray:
-        """Fit the vector model; return its out-of-fold decision values on the training answers for the stack."""
-        vectors = self._sentence_vectors(texts)
-        folds = StratifiedKFold(n_splits=min(MAX_FOLDS, int(np.bincount(labels).min())), shuffle=True, random_state=self.random_state)
-        losses = []
-        for strength in ENCODER_STRENGTHS:
-            model = LogisticRegression(C=strength, max_iter=5_000)
-            probability = cross_val_predict(model, vectors, labels, cv=folds, method="predict_proba")[:, 1]
-            losses.append(-np.mean(np.log(np.where(labels == 1, probability, 1 - probability).clip(1e-12))))
-        self.sentence_strength_ = float(ENCODER_STRENGTHS[int(np.argmin(losses))])
-        model = LogisticRegression(C=self.sentence_strength_, max_iter=5_000)
-        out_of_fold = cross_val_predict(model, vectors, labels, cv=folds, method="decision_function")
-        self.sentence_model_ = model.fit(vectors, labels)
-        return out_of_fold
 
     def score(self, texts: Iterable[str]) -> np.ndarray:
         """From -1 (negative) to 1 (positive); 0 for an answer with nothing in it."""
@@ -144,7 +158,8 @@ class SentimentModel:
             return scores
         features = self._lexicon_features(kept)
         if self.method_ == "encoder":
-            features = np.column_stack([self.sentence_model_.decision_function(self._sentence_vectors(kept)), features])
+            features = np.column_stack([self.sentence_model_.decision_function(self._sentence_vectors(kept)),
+                                        self.word_model_.decision_function([_words_for_emoji(text) for text in kept]), features])
         scores[present] = 2 * self.combination_.predict_proba(features)[:, 1] - 1
         return scores
 
