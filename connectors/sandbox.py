@@ -273,6 +273,8 @@ class Sandbox:
         self.max_concurrent = max_concurrent
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
+        self._handling = 0  # requests received and not yet journaled, whatever became of them
+        self._idle = threading.Condition()
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -353,6 +355,21 @@ class Sandbox:
         with self._in_flight_lock:
             self._in_flight -= 1
 
+    def wait_until_idle(self, timeout_s: float = 120.0) -> bool:
+        """Wait until every request received so far has been handled and journaled; False if ``timeout_s`` passed
+        first. A client killed mid-request leaves its requests running here, as a vendor's server would."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._handling == 0, timeout_s)
+
+    def _begin_handling(self) -> None:
+        with self._idle:
+            self._handling += 1
+
+    def _end_handling(self) -> None:
+        with self._idle:
+            self._handling -= 1
+            self._idle.notify_all()
+
     @property
     def url(self) -> str:
         if self._server is None:
@@ -411,6 +428,13 @@ def _handler_for(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             return  # the journal is the log; stderr chatter would bury test output
 
         def _serve(self) -> None:
+            sandbox._begin_handling()
+            try:
+                self._handle_and_journal()
+            finally:
+                sandbox._end_handling()
+
+        def _handle_and_journal(self) -> None:
             split = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""

@@ -209,14 +209,14 @@ def test_a_crash_at_every_named_point_and_random_moment_then_a_normal_run_reache
             unreached[point] = int(nth)
         elif child.exitcode != 0:
             failures.append(f"round {round_} ({crash}): the child ended with {child.exitcode}")
-        sent_by_killed = set().union(*writes(shop, mark))
+        sent_by_killed = set().union(*(w.items for w in writes(shop, mark)))
         before_normal, requests_before_normal = positions(shop), requests_made(shop)
         sync_normally(shop)
         # The next random kill lands anywhere in a run of about this size.
         span = max(3, requests_made(shop) - requests_before_normal)
-        redundant = [w for w in writes(shop, before_normal) if w <= sent_by_killed]
+        redundant = [w for w in writes(shop, before_normal) if w.items <= sent_by_killed]
         redundant_requests.append(len(redundant))
-        redundant_values += sum(len(w) for w in redundant)
+        redundant_values += sum(len(w.items) for w in redundant)
         lost = lost_values(shop, oracle, expected)
         if lost:
             failures.append(f"round {round_} ({crash}): {len(lost)} lost, e.g. {lost[:3]}")

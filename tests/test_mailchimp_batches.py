@@ -130,3 +130,28 @@ def test_fewer_than_20_members_go_as_single_patches(sandbox, store):
     assert not sandbox.journal.entries("POST", r"/3\.0/batches\Z")
     patches = sandbox.journal.entries("PATCH")
     assert len(patches) == 19 and all(set(e.body) == {"merge_fields"} for e in patches)
+
+
+@pytest.mark.fault("F2")
+def test_a_batch_an_interrupted_run_left_running_is_waited_for_and_its_members_are_not_written_again(sandbox, store):
+    # Mailchimp runs a batch some time after accepting it. The first run submits its batches and stops before they
+    # run (it gives up waiting here; a kill leaves the same): its intents stay in doubt, its batches still pending.
+    sandbox.batch_operations_deferred = True
+    sandbox.batch_pending_polls = 1_000_000
+    emails = reachable(sandbox, all_emails(1_200))
+    desired = desired_from_scores(scores_for(emails))
+    impatient = make_client(sandbox)
+    impatient.batch_wait_s = 60.0
+    with pytest.raises(SourceError, match="did not finish"):
+        push_changes(store, MailchimpDestination(impatient, LIST_ID), desired)
+    submitted = sandbox.journal.entries("POST", r"/3\.0/batches\Z")
+    assert len(submitted) == 3 and not any(members(sandbox)[subscriber_hash(e)]["merge_fields"].get("CHURNRISK") for e in emails)
+
+    # The batches finish a few looks later. The next run reads the members back only once they have: every
+    # intent is found applied, and no member's merge fields are sent again.
+    sandbox.batch_pending_polls = max(batch["_polls"] for batch in sandbox.batches.values()) + 2
+    result = push_changes(store, MailchimpDestination(make_client(sandbox), LIST_ID), desired)
+    assert len(sandbox.journal.entries("POST", r"/3\.0/batches\Z")) == len(submitted)  # nothing sent again
+    assert result.sent == 0 and result.reconciled >= 3 * len(emails)  # at least the 3 merge fields of each
+    assert not store.ledger_rows(f"mailchimp/{LIST_ID}", pending=True)
+    assert all(members(sandbox)[subscriber_hash(e)]["merge_fields"]["CHURNRISK"] == 80 for e in emails)

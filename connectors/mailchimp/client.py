@@ -228,6 +228,26 @@ class MailchimpClient:
                 outcomes.update(found)
         return outcomes
 
+    def wait_for_unfinished_batches(self) -> int:
+        """Wait until every batch the account has not finished yet is finished; how many there were.
+
+        Mailchimp runs a batch's operations some time after accepting it, so a batch that a killed run submitted
+        may still be about to write the members it names: read back before it finishes, they look unwritten, and
+        what is sent again then may be overwritten by the late batch. Every unfinished batch is waited for (another
+        app's too: a batch carries no mark of who sent it), within the same bound as our own."""
+        unfinished, offset = [], 0
+        while True:
+            page = self.call("listing batches", self.sdk.batches.list, count=PAGE_SIZE, offset=offset,
+                             fields=["batches.id,batches.status,total_items"])
+            batches = page.get("batches") or []
+            unfinished += [str(b["id"]) for b in batches if b.get("status") != "finished"]
+            offset += len(batches)
+            if not batches or offset >= int(page.get("total_items", 0)):
+                break
+        if unfinished:
+            self._wait_for_batches(unfinished)
+        return len(unfinished)
+
     def _start_batch(self, operations: Sequence[dict[str, Any]]) -> str:
         started = self.call(
             f"starting a batch of {len(operations)} operations", self.sdk.batches.start, {"operations": list(operations)}

@@ -69,6 +69,11 @@ class MailchimpDestination:
         return value.strip()[:255]  # Mailchimp: text merge fields hold 255 characters
 
     def current(self, object_ids: Sequence[str], field_names: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        # The engine reads back what an interrupted run may have written. A batch it submitted may not have run yet:
+        # read before it finishes, its members look unwritten, their intents are dropped and sent again (and the
+        # late batch may then overwrite a newer value). So the members are read once no batch is still running.
+        self.client.wait_for_unfinished_batches()
+
         def read(email: str) -> tuple[str, dict[str, Any] | None]:
             try:
                 return email, self.client.call(

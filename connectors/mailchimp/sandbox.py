@@ -62,6 +62,7 @@ class MailchimpSandbox(SegmentRoutes, BatchRoutes, ReportAndShopRoutes, Sandbox)
         self.batches: dict[str, dict[str, Any]] = {}
         self.batch_archives: dict[str, bytes] = {}  # results token → .tar.gz
         self.batch_pending_polls = 1  # polls a batch answers "pending" to before it is "finished"
+        self.batch_operations_deferred = False  # run a batch's operations when it finishes, not when submitted
         self.operation_faults = FaultSchedule(self.clock, seed)  # faults of single operations inside a batch
         r = self.route
         r("GET", "/oauth2/metadata", self._metadata)
@@ -122,6 +123,7 @@ class MailchimpSandbox(SegmentRoutes, BatchRoutes, ReportAndShopRoutes, Sandbox)
             self._post_merge_field,
         )
         r("POST", API + "/batches", self._post_batch)
+        r("GET", API + "/batches", self._list_batches)
         r("GET", API + r"/batches/(?P<batch_id>[^/]+)", self._get_batch)
         r("GET", RESULTS_PATH + r"(?P<token>[0-9a-f]+)\.tar\.gz", self._get_batch_results)
         r("GET", API + "/campaigns", self._get_campaigns)

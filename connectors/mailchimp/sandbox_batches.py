@@ -7,7 +7,12 @@ journal for request bodies sees every member write, however it was sent. ``opera
 matched against "METHOD /3.0/path" of an operation) makes single operations fail inside a batch; the ordinary
 ``faults`` still hit the batch requests themselves. A batch answers ``pending`` to its first
 ``batch_pending_polls`` polls and ``finished`` after; its results are a gzipped tar served from the sandbox's own
-address without credentials, as Mailchimp's pre-signed download link is.
+address without credentials, as Mailchimp's pre-signed download link is. ``GET /batches`` lists the account's
+batches (a look at each, as a poll is).
+
+Mailchimp runs a batch's operations some time after accepting it (pending, started, finished). By default the
+sandbox runs them at once, on submission; with ``batch_operations_deferred`` on, it runs them when the batch turns
+finished, so a test can see what a reader of the members finds while a batch is still pending.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ class BatchRoutes:
         if errors:
             return self.error(400, "The resource submitted could not be validated.", request, errors=errors)
         batch_id = hashlib.sha256(f"{self.seed}:{next(self._ids)}".encode()).hexdigest()[:10]
-        results = [self._run_operation(request, op) for op in operations]
+        deferred = self.batch_operations_deferred
+        results = [] if deferred else [self._run_operation(request, op) for op in operations]
         self.batches[batch_id] = {
             "id": batch_id,
             "status": "pending",
@@ -56,6 +62,8 @@ class BatchRoutes:
             "response_body_url": "",
             "_polls": 0,
             "_results": results,
+            "_operations": operations if deferred else None,  # run when the batch finishes
+            "_request": request if deferred else None,
             "_host": request.headers.get("host", "127.0.0.1"),
         }
         return Response(200, _render_batch(self.batches[batch_id]))
@@ -64,11 +72,27 @@ class BatchRoutes:
         batch = self.batches.get(batch_id)
         if batch is None:
             return self.error(404, "The requested resource could not be found.", request)
+        self._look_at_batch(batch)
+        return self._fields(request, _render_batch(batch))
+
+    def _list_batches(self, request: Request) -> Response:
+        count, offset = int(request.arg("count") or 10), int(request.arg("offset") or 0)
+        listed = list(self.batches.values())
+        for batch in listed[offset : offset + count]:
+            self._look_at_batch(batch)
+        return self._fields(request, {"batches": [_render_batch(b) for b in listed[offset : offset + count]],
+                                      "total_items": len(listed), "_links": []})
+
+    def _look_at_batch(self, batch: dict[str, Any]) -> None:
+        """A look at a batch moves it on: ``pending`` for its first ``batch_pending_polls`` looks, then finished."""
         if batch["status"] != "finished":
             if batch["_polls"] < self.batch_pending_polls:
                 batch["_polls"] += 1
             else:
+                if batch["_operations"] is not None:
+                    batch["_results"] = [self._run_operation(batch["_request"], op) for op in batch["_operations"]]
                 results = batch["_results"]
+                batch_id = batch["id"]
                 token = hashlib.sha256(f"{self.seed}:results:{batch_id}".encode()).hexdigest()[:24]
                 self.batch_archives[token] = _archive(batch_id, results)
                 batch.update(
@@ -78,8 +102,9 @@ class BatchRoutes:
                     completed_at=_iso(self),
                     response_body_url=f"http://{batch['_host']}{RESULTS_PATH}{token}.tar.gz",
                     _results=[],  # kept compressed in the archive from here on
+                    _operations=None,
+                    _request=None,
                 )
-        return self._fields(request, _render_batch(batch))
 
     def _get_batch_results(self, request: Request, token: str) -> Response:
         archive = self.batch_archives.get(token)
