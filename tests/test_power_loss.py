@@ -8,8 +8,10 @@ and SQLite rebuilds it), and the child resumes. Then, alternately:
 - the child is killed at once (the power went out at that instant), or
 - the child finishes its run, and the copy replaces the store afterwards (the disk lost the commits it had
   acknowledged since, as a restored backup or a disk cache that ignored fsync would).
-The tools keep every write the child made; the store starts from the older state in the copy. One normal sync follows
-and must converge: the store opens with SQLite's full integrity check ok, the scores and tags in both tools equal
+The tools keep every write the child made; the store starts from the older state in the copy. After a finished run the
+user edits both tools again before the next one (the store's own agreed values are older than the tools' then, so a
+value the lost commits copied from one tool to the other must not be taken for a user's newer edit). One normal sync
+follows and must converge: the store opens with SQLite's full integrity check ok, the scores and tags in both tools equal
 the twin's, every edit is in both tools, nothing was created twice, no subscription status moved and no request
 carried a status.
 
