@@ -37,7 +37,6 @@ from sqlalchemy.engine import make_url
 from threadpoolctl import threadpool_limits
 
 from sync.demo import DemoShop
-from sync.store import Store
 from tests.test_crash_points import (
     EDITS_PER_TOOL,
     ORDER_SHARE,
