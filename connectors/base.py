@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -183,6 +185,35 @@ CONNECTOR_MODULES = {
     "surveymonkey": "connectors.forms.surveymonkey",
     "google_forms": "connectors.forms.google_forms",
 }
+
+
+class VendorTime:
+    """How far the vendor's clock (the Date header of its answers, RFC 9110) is behind ours.
+
+    Read cursors are vendor times. A mark taken from our clock ("everything up to a look-back before now has been
+    seen") must not run ahead of the vendor's: on a computer whose clock is fast, the next read would start after
+    changes the vendor stamped earlier, and skip them for good. Our clock behind theirs needs nothing: a mark from it
+    is only earlier, and a read from there only re-reads."""
+
+    TOLERANCE = timedelta(seconds=2)  # Date is in whole seconds, and an answer takes a moment to arrive
+
+    def __init__(self) -> None:
+        self.behind = timedelta(0)
+
+    def note(self, date_header: str | None, our_now: datetime) -> None:
+        """One answer's Date header, and our clock when it arrived."""
+        try:
+            theirs = parsedate_to_datetime(date_header) if date_header else None
+        except (TypeError, ValueError):
+            return  # a proxy's odd header: keep what the last answer said
+        if theirs is None or theirs.tzinfo is None:
+            return
+        lag = our_now - theirs
+        self.behind = lag if lag > self.TOLERANCE else timedelta(0)
+
+    def at(self, ours: datetime) -> datetime:
+        """The vendor's time when ours read ``ours``: never later than ``ours``."""
+        return ours - self.behind
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -426,6 +427,10 @@ def _handler_for(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
             return  # the journal is the log; stderr chatter would bury test output
+
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            """The Date header, from the sandbox's clock: the vendor's time, as a real vendor's answers carry it."""
+            return format_datetime(sandbox.clock.now().astimezone(timezone.utc), usegmt=True)
 
         def _serve(self) -> None:
             sandbox._begin_handling()

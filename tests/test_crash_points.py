@@ -108,9 +108,11 @@ def add_order(shops: tuple[DemoShop, ...], rng: random.Random, round_: int) -> N
     score writes for the crash to land among, and the twin gets the same inputs for the final comparison."""
     contact_ids = sorted(shops[0].sandboxes["hubspot"].objects["contacts"], key=int)
     contact_id, amount = rng.choice(contact_ids), f"{rng.randrange(20, 400)}.{round_ % 100:02d}"
+    # One close date for both shops: each shop's own last-modified time of the contact differs (edits and writes touch
+    # only the first), and a close date apart by seconds moves the customer-value model's fit, so the twin's oracle.
+    closed = shops[0].sandboxes["hubspot"].objects["contacts"][contact_id]["properties"]["lastmodifieddate"]
     for shop in shops:
         hubspot = shop.sandboxes["hubspot"]
-        closed = hubspot.objects["contacts"][contact_id]["properties"]["lastmodifieddate"]
         deal_id = hubspot.create("deals", {"dealname": f"Order {90_000 + round_}", "amount": amount, "pipeline": "default",
                                            "dealstage": "closedwon", "deal_currency_code": "EUR", "closedate": closed})
         hubspot.associations.setdefault(deal_id, set()).add(contact_id)

@@ -63,7 +63,13 @@ def test_5000_responses_read_in_full_then_only_new_pages(vendor: Vendor, store: 
         counts = second.counts["survey_response"]
         assert counts.written == 25
         assert counts.unchanged == counts.read - 25 <= 3, "only the 10-minute look-back is read again, and found unchanged"
-        pages = response_requests(sandbox)
+        # Pages read, not requests: at 200x sandbox speed a few milliseconds of scheduling delay on a busy machine
+        # are a second of sandbox time, enough for Typeform's 2-a-second window to refuse a request the client paced
+        # 0.6 s apart; the client then waits and sends it again (its pacing is checked at a realistic speed in
+        # test_typeform_client_keeps_under_two_requests_a_second).
+        requests = response_requests(sandbox)
+        pages = [e for e in requests if e.status == 200]
+        assert {e.status for e in requests} <= {200, 429}, [e.status for e in requests]
         assert len(pages) == 1, "the incremental run reads the one page holding the new responses"
         assert any(name in pages[0].query for name in ("since", "start_modified_at", "filter"))
         records = stored(store, vendor)

@@ -23,6 +23,7 @@ from connectors.base import (
     CheckResult,
     RecordRejected,
     SourceError,
+    VendorTime,
     register_check,
 )
 from connectors.hubspot import mapping
@@ -76,6 +77,7 @@ class HubSpotClient:
                  policy: RetryPolicy | None = None, rng: random.Random | None = None, oauth: OAuthGrant | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.vendor_time = VendorTime()
         self.policy = policy or HUBSPOT_RETRIES
         self.rng = rng or random.Random()
         self.budget = RetryBudget(self.policy.budget)
@@ -110,6 +112,7 @@ class HubSpotClient:
             # The API object is built per attempt: after an OAuth refresh it must carry the new access token.
             response = send(self.sdk)(*args, _preload_content=False, _request_timeout=self.settings.timeout_s)
             self._read_limit_headers(response.headers)
+            self.vendor_time.note(response.headers.get("Date"), self.clock.now())
             if not response.data:
                 return {}
             try:

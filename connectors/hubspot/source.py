@@ -67,6 +67,7 @@ class HubSpotSource:
                     max_seen = stamp
             records, rejected = build(fresh)
             yield Page(records, None, rejected)
+        run_start = self.client.vendor_time.at(run_start)  # a mark from our clock must not run ahead of HubSpot's
         # Search indexes lag behind writes, and objects may be edited while we page: re-read a look-back window.
         upto = min(run_start, max_seen) if max_seen is not None else max(low, run_start - self.lookback)
         cursor_after = max(upto - self.lookback, low) if max_seen is not None else upto
@@ -102,6 +103,7 @@ class HubSpotSource:
             log.info("HubSpot marketing email events are not read: this account has no event analytics API (%s); it needs "
                      "an Enterprise hub and the analytics scope on the private app", exc)
             return
+        run_start = self.client.vendor_time.at(run_start)
         # Events can be recorded late: re-read a look-back window, as the search streams do.
         upto = min(run_start, max_seen) if max_seen is not None else max(low, run_start - self.lookback)
         cursor_after = max(upto - self.lookback, low) if max_seen is not None else upto

@@ -30,6 +30,7 @@ from connectors.base import (
     PermanentlyRejected,
     RecordRejected,
     SourceError,
+    VendorTime,
     register_check,
 )
 from connectors.retry import (
@@ -105,6 +106,18 @@ class MailchimpClient:
         self.sdk.api_client.host = (
             (base_url.rstrip("/") + "/3.0") if base_url else f"https://{dc}.api.mailchimp.com/3.0"
         )
+        self.vendor_time = VendorTime()
+        self.sdk.api_client.request = self._noting_vendor_time(self.sdk.api_client.request)
+
+    def _noting_vendor_time(self, request: Callable[..., Any]) -> Callable[..., Any]:
+        """The SDK's request, also noting each answer's Date: the SDK hands back bodies only, never headers."""
+
+        def request_noting_date(*args: Any, **kwargs: Any) -> Any:
+            answer = request(*args, **kwargs)
+            self.vendor_time.note(answer.headers.get("Date"), self.clock.now())
+            return answer
+
+        return request_noting_date
 
     @classmethod
     def from_settings(cls, settings: MailchimpSettings, **options: Any) -> MailchimpClient:

@@ -65,6 +65,7 @@ class MailchimpSource:
                     if contact.updated_at and (newest is None or contact.updated_at.isoformat() > newest):
                         newest = contact.updated_at.isoformat()
                 yield Page(contacts, None, rejected)
+            read_start = self.client.vendor_time.at(read_start)  # a mark from our clock must not run ahead of theirs
             if newest is not None and self.lookback and datetime.fromisoformat(newest) < read_start - self.lookback:
                 # Every change up to a look-back window before this read has been seen. Keeping the newest change
                 # seen as the mark would re-read the window before it on every run: after a large write of ours
