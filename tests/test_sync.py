@@ -154,6 +154,40 @@ def test_a_tool_that_refuses_its_credential_is_reported_and_the_others_still_syn
     assert next(t for t in report.targets if t.name == "hubspot").sent > 0
 
 
+@pytest.mark.fault("F15")
+def test_a_token_revoked_during_the_writes_stops_them_keeps_what_was_confirmed_and_the_next_run_sends_only_the_rest(shop):
+    hubspot = shop.sandboxes["hubspot"]
+    journal_add, revoked = hubspot.journal.add, []
+
+    def revoke_after_the_first_write(entry):  # the owner revokes the app the moment the first batch lands
+        journal_add(entry)
+        if entry.path.endswith("/batch/update") and entry.status == 200 and not revoked:
+            revoked.append(hubspot.faults.add(Fault(status=401, times=None, name="token revoked")))
+
+    hubspot.journal.add = revoke_after_the_first_write
+    report, _ = sync_once(shop)
+
+    failed = next(t for t in report.targets if t.name == "hubspot")
+    assert isinstance(failed.error, AuthError) and "\n" not in str(failed.error)
+    assert shop.endpoints["hubspot"].credential not in str(failed.error)
+    assert next(t for t in report.targets if t.name.startswith("mailchimp/")).error is None  # the other tool goes on
+    entries = hubspot.journal.entries()
+    first_refusal = next(i for i, e in enumerate(entries) if e.status == 401)
+    assert len(entries) - first_refusal <= 2, "at most two requests after the revocation"
+    written_before = {i["id"] for e in entries[:first_refusal] if e.path.endswith("/batch/update") for i in e.body["inputs"]}
+    assert 0 < len(written_before) < CUSTOMERS
+
+    hubspot.journal.add = journal_add
+    hubspot.faults.remove(revoked[0])  # reconnected
+    hubspot.journal.clear()
+    report, _ = sync_once(shop)
+
+    assert not report.errors
+    resent = {i["id"] for e in hubspot.journal.entries(path="/batch/update") for i in e.body["inputs"]}
+    assert not resent & written_before, "values HubSpot confirmed before the revocation are not sent again"
+    assert len(resent | written_before) == CUSTOMERS
+
+
 @pytest.mark.fault("F8")
 def test_a_tool_that_fails_half_way_keeps_what_it_read_and_the_next_run_goes_on_from_there(shop):
     hubspot = shop.sandboxes["hubspot"]
