@@ -24,6 +24,7 @@ from rich.table import Table
 
 from connectors.base import CONNECTOR_MODULES, CheckResult, ConfigError, RetentionError, registered_checks
 from connectors.forms.csv import KINDS, CsvImport
+from scoring.threads import limit_this_process
 from sync.engine import run_source_once
 from sync.export import write_csv
 from sync.redact import configure_logging, redact
@@ -120,6 +121,7 @@ def main_options(
 ) -> None:
     ctx.obj = Context(settings_path=settings, debug=debug)
     configure_logging("debug" if debug else "warning")
+    limit_this_process()  # one native thread when other programs already keep the cores busy (scoring/threads.py)
 
 
 @app.command()

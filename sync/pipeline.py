@@ -46,6 +46,7 @@ from connectors.records import AnswerKind, Contact, Order, OrderStatus, Score, f
 from scoring.churn import MODEL_VERSION
 from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, score_with_saved_model
 from scoring.sentiment import SentimentModel
+from scoring.threads import scoring_threads
 from sync.crash_points import crash_point
 from sync.engine import plan_changes, push_changes, run_source_once
 from sync.linking import CONTACT_FIELDS, Linked, agreed_values, link_contacts, remember_agreed
@@ -194,7 +195,8 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
     _glibc.give_back()
     say("scoring")
     started = time.monotonic()
-    scores, last_nps = score_store(settings, store, report, keep=not dry_run)
+    with scoring_threads():
+        scores, last_nps = score_store(settings, store, report, keep=not dry_run)
     report.scoring_seconds = time.monotonic() - started
     _glibc.give_back()
     crash_point("after-score")

@@ -174,3 +174,20 @@ def test_one_recent_order_gets_the_band_new_instead_of_a_guess() -> None:
 
     assert table.at["new@example.com", "risk_band"] == "new"
     assert table.at["new@example.com", "reasons"] == "first order 6 days ago: too early to judge"
+
+
+def test_scoring_runs_one_native_thread_when_other_programs_keep_the_cores_busy(monkeypatch):
+    import os
+
+    from threadpoolctl import threadpool_info
+
+    from scoring.threads import scoring_threads
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))
+    with scoring_threads() as limit:
+        assert limit == 1
+        openmp = [pool for pool in threadpool_info() if pool["user_api"] == "openmp"]  # gradient boosting's threads
+        assert openmp and all(pool["num_threads"] == 1 for pool in openmp)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    with scoring_threads() as limit:
+        assert limit is None  # a quiet machine: the libraries' own default, every core
