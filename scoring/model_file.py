@@ -89,6 +89,10 @@ def load_model(directory: Path, as_of: pd.Timestamp, fit: ModelFit, retrain_days
         return _refit(f"{model_path} could not be loaded ({exc.__class__.__name__})", warn=True)
     if not isinstance(model, ChurnModel) or getattr(model, "training_window_", (None, None))[1] != fitted_as_of:
         return _refit(f"{model_path} does not match {metadata_path.name}", warn=True)
+    if hasattr(getattr(model, "estimator_", None), "feature_names_in_"):
+        # Fitted on data frames, before ChurnModel fed its estimators one float64 matrix: it would warn on every
+        # prediction that the matrix has no column names. A refit gives the same scores from the same data.
+        return _refit("the saved model was fitted on data frames, as earlier releases did")
     days = "the same day" if age_days < 1 else f"{age_days:.0f} day{'s' if age_days >= 2 else ''} before"
     return model, f"reused the model fitted {days} (refitted every {retrain_days} days)"
 
