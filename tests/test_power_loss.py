@@ -136,7 +136,7 @@ def test_a_store_restored_from_a_copy_taken_mid_sync_converges_on_the_next_run(s
         if not is_cut and child.exitcode != 0:
             failures.append(f"round {round_}: the undisturbed run ended with {child.exitcode}")
         finished_requests = requests_made(shop)
-        sent_by_child = set().union(*writes(shop, mark))
+        sent_by_child = set().union(*(w.items for w in writes(shop, mark)))
         restore_store(copy, database)
         restores["cut" if is_cut else "after the run"] += 1
         if not is_cut:
@@ -149,7 +149,7 @@ def test_a_store_restored_from_a_copy_taken_mid_sync_converges_on_the_next_run(s
 
         sync_normally(shop)  # opens the restored store (quick check), syncs, then runs the full integrity check
         span = max(3, requests_made(shop) - finished_requests)
-        resent_values += sum(len(w & sent_by_child) for w in writes(shop, before_normal))
+        resent_values += sum(len(w.items & sent_by_child) for w in writes(shop, before_normal))
         lost = lost_values(shop, oracle, expected)
         if lost:
             failures.append(f"round {round_} (copy after {copy_after} requests, {'cut' if is_cut else 'after the run'}): "
