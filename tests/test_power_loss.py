@@ -29,12 +29,10 @@ import shutil
 import signal
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
-from threadpoolctl import threadpool_limits
 
 from sync.demo import DemoShop
 from tests.test_crash_points import (
@@ -44,7 +42,7 @@ from tests.test_crash_points import (
     add_order,
     duplicates,
     lost_values,
-    open_small_shop,
+    shops,  # noqa: F401 - the fixture: a shop and its never-disturbed twin, one OpenMP thread
     requests_made,
     status_requests,
     sync_normally,
@@ -77,18 +75,6 @@ def restore_store(copy: Path, database: Path) -> None:
         if (copy / f"store{suffix}").exists():
             shutil.copyfile(copy / f"store{suffix}", f"{database}{suffix}")
             os.chmod(f"{database}{suffix}", 0o600)
-
-
-@pytest.fixture
-def shops(tmp_path: Path):
-    limits = threadpool_limits(limits=1, user_api="openmp")  # a forked child cannot use the parent's OpenMP threads
-    now = datetime.now(timezone.utc) - timedelta(minutes=5)  # both shops hold the very same business
-    shop, twin = open_small_shop(tmp_path / "shop", now), open_small_shop(tmp_path / "twin", now)
-    yield shop, twin
-    for opened in (shop, twin):
-        for box in opened.sandboxes.values():
-            box.stop()
-    limits.restore_original_limits()
 
 
 @pytest.mark.fault("F4")
