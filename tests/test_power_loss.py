@@ -29,6 +29,7 @@ import shutil
 import signal
 import time
 from collections import Counter
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -106,10 +107,8 @@ def test_a_store_restored_from_a_copy_taken_mid_sync_converges_on_the_next_run(s
         child.start()
         while child.is_alive() and requests_made(shop) - start < copy_after:
             time.sleep(0.0005)
-        try:
+        with suppress(ProcessLookupError):  # the run ended before that many requests: the copy is its final state
             os.kill(child.pid, signal.SIGSTOP)
-        except ProcessLookupError:
-            pass  # the run ended before that many requests: the copy is of its final state
         copy_store(database, copy)
         if child.exitcode is None:
             os.kill(child.pid, signal.SIGKILL if is_cut else signal.SIGCONT)
