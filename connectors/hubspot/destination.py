@@ -220,13 +220,11 @@ def desired_values(scores: Iterable[Score], contacts: Sequence[Contact], linked:
     scored = _scores_by_contact(scores, owners)
     for contact in contacts:
         values = _contact_field_values(contact, owners, survivor_of, linked, opted_out, names)
-        score = scored.pop(contact.source_id, None)
+        score = scored.get(contact.source_id)  # owners name only these contacts (a merged id: its survivor)
         if score is not None:
             values = {**(values or {}), **_score_values(score, names, last_nps)}
         if values is not None:
             yield contact.source_id, values
-    for contact_id, score in scored.items():  # owners only name contacts, so this stays empty: kept for safety
-        yield contact_id, _score_values(score, names, last_nps)
 
 
 def _contact_field_values(contact: Contact, owners: Mapping[str, set[str]], survivor_of: Mapping[str, str],
