@@ -16,7 +16,7 @@ from sync.scheduler import LEASE_NAME
 def sync(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Read and score, print what would be written; change nothing, neither in your tools nor in the store.")] = False,
-    full: Annotated[bool, typer.Option("--full", help="Read everything again instead of only what changed since the last run.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Read everything again and compare everyone's values, instead of only what changed since the last run.")] = False,
     only: Annotated[Optional[str], typer.Option(metavar="TOOL,...", help="Sync only these tools (hubspot, mailchimp, typeform, surveymonkey, google_forms).")] = None,
 ) -> None:
     """Read every enabled tool, score every customer, and write back only the values that changed.
@@ -53,6 +53,8 @@ def print_report(report: SyncReport) -> None:
     out.print(f"score {report.scoring} ({report.scoring_seconds:.1f} s)")
     if report.linking:
         out.print(f"link  {report.linking}")
+    if report.compared:
+        out.print(f"diff  {report.compared}")
     for target in report.targets:
         if target.error is not None:
             out.print(f"write {target.name}: FAILED: {redact(str(target.error))}")

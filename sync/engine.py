@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 
 from connectors.base import Change, Desired, Destination, RateLimited, Receipt, Rejected, Source
 from sync.crash_points import crash_point
-from sync.store import LedgerRow, RunCounts, Store
+from sync.store import COMPLETE_WRITE, LedgerRow, RunCounts, Store
 
 SHOWN_REJECTS = 5  # how many quarantined rows a summary quotes; the rest are in `retention quarantine`
 
@@ -116,6 +116,8 @@ def push_changes(
     target = destination.name
     started_at = datetime.now(timezone.utc)
     with store.transaction() as conn:
+        # Until this run completes, the target's last complete write is not the state it is in: see sync.pipeline.
+        store.drop_cursor(conn, COMPLETE_WRITE, target)
         run_id = store.begin_run(conn, command, target, started_at)
     result = PushResult(run_id=run_id, target=target)
     try:

@@ -12,7 +12,9 @@ neither the tools nor the real store change.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -23,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from importlib import metadata as package_metadata
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
@@ -49,10 +52,10 @@ from scoring.sentiment import SentimentModel
 from scoring.threads import scoring_threads
 from sync.crash_points import crash_point
 from sync.engine import plan_changes, push_changes, run_source_once
-from sync.linking import CONTACT_FIELDS, Linked, agreed_values, link_contacts, remember_agreed
+from sync.linking import AGREED_PEOPLE_AT_ONCE, CONTACT_FIELDS, Linked, agreed_values, link_contacts, remember_agreed
 from sync.score_history import record_run, stored_bands, summarise_run
 from sync.settings import Settings
-from sync.store import RunCounts, Store
+from sync.store import COMPLETE_WRITE, RunCounts, Store
 
 log = logging.getLogger(__name__)
 SAMPLE_CHANGES = 5  # changes a dry run shows per target
@@ -92,6 +95,7 @@ class SyncReport:
     scoring: str = ""  # one line saying what scoring did
     scoring_seconds: float = 0.0
     linking: str = ""  # one line saying what keeping contact fields the same across tools found
+    compared: str = ""  # one line saying whose values were compared, when not everyone's
     scored: int = 0
     riskiest: pd.DataFrame | None = None  # the customers most at risk, with reasons and value
 
@@ -202,11 +206,19 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
     crash_point("after-score")
     writing = [c for c in connections if c.name not in failed_tools and c.targets]
     # A failed tool is not written: what we know of it is stale, and its credential or service just failed.
-    contacts = {c.name: [from_payload("contact", payload) for _, payload in store.stored_records("contact", c.source.name)]
-                for c in writing if c.source is not None}
-    linked = _link(settings, store, writing, contacts, report, dry_run)
+    comparing_from = datetime.now(timezone.utc)  # the store holds everything this run writes from, as of now
+    people = None if full else _changed_people(settings, store, writing, len(scores), report)
+    contacts = {c.name: [from_payload("contact", payload) for _, payload in (
+        store.stored_records("contact", c.source.name) if people is None else store.contacts_of(c.source.name, people))]
+        for c in writing if c.source is not None}
+    if people is not None:  # and everyone linked to them: whether an email is shared is part of what is written
+        people |= {e.normalised for found in contacts.values() for c in found for e in (c.email, *c.additional_emails) if e}
+        people |= {c.source_id for found in contacts.values() for c in found}
+    linked = _link(settings, store, writing, contacts, report, dry_run, people)
     if not scores and not linked.values:
-        return
+        return  # nothing scored (too few customers) and no contact field to keep the same: nothing to write
+    if people is not None:
+        scores = [s for s in scores if s.source_id in people or s.source_id.strip().lower() in people]
     if writing:
         say(f"writing {', '.join(t.destination.name for c in writing for t in c.targets)}")
     # Tools are written side by side too; one tool's targets (a Mailchimp account's audiences) one after another,
@@ -222,6 +234,50 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
     if written:
         # The tool that lost now holds the winner's value: from here on, that is the value both had agreed on.
         remember_agreed(store, written)
+    if not dry_run:
+        complete = [t for t in report.targets if t.error is None]
+        mark = json.dumps({"from": comparing_from.isoformat(), "settings": _settings_digest(settings)})
+        with store.transaction() as conn:
+            for outcome in complete:
+                store.save_cursor(conn, COMPLETE_WRITE, outcome.name, mark)
+
+
+# --- comparing only what changed -----------------------------------------------------------------------------------
+#
+# Every run compares each person's desired values with the ledger: at 100,000 people, ~1.3 million values, which
+# is most of a run where 1% of them changed. Desired values are a function of the store's records (contacts of every
+# tool, scores, survey answers, orders), the settings and this code; the ledger moves only by write runs. So when
+# every target's last write run completed, and began from the store as it was at some moment, only the people a
+# record changed for since that moment can want anything new. Everyone else's values stand as that run left them.
+# A new day rescores everyone (scored_at moves), so a full comparison runs at least daily regardless.
+
+
+def _changed_people(settings: Settings, store: Store, writing: list[Connection], scored: int,
+                    report: SyncReport) -> set[str] | None:
+    """The people (normalised emails and customer keys) whose records changed since every target's last complete
+    write run began comparing; None where everyone must be compared."""
+    targets = [t.destination.name for c in writing for t in c.targets]
+    marks = [store.cursor(COMPLETE_WRITE, name) for name in targets]
+    if not targets or None in marks:
+        return None
+    marks_read = [json.loads(mark) for mark in marks if mark is not None]
+    since = min(datetime.fromisoformat(mark["from"]) for mark in marks_read)
+    if any(mark["settings"] != _settings_digest(settings) for mark in marks_read) or since > datetime.now(timezone.utc):
+        return None  # the settings (or this release) changed what is written, or the clock went back: compare all
+    people = store.people_changed_since(since)
+    if len(people) * 4 > scored:
+        return None  # most people changed (a new day's scores): reading them one set at a time would be slower
+    report.compared = (f"compared only the {len(people):,} people whose records changed since the last complete sync "
+                       f"began ({since:%Y-%m-%d %H:%M} UTC): the others' values stand (--full compares everyone)")
+    return people
+
+
+def _settings_digest(settings: Settings) -> str:
+    try:
+        release = package_metadata.version("retention-sync")
+    except package_metadata.PackageNotFoundError:
+        release = "unknown"
+    return hashlib.sha256("|".join([settings.model_dump_json(warnings=False), MODEL_VERSION, release]).encode()).hexdigest()
 
 
 def _read_source(store: Store, connection: Connection, full: bool) -> SourceOutcome:
@@ -260,14 +316,20 @@ def in_parallel(tasks: Mapping[str, Callable[[], T]]) -> dict[str, T]:
 
 
 def _link(settings: Settings, store: Store, writing: list[Connection], contacts: Mapping[str, list[Contact]],
-          report: SyncReport, dry_run: bool) -> Linked:
+          report: SyncReport, dry_run: bool, people: set[str] | None = None) -> Linked:
     """Contact fields across the tools that share them (each read this run), and who opted out where. What was
-    read agreeing is remembered at once (not in a dry run), so ``agreed`` comes back empty."""
+    read agreeing is remembered at once (not in a dry run), so ``agreed`` comes back empty. ``contacts`` are those
+    of ``people`` only, when given."""
     tools = {c.name: contacts[c.name] for c in writing if c.name in contacts and any(t.contact_fields for t in c.targets)}
     fields = [name for name in CONTACT_FIELDS if name in settings.sync.contact_fields]
     if len(tools) < 2:
         return Linked()
-    known = agreed_values(store)
+    if people is None:
+        known = agreed_values(store)
+    else:
+        some = sorted(people)
+        known = {key: value for start in range(0, len(some), AGREED_PEOPLE_AT_ONCE)
+                 for key, value in agreed_values(store, some[start : start + AGREED_PEOPLE_AT_ONCE]).items()}
     linked = link_contacts(tools, known, fields)
     if not dry_run:
         remember_agreed(store, linked.agreed, known)

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 UTC = timezone.utc
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class UtcDateTime(TypeDecorator):
@@ -86,6 +86,9 @@ records = Table(
     UniqueConstraint("kind", "source", "source_id", name="uq_records_key"),
 )
 Index("ix_records_match_email", records.c.match_email)
+# What changed since a time: a sync whose last write run completed compares only the people whose records moved.
+Index("ix_records_changed_at", records.c.changed_at)
+Index("ix_records_deleted_at", records.c.deleted_at)
 
 identities = Table(
     "identities",
@@ -238,4 +241,11 @@ def _migrate_to_4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[score_runs], checkfirst=True)
 
 
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
+def _migrate_to_5(conn: Connection) -> None:
+    # The records' change-time indexes (a store created by this version has them from version 1).
+    for index in records.indexes:
+        if index.name in ("ix_records_changed_at", "ix_records_deleted_at"):
+            index.create(conn, checkfirst=True)
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5}

@@ -99,6 +99,10 @@ class LedgerRow(NamedTuple):  # one per field written, read on every run: a tupl
     rejected_reason: str | None
 
 
+# Cursor source of each target's last write run that completed: when that sync began comparing, and the settings
+# it compared by (see sync.pipeline). Dropped whenever a write run starts, or a refusal is cleared for a retry.
+COMPLETE_WRITE = "complete-write"
+
 # SQLite's page cache, per connection. Past ~500k records the default 2 MB thrashes the indexes: an import of a
 # million rows runs ~2.5x faster with 64 MiB than with 16. A sync holds a connection per tool read side by side,
 # and its writes are rate-limited anyway, so it keeps 16 MiB each.
@@ -291,11 +295,13 @@ class Store:
 
     def _link_identities(self, conn: Connection, contacts: list[Contact], now: datetime) -> None:
         ids_by_source: dict[str, list[str]] = {}
+        dropped: set[str] = set()  # emails these contacts were linked by, before this change
         for contact in contacts:
             ids_by_source.setdefault(contact.source, []).append(contact.source_id)
         for source, source_ids in ids_by_source.items():  # source = and source_id IN: an index range
             # A survivor's alias links carry the absorbed ids as source_id: drop them with the survivor's own links.
             linked = or_(identities.c.source_id.in_(source_ids), identities.c.alias_of.in_(source_ids))
+            dropped.update(conn.execute(select(identities.c.email).where(identities.c.source == source, linked)).scalars())
             conn.execute(delete(identities).where(identities.c.source == source, linked))
         links = []
         for contact in contacts:
@@ -329,6 +335,14 @@ class Store:
                     )
         if links:
             conn.execute(insert(identities), links)
+        dropped -= {link["email"] for link in links}
+        if dropped:
+            # The other contacts still carrying an email these ones gave up count as changed: one of them may be the
+            # sole holder now (a duplicate resolved), and a sync comparing only what changed must look at them.
+            holders = select(identities.c.source, identities.c.source_id).where(identities.c.email.in_(sorted(dropped)))
+            for source, source_id in conn.execute(holders).all():
+                conn.execute(update(records).where(records.c.kind == "contact", records.c.source == source,
+                                                   records.c.source_id == source_id).values(changed_at=now))
 
     # --- quarantine, runs, cursors, ledger -----------------------------------------------------------------
 
@@ -402,6 +416,9 @@ class Store:
                 .where(records.c.kind.in_(list(kinds))).group_by(records.c.kind).order_by(records.c.kind)
             ).all()
         return hashlib.sha256(repr([tuple(str(value) for value in row) for row in rows]).encode()).hexdigest()
+
+    def drop_cursor(self, conn: Connection, source: str, stream: str) -> None:
+        conn.execute(delete(cursors).where(cursors.c.source == source, cursors.c.stream == stream))
 
     def save_cursor(self, conn: Connection, source: str, stream: str, value: str) -> None:
         updated = conn.execute(
@@ -488,6 +505,8 @@ class Store:
                 quarantine.c.source == entry.source, quarantine.c.kind == "write")).all()
             of_object = [row.id for row in same_target if str(json.loads(row.raw).get("object_id")) == object_id]
             conn.execute(delete(quarantine).where(quarantine.c.id.in_(of_object)))
+            # The object's inputs did not change: only a sync comparing everything finds its values unsent.
+            self.drop_cursor(conn, COMPLETE_WRITE, entry.source)
         return entry.source, object_id
 
     def ledger_rows(self, target: str, object_ids: Sequence[str] | None = None, *,
@@ -548,6 +567,52 @@ class Store:
     def quarantine_size(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(quarantine)).scalar_one()
+
+    def people_changed_since(self, since: datetime) -> set[str]:
+        """Everyone a record of any kind was added, changed or deleted for after ``since``: normalised emails (for a
+        contact, every email it is linked by) and the customer keys of scores."""
+        moved = or_(records.c.changed_at > since, records.c.deleted_at > since)
+        people: set[str] = set()
+        with self.engine.connect() as conn:
+            contacts: dict[str, list[str]] = {}
+            for kind, source, source_id, email in conn.execute(
+                    select(records.c.kind, records.c.source, records.c.source_id, records.c.match_email).where(moved)):
+                if email is not None:
+                    people.add(email)
+                if kind == "score":
+                    people.add(source_id)
+                elif kind == "contact":
+                    contacts.setdefault(source, []).append(source_id)
+            for source, source_ids in contacts.items():
+                for start in range(0, len(source_ids), 1000):
+                    people.update(conn.execute(select(identities.c.email).where(
+                        identities.c.source == source, identities.c.source_id.in_(source_ids[start : start + 1000]))).scalars())
+        return people
+
+    def contacts_of(self, source: str, people: set[str]) -> list[tuple[str, str]]:
+        """(source_id, payload) of the live contacts of one source linked to any of ``people`` (normalised emails,
+        or contact ids), and of everyone else those contacts are linked to (every holder of each email they carry:
+        whether an email is shared is part of what is written), in the order they were first stored."""
+        found: dict[str, tuple[int, str]] = {}
+        wanted, asked = set(people), set()
+        with self.engine.connect() as conn:
+            while keys := sorted(wanted - asked):
+                asked.update(keys)
+                new: list[str] = []
+                for start in range(0, len(keys), 1000):
+                    part = keys[start : start + 1000]
+                    linked = select(identities.c.source_id).where(identities.c.source == source, identities.c.email.in_(part))
+                    query = select(records.c.source_id, records.c.id, records.c.payload).where(
+                        records.c.kind == "contact", records.c.source == source, records.c.deleted_at.is_(None),
+                        or_(records.c.source_id.in_(linked), records.c.source_id.in_(part)))
+                    for source_id, row_id, payload in conn.execute(query):
+                        if source_id not in found:
+                            found[source_id] = (row_id, payload)
+                            new.append(source_id)
+                for start in range(0, len(new), 1000):
+                    wanted.update(conn.execute(select(identities.c.email).where(
+                        identities.c.source == source, identities.c.source_id.in_(new[start : start + 1000]))).scalars())
+        return [(source_id, payload) for source_id, (_, payload) in sorted(found.items(), key=lambda item: item[1][0])]
 
     def stored_records(self, kind: str, source: str | None = None) -> Iterator[tuple[str, str]]:
         """(source_id, payload) of live records of one kind, streamed."""

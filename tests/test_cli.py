@@ -76,7 +76,7 @@ def test_status_shows_records_runs_and_quarantine(workspace: Workspace) -> None:
     assert "import contacts from invalid_emails_contacts.csv: succeeded; contact 30 read, 27 written, 0 unchanged, 3 quarantined" in human.stdout
     assert "Quarantine: 3 records" in human.stdout
     assert machine["records"] == [{"kind": "contact", "source": "csv:invalid_emails_contacts", "count": 27}]
-    assert machine["quarantined"] == 3 and machine["schema_version"] == 4
+    assert machine["quarantined"] == 3 and machine["schema_version"] == 5
 
 
 def test_status_checksum_is_equal_after_a_rejected_import_and_different_after_a_real_one(workspace: Workspace) -> None:
@@ -108,7 +108,7 @@ def test_doctor_checks_settings_store_and_enabled_connectors(workspace: Workspac
     broken = workspace.run("doctor")
 
     assert healthy.exit_code == 0
-    assert "ok    store" in healthy.stdout and "integrity ok, schema 4" in healthy.stdout
+    assert "ok    store" in healthy.stdout and "integrity ok, schema 5" in healthy.stdout
     assert "ok    typeform     disabled in settings (skipped)" in healthy.stdout
     assert enabled.exit_code == 7 and "FAIL  typeform     typeform: no access token is set" in enabled.stdout
     assert broken.exit_code == 7 and "FAIL  settings     " in broken.stdout and "hubspot.batch_size must be between 1 and 100" in broken.stdout

@@ -47,7 +47,7 @@ def test_a_version_3_store_gains_the_score_history_and_keeps_its_scores(store_ur
 
     upgraded = Store.open(store_url)
 
-    assert upgraded.version() == schema.SCHEMA_VERSION == 4
+    assert upgraded.version() == schema.SCHEMA_VERSION == 5
     assert recent_score_runs(upgraded) == []  # history starts at the next run
     keep_scores(upgraded, scores(DAY_ONE + timedelta(days=1), {"ann": ("medium", "Loyal", 0.5)}), "score", "after")
     [run] = recent_score_runs(upgraded)
