@@ -16,7 +16,7 @@ from sync.demo import DemoShop, open_demo_shop
 from sync.pipeline import run_sync
 from sync.settings import Settings
 from sync.store import Store
-from tests.conftest import Workspace
+from tests.conftest import BACKENDS, Workspace, fresh_postgres_url
 
 CUSTOMERS = 300
 READS = ("/search", "/batch/read", "/event-types")  # HubSpot POSTs that only read
@@ -25,6 +25,20 @@ READS = ("/search", "/batch/read", "/event-types")  # HubSpot POSTs that only re
 @pytest.fixture
 def shop(tmp_path: Path) -> Iterator[DemoShop]:
     shop = open_demo_shop(Settings(data_dir=tmp_path / ".retention"), CUSTOMERS, seed=5)
+    try:
+        yield shop
+    finally:
+        for box in shop.sandboxes.values():
+            box.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def any_shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DemoShop]:
+    """The shop, once with the SQLite store and once with PostgreSQL (where a server is available)."""
+    settings = Settings(data_dir=tmp_path / ".retention")
+    if request.param == "postgres":
+        settings = settings.model_copy(update={"store": settings.store.model_copy(update={"url": fresh_postgres_url()})})
+    shop = open_demo_shop(settings, CUSTOMERS, seed=5)
     try:
         yield shop
     finally:
@@ -120,7 +134,8 @@ def add_order(shop: DemoShop, contact_id: str, amount: str) -> None:
     hubspot.associations.setdefault(deal_id, set()).add(contact_id)
 
 
-def test_after_a_complete_sync_only_the_people_who_changed_are_compared_and_nothing_is_left_undone(shop):
+def test_after_a_complete_sync_only_the_people_who_changed_are_compared_and_nothing_is_left_undone(any_shop):
+    shop = any_shop
     sync_once(shop)
     sync_once(shop)  # reads back what the first wrote: everyone's contact moved, so everyone is compared
     hubspot, mailchimp = shop.sandboxes["hubspot"], shop.sandboxes["mailchimp"]
