@@ -86,9 +86,10 @@ records = Table(
     UniqueConstraint("kind", "source", "source_id", name="uq_records_key"),
 )
 Index("ix_records_match_email", records.c.match_email)
-# What changed since a time: a sync whose last write run completed compares only the people whose records moved.
-Index("ix_records_changed_at", records.c.changed_at)
-Index("ix_records_deleted_at", records.c.deleted_at)
+# What changed, per kind, since a time (a sync whose last write run completed compares only the people whose
+# records moved) and whether anything did (the scoring inputs' fingerprint): index lookups, not table scans.
+Index("ix_records_kind_changed_at", records.c.kind, records.c.changed_at)
+Index("ix_records_kind_deleted_at", records.c.kind, records.c.deleted_at)
 
 identities = Table(
     "identities",
@@ -244,7 +245,7 @@ def _migrate_to_4(conn: Connection) -> None:
 def _migrate_to_5(conn: Connection) -> None:
     # The records' change-time indexes (a store created by this version has them from version 1).
     for index in records.indexes:
-        if index.name in ("ix_records_changed_at", "ix_records_deleted_at"):
+        if index.name in ("ix_records_kind_changed_at", "ix_records_kind_deleted_at"):
             index.create(conn, checkfirst=True)
 
 

@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from connectors.base import InputError, Rejected, StoreError
-from connectors.records import Contact, Record, to_payload
+from connectors.records import RECORD_TYPES, Contact, Record, to_payload
 from sync.crash_points import crash_point
 from sync.schema import (
     MIGRATIONS,
@@ -407,14 +407,19 @@ class Store:
             ).scalar()
 
     def kinds_fingerprint(self, kinds: Sequence[str]) -> str:
-        """A digest that moves whenever a record of ``kinds`` is added, changed, deleted or erased: one aggregate
-        query, so a run can tell cheaply whether anything it derives from them can have changed."""
+        """A digest that moves whenever a record of ``kinds`` is added, changed, deleted or erased: per kind, its
+        count, latest change and tombstones, each an index lookup, so a run can tell cheaply whether anything it
+        derives from them can have changed (one aggregate scan took 1.5 s at 100,000 customers)."""
+        def of_kind(kind: str) -> Any:
+            where = records.c.kind == kind
+            return select(
+                select(func.count()).where(where).scalar_subquery(),
+                select(func.max(records.c.changed_at)).where(where).scalar_subquery(),
+                select(func.max(records.c.deleted_at)).where(where).scalar_subquery(),
+                select(func.count()).where(where, records.c.deleted_at.is_not(None)).scalar_subquery(),
+            )
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(records.c.kind, func.count(), func.max(records.c.id), func.max(records.c.changed_at),
-                       func.max(records.c.deleted_at), func.count(records.c.deleted_at))
-                .where(records.c.kind.in_(list(kinds))).group_by(records.c.kind).order_by(records.c.kind)
-            ).all()
+            rows = [(kind, *conn.execute(of_kind(kind)).one()) for kind in sorted(kinds)]
         return hashlib.sha256(repr([tuple(str(value) for value in row) for row in rows]).encode()).hexdigest()
 
     def drop_cursor(self, conn: Connection, source: str, stream: str) -> None:
@@ -571,10 +576,11 @@ class Store:
     def people_changed_since(self, since: datetime) -> set[str]:
         """Everyone a record of any kind was added, changed or deleted for after ``since``: normalised emails (for a
         contact, every email it is linked by) and the customer keys of scores."""
-        moved = or_(records.c.changed_at > since, records.c.deleted_at > since)
         people: set[str] = set()
         with self.engine.connect() as conn:
             contacts: dict[str, list[str]] = {}
+            moved = or_(*(and_(records.c.kind == kind, or_(records.c.changed_at > since, records.c.deleted_at > since))
+                          for kind in RECORD_TYPES))  # by kind: the indexes lead with it
             for kind, source, source_id, email in conn.execute(
                     select(records.c.kind, records.c.source, records.c.source_id, records.c.match_email).where(moved)):
                 if email is not None:
