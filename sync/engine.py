@@ -179,8 +179,9 @@ def _as_held(store: Store, destination: Destination, object_ids: list[str],
     The ledger remembers what we wrote; the target may hold something else since: a store restored from an older
     copy remembers values that the lost commits overwrote, and a user may type over our fields. The diff must
     compare with what the target holds, or it keeps it. Only a read after the confirmation counts: a sync reads
-    before it writes, so a contact not read again since our write (Mailchimp does not stamp a tag change) still
-    shows the value we replaced, and taking that for the truth would send the same write on every run."""
+    before it writes, so a contact not read again since our write (a tool may leave an object's modified time alone
+    for some changes, as Mailchimp does for tags set in bulk) still shows the value we replaced, and taking that for
+    the truth would send the same write on every run."""
     differing: dict[tuple[str, str], str | None] = {}  # (object id, field) → what the target was read holding
     reads: dict[tuple[str, str], tuple[str, str]] = {}
     for object_id, held in destination.held(object_ids).items():
