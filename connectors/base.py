@@ -161,7 +161,7 @@ class Held:
     """What a tool held in the fields we write to one of its objects, as the contact read stored it."""
 
     record: tuple[str, str]  # (source, source_id) of the contact record the values were read into
-    values: Mapping[str, str | None]  # destination field → the value as the tool sent it (None: empty)
+    values: Mapping[str, str | None]  # destination field → the value held, as ``coerce`` puts it (None: empty)
 
 
 class Destination(Protocol):

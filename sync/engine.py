@@ -187,10 +187,7 @@ def _as_held(store: Store, destination: Destination, object_ids: list[str],
     for object_id, held in destination.held(object_ids).items():
         for field_name, value in held.values.items():
             row = ledger.get((object_id, field_name))
-            if row is None or not row.confirmed or value == row.confirmed_value:
-                continue  # nothing confirmed to doubt, or the same text (most fields: no coercion to pay for)
-            value = destination.coerce(field_name, value)
-            if value != row.confirmed_value:
+            if row is not None and row.confirmed and value != row.confirmed_value:
                 differing[(object_id, field_name)], reads[(object_id, field_name)] = value, held.record
     for key in store.read_after_confirmed(destination.name, reads) if reads else ():
         ledger[key] = ledger[key]._replace(confirmed_value=differing[key])

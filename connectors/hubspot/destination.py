@@ -144,7 +144,7 @@ class HubSpotDestination:
         found = {}
         for object_id in object_ids:
             contact = self._read.get(object_id)
-            values = {} if contact is None else {name: contact.properties[name] or None
+            values = {} if contact is None else {name: self.coerce(name, contact.properties[name])
                                                  for name in self.spec_by_property if name in contact.properties}
             if values:  # read without our properties (they did not exist yet): nothing is known of them
                 found[object_id] = Held((contact.source, contact.source_id), values)

@@ -111,10 +111,17 @@ class MailchimpDestination:
             tags = {tag for tag in contact.properties.get("tags", "").split(",") if tag}
             # More than one tag of a family (left by a lost run, or a user) is held as all of them: it equals no
             # single value we write, so the family is written again, which removes the others.
-            values = {name: ",".join(sorted(self._family_tags(tags, name))) or None for name in TAG_FAMILIES}
-            values.update({name: contact.properties.get(f"merge_{name}") or None for name in MERGE_FIELDS})
+            values = {name: self.coerce(name, ",".join(sorted(self._family_tags(tags, name)))) for name in TAG_FAMILIES}
+            for name in MERGE_FIELDS:
+                values[name] = self._held_merge_field(name, contact.properties.get(f"merge_{name}"))
             found[email] = Held((contact.source, contact.source_id), values)
         return found
+
+    def _held_merge_field(self, name: str, value: str | None) -> str | None:
+        try:
+            return self.coerce(name, value)
+        except ConfigError:  # not a number in a field we write numbers to: not ours, so it differs from ours as it is
+            return value
 
     def apply(self, changes: Sequence[Change]) -> Sequence[Receipt]:
         directory = self._load_directory()
