@@ -169,7 +169,8 @@ def _with_ledger(store: Store, destination: Destination, desired: Desired
     ledger are ever in memory whole."""
     pairs = iter(desired.items() if isinstance(desired, Mapping) else desired)
     while part := dict(itertools.islice(pairs, LEDGER_OBJECTS)):
-        yield part, _as_held(store, destination, list(part), store.ledger_rows(destination.name, list(part)))
+        object_ids = list(part)
+        yield part, _as_held(store, destination, object_ids, store.ledger_rows(destination.name, object_ids))
 
 
 def _as_held(store: Store, destination: Destination, object_ids: list[str],
