@@ -156,6 +156,14 @@ class Receipt:
     permanent: bool = False  # refused for good whatever the value (PermanentlyRejected): the object is held back
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a tool held in the fields we write to one of its objects, as the contact read stored it."""
+
+    record: tuple[str, str]  # (source, source_id) of the contact record the values were read into
+    values: Mapping[str, str | None]  # destination field → the value held, as ``coerce`` puts it (None: empty)
+
+
 class Destination(Protocol):
     """A tool we write fields into. The engine diffs; the destination only reads back and applies.
 
@@ -163,6 +171,10 @@ class Destination(Protocol):
     that the engine compares like with like and never re-sends a value the target already holds.
     ``objects_per_apply`` is how many objects' changes the engine hands to one ``apply`` (one ledger batch): a
     multiple of the vendor's batch size, so a crash redoes at most that much.
+    ``held`` answers from the contacts the target's ``desired`` was given (no request): the fields of ours each
+    object was read holding, for the objects whose read included them. The engine trusts a value the ledger
+    confirmed only while what the tool was read holding since agrees with it (a store restored from an older copy
+    remembers values the tool no longer holds; a user may overwrite ours by hand).
     """
 
     name: str
@@ -171,6 +183,8 @@ class Destination(Protocol):
     def coerce(self, field_name: str, value: str | None) -> str | None: ...
 
     def current(self, object_ids: Sequence[str], field_names: Sequence[str]) -> dict[str, dict[str, str | None]]: ...
+
+    def held(self, object_ids: Sequence[str]) -> dict[str, Held]: ...
 
     def apply(self, changes: Sequence[Change]) -> Sequence[Receipt]: ...
 

@@ -124,7 +124,7 @@ def push_changes(
         _settle_interrupted(store, destination, result)
         step = max(1, destination.objects_per_apply)
         waiting: dict[str, list[Change]] = {}  # object id → its changes, in the order found, not sent yet
-        for chunk, known in _with_ledger(store, target, desired):
+        for chunk, known in _with_ledger(store, destination, desired):
             for change in _diff(destination, chunk, known, result, companions, live):
                 waiting.setdefault(change.object_id, []).append(change)
             while len(waiting) >= step:  # full batches only: a chunk's end must not cost a part-filled call
@@ -164,13 +164,37 @@ def _settle_interrupted(store: Store, destination: Destination, result: PushResu
 LEDGER_OBJECTS = 5_000  # objects whose ledger rows are in memory at once during a write run
 
 
-def _with_ledger(store: Store, target: str, desired: Desired
+def _with_ledger(store: Store, destination: Destination, desired: Desired
                  ) -> Iterator[tuple[dict[str, Mapping[str, str | None]], dict[tuple[str, str], LedgerRow]]]:
-    """``desired`` a few thousand objects at a time, each part with its objects' ledger rows. A target's
-    ``desired`` streams its objects, so neither its values nor its ledger are ever in memory whole."""
+    """``desired`` a few thousand objects at a time, each part with its objects' ledger rows as far as the target
+    agrees with them (``_as_held``). A target's ``desired`` streams its objects, so neither its values nor its
+    ledger are ever in memory whole."""
     pairs = iter(desired.items() if isinstance(desired, Mapping) else desired)
     while part := dict(itertools.islice(pairs, LEDGER_OBJECTS)):
-        yield part, store.ledger_rows(target, list(part))
+        object_ids = list(part)
+        yield part, _as_held(store, destination, object_ids, store.ledger_rows(destination.name, object_ids))
+
+
+def _as_held(store: Store, destination: Destination, object_ids: list[str],
+             ledger: dict[tuple[str, str], LedgerRow]) -> dict[tuple[str, str], LedgerRow]:
+    """``ledger``, with each confirmed value the target was read holding otherwise since replaced by what it holds.
+
+    The ledger remembers what we wrote; the target may hold something else since: a store restored from an older
+    copy remembers values that the lost commits overwrote, and a user may type over our fields. The diff must
+    compare with what the target holds, or it keeps it. Only a read after the confirmation counts: a sync reads
+    before it writes, so a contact not read again since our write (a tool may leave an object's modified time alone
+    for some changes, as Mailchimp does for tags set in bulk) still shows the value we replaced, and taking that for
+    the truth would send the same write on every run."""
+    differing: dict[tuple[str, str], str | None] = {}  # (object id, field) → what the target was read holding
+    reads: dict[tuple[str, str], tuple[str, str]] = {}
+    for object_id, held in destination.held(object_ids).items():
+        for field_name, value in held.values.items():
+            row = ledger.get((object_id, field_name))
+            if row is not None and row.confirmed and value != row.confirmed_value:
+                differing[(object_id, field_name)], reads[(object_id, field_name)] = value, held.record
+    for key in store.read_after_confirmed(destination.name, reads) if reads else ():
+        ledger[key] = ledger[key]._replace(confirmed_value=differing[key])
+    return ledger
 
 
 def _take(waiting: dict[str, list[Change]], objects: int) -> list[Change]:
@@ -187,7 +211,7 @@ def plan_changes(store: Store, destination: Destination, desired: Desired,
 
     Intents an interrupted run left in doubt count as not confirmed here: the real run reads them back first."""
     result = PushResult(run_id=0, target=destination.name)
-    changes = [change for chunk, known in _with_ledger(store, destination.name, desired)
+    changes = [change for chunk, known in _with_ledger(store, destination, desired)
                for change in _diff(destination, chunk, known, result, companions, live)]
     return changes, result
 

@@ -13,7 +13,7 @@ import os
 from operator import itemgetter
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -540,6 +540,32 @@ class Store:
                     ledger.c.target == target, ledger.c.object_id == object_id, ledger.c.field == field_name
                 )
             ).scalar()
+
+    def read_after_confirmed(self, target: str, reads: Mapping[tuple[str, str], tuple[str, str]]) -> set[tuple[str, str]]:
+        """Of ``reads`` ((object id, field) of ``target`` → (source, source_id) of the contact record its value was
+        read into), those whose record last changed after the ledger confirmed the field: what the record holds was
+        read after our write. (A record changes only when a read brings something new, and a sync reads before it
+        writes, so a record read before our write is older than the confirmation.) Asked of few fields, so the times
+        are parsed here rather than in ``ledger_rows``."""
+        object_ids = sorted({object_id for object_id, _ in reads})
+        record_ids: dict[str, list[str]] = {}
+        for source, source_id in set(reads.values()):
+            record_ids.setdefault(source, []).append(source_id)
+        confirmed_at, changed_at = {}, {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(object_ids), LEDGER_CHUNK):
+                confirmed_at.update(((row[0], row[1]), row[2]) for row in conn.execute(
+                    select(ledger.c.object_id, ledger.c.field, ledger.c.confirmed_at).where(
+                        ledger.c.target == target, ledger.c.object_id.in_(object_ids[start : start + LEDGER_CHUNK]),
+                        ledger.c.confirmed_at.is_not(None))))
+            for source, source_ids in record_ids.items():
+                for start in range(0, len(source_ids), LEDGER_CHUNK):
+                    changed_at.update(((source, row[0]), row[1]) for row in conn.execute(
+                        select(records.c.source_id, records.c.changed_at).where(
+                            records.c.kind == "contact", records.c.source == source,
+                            records.c.source_id.in_(source_ids[start : start + LEDGER_CHUNK]))))
+        return {key for key, record in reads.items()
+                if key in confirmed_at and record in changed_at and changed_at[record] > confirmed_at[key]}
 
     # --- reading back ----------------------------------------------------------------------------------------
 

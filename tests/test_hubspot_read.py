@@ -11,6 +11,7 @@ import pytest
 
 from connectors.base import AuthError, RecordRejected
 from connectors.hubspot.client import HubSpotClient
+from connectors.hubspot.destination import HubSpotDestination
 from connectors.hubspot.sandbox import HubSpotSandbox
 from connectors.hubspot.seed import bulk_load, seed_business
 from connectors.hubspot.source import HubSpotSource
@@ -131,6 +132,28 @@ def test_a_survivor_changed_again_keeps_its_aliases(store):
 
 
 @pytest.mark.fault("F23")
+def test_the_contact_read_brings_what_hubspot_holds_in_our_properties_once_they_exist(store):
+    """The write path compares these with what the ledger confirmed; before our first write HubSpot has no such
+    property, leaves it out of its answer, and nothing is known of it (not taken for an empty value)."""
+    with hubspot_sandbox(5) as box:
+        client = make_client(box)
+        destination = HubSpotDestination(client)
+        written = (destination.names["churn_risk"], destination.names["risk_band"])
+        source = HubSpotSource(client, written=written)
+        run_source_once(store, source, "sync", "hubspot")
+        assert all(contact.properties == {} for contact in stored(store, "contact").values())
+
+        destination.ensure_properties()
+        contact_id = sorted(box.objects["contacts"])[0]
+        box.update("contacts", contact_id, {written[0]: "12.5"})
+        run_source_once(store, source, "sync", "hubspot")
+
+        assert stored(store, "contact")[contact_id].properties == {written[0]: "12.5", written[1]: ""}
+        assert destination.held([contact_id]) == {}  # not told the contacts read (a write outside a sync): nothing known
+        destination.know_contacts(stored(store, "contact").values())
+        assert destination.held([contact_id])[contact_id].values == {written[0]: "12.5", written[1]: None}
+
+
 def test_archived_objects_are_read_separately_as_tombstones(store):
     with hubspot_sandbox(30) as box:
         source = HubSpotSource(make_client(box))

@@ -21,7 +21,7 @@ from connectors.mailchimp.mapping import desired_from_scores, subscriber_hash
 from connectors.mailchimp.sandbox import MailchimpSandbox
 from connectors.mailchimp.seed import LIST_ID, member_email, seed_audience
 from connectors.mailchimp.source import MailchimpSource
-from connectors.records import Score
+from connectors.records import Score, from_payload
 from connectors.retry import RetryPolicy
 from connectors.sandbox import Clock, Fault
 from sync.engine import push_changes, run_source_once
@@ -234,6 +234,32 @@ def test_second_run_writes_nothing_and_a_changed_score_swaps_only_that_members_t
             else [changed]
         )
         assert touched == [changed] or entry.path.endswith(changed_hash)
+
+
+@pytest.mark.fault("L3")
+def test_a_member_is_taken_to_hold_something_else_than_we_wrote_only_when_read_after_our_write(sandbox, store):
+    """The members a sync read (before its writes) still show the tags they had: that is no reason to send ours
+    again, even while Mailchimp, which does not stamp a tag change, gives no reason to read that member again. A
+    member read after our write without our tag (removed by hand) has it written back, once."""
+    source = MailchimpSource(make_client(sandbox))
+    email = next(m["email_address"] for m in sandbox.lists[LIST_ID]["members"].values() if m["status"] == "subscribed")
+    desired = desired_from_scores(scores_for([email]), include_merge_fields=False)
+
+    def push_as_read() -> int:
+        """A write run as a sync makes one: the destination knows the members as the store holds them."""
+        destination = MailchimpDestination(make_client(sandbox), LIST_ID)
+        destination.know_members(from_payload("contact", payload) for _, payload in store.stored_records("contact", "mailchimp"))
+        return push_changes(store, destination, desired).sent
+
+    run_source_once(store, source, "sync", "mailchimp")
+    assert push_as_read() == 3  # churn, segment and sentiment tags
+    assert push_as_read() == 0  # the member as read before that write has none of them: known, not a difference
+    client = make_client(sandbox)
+    client.sdk.lists.update_list_member_tags(LIST_ID, subscriber_hash(email), {"tags": [{"name": "rs:churn-high", "status": "inactive"}]})
+    run_source_once(store, source, "sync", "mailchimp")
+    assert push_as_read() == 1 and "rs:churn-high" in sandbox.member_tags(LIST_ID, subscriber_hash(email))
+    run_source_once(store, source, "sync", "mailchimp")
+    assert push_as_read() == 0
 
 
 @pytest.mark.fault("F24")

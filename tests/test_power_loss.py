@@ -158,11 +158,6 @@ def test_a_store_restored_from_a_copy_taken_mid_sync_converges_on_the_next_run(s
 
 
 @pytest.mark.fault("F4")
-@pytest.mark.xfail(strict=True, reason=(
-    "known F4 gap: the write path's diff gate (sync/engine.py _diff) trusts a confirmed ledger value, and a restored "
-    "ledger still holds the value from before the lost commits; when the desired value returns to it, the value the "
-    "lost commits wrote stays in the tool. To fix: read our own fields back with each run's contact read and trust "
-    "the ledger only where they agree"))
 def test_a_score_written_in_the_lost_commits_is_corrected_when_its_input_goes_back(shops, tmp_path):
     """The disk keeps a state from before an order; the order is synced (scores written), its commits are lost, then
     the order is cancelled: the next run must put the scores back to the twin's, who never had the order."""

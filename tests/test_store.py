@@ -123,6 +123,24 @@ def test_cursors_and_the_ledger_keep_what_was_committed(store_url: str) -> None:
     store.close()
 
 
+def test_a_contact_read_counts_against_a_confirmed_write_only_once_stored_after_it(store_url: str) -> None:
+    """What the write path asks before it takes a tool's value over the ledger's: was it read after our write?"""
+    store = Store.open(store_url)
+    write(store, [contact("42", "ann@example.com")])  # a sync reads first...
+    with store.transaction() as conn:  # ...then writes
+        run_id = store.begin_run(conn, "sync", "test", NOW)
+        store.record_intent(conn, "hubspot", "42", "churn_risk", "0.7", run_id)
+        store.confirm_write(conn, "hubspot", "42", "churn_risk")
+    reads = {("42", "churn_risk"): ("test", "42"), ("42", "segment"): ("test", "42")}  # segment: never confirmed
+
+    assert store.read_after_confirmed("hubspot", reads) == set()
+    write(store, [contact("42", "ann@example.com")])  # read again, the same: the stored record is the earlier read's
+    assert store.read_after_confirmed("hubspot", reads) == set()
+    write(store, [contact("42", "ann@example.com", first_name="Anna")])
+    assert store.read_after_confirmed("hubspot", reads) == {("42", "churn_risk")}
+    store.close()
+
+
 def test_a_first_release_ledger_gains_the_refused_value_columns_and_keeps_its_rows(store_url: str) -> None:
     store = Store.open(store_url)
     with store.transaction() as conn:

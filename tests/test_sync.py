@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import mailchimp_marketing
 import pytest
 
 from connectors.base import AuthError
@@ -66,6 +67,14 @@ def clear_journals(shop: DemoShop) -> None:
         box.journal.clear()
 
 
+def mailchimp_sdk(shop: DemoShop) -> mailchimp_marketing.Client:
+    """What a marketer's edit in Mailchimp looks like: a call through the official client."""
+    sdk = mailchimp_marketing.Client()
+    sdk.set_config({"api_key": shop.endpoints["mailchimp"].credential, "server": "us6"})
+    sdk.api_client.host = shop.endpoints["mailchimp"].base_url + "/3.0"
+    return sdk
+
+
 def test_a_sync_reads_every_tool_scores_everyone_and_writes_risk_into_hubspot_and_tags_into_mailchimp(shop):
     report, _ = sync_once(shop)
 
@@ -101,6 +110,32 @@ def test_an_unchanged_rerun_sends_no_writes_and_later_runs_do_not_echo_our_own(s
         assert "scores stand" in report.scoring and report.scored == CUSTOMERS
         assert all(t.sent == 0 for t in report.targets), [(t.name, t.sent) for t in report.targets]
         assert mutating_requests(shop) == []
+
+
+def test_our_fields_overwritten_by_hand_are_written_back_once_by_the_next_sync(shop):
+    """The score fields are ours (HubSpot's property description says a change there is overwritten): a user's
+    edit comes back with the contacts the next sync reads anyway, differs from what the ledger confirmed, and is
+    put right; the run after that sends nothing."""
+    sync_once(shop)
+    hubspot = shop.sandboxes["hubspot"]
+    contact = next(c for c in hubspot.objects["contacts"].values() if c["properties"].get("retention_risk_band") == "low")
+    ours = {name: contact["properties"][name] for name in ("retention_churn_risk", "retention_risk_band")}
+    hubspot.update("contacts", contact["id"], {"retention_churn_risk": "99.5", "retention_risk_band": "high"})
+    audience = next(iter(shop.sandboxes["mailchimp"].lists.values()))
+    member = next(m for m in audience["members"].values() if m["merge_fields"].get("CHURNRISK") not in (None, ""))
+    our_risk = member["merge_fields"]["CHURNRISK"]
+    mailchimp_sdk(shop).lists.update_list_member(audience["id"], member["id"], {"merge_fields": {"CHURNRISK": our_risk + 7}})
+    clear_journals(shop)
+
+    report, _ = sync_once(shop)
+
+    assert not report.errors
+    assert {name: contact["properties"][name] for name in ours} == ours
+    assert member["merge_fields"]["CHURNRISK"] == our_risk
+    assert {t.name.split("/")[0]: t.sent for t in report.targets} == {"hubspot": 2, "mailchimp": 1}
+    clear_journals(shop)
+    report, _ = sync_once(shop)
+    assert all(t.sent == 0 for t in report.targets) and mutating_requests(shop) == []
 
 
 def test_a_new_order_the_same_day_rescores_with_the_same_model_and_writes_only_what_moved(shop):

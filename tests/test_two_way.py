@@ -5,23 +5,14 @@ Mailchimp only with add_new_contacts, as pending, and never someone who opted ou
 
 from __future__ import annotations
 
-import mailchimp_marketing
 import pytest
 
 from connectors.mailchimp.mapping import subscriber_hash
-from tests.test_sync import clear_journals, mutating_requests, shop, sync_once  # noqa: F401 - shop is a fixture
+from tests.test_sync import clear_journals, mailchimp_sdk, mutating_requests, shop, sync_once  # noqa: F401 - shop is a fixture
 
 
 def audience(shop):
     return next(iter(shop.sandboxes["mailchimp"].lists.values()))
-
-
-def mailchimp_sdk(shop) -> mailchimp_marketing.Client:
-    """What a marketer's edit in Mailchimp looks like: a call through the official client."""
-    sdk = mailchimp_marketing.Client()
-    sdk.set_config({"api_key": shop.endpoints["mailchimp"].credential, "server": "us6"})
-    sdk.api_client.host = shop.endpoints["mailchimp"].base_url + "/3.0"
-    return sdk
 
 
 def linked_pair(shop) -> tuple[str, dict, dict]:

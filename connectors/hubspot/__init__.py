@@ -24,11 +24,12 @@ def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
     emails: dict[str, str] = {}  # contact id → its primary email, for the contact fields the engine confirms
 
     def desired(view: ScoreView) -> Iterator[tuple[str, dict[str, str | None]]]:
-        # Never write to an id that was merged away, even one a stale score still names.
-        destination.merged_away = {old for contact in view.contacts for old in contact.merged_ids}
+        # Never write to an id that was merged away, even one a stale score still names; and what each contact was
+        # read holding in our properties, so the engine trusts the ledger only where HubSpot agrees with it.
+        destination.know_contacts(view.contacts)
         emails.update({c.source_id: c.email.normalised for c in view.contacts if c.email is not None})
         return desired_values(view.scores, view.contacts, view.linked, view.opted_out, destination.names, view.last_nps)
 
     stamp = frozenset({destination.names["scored_at"]})
     target = Target(destination, desired, stamp, contact_fields=CONTACT_PROPERTIES, person_of=emails.get)
-    return Connection("hubspot", HubSpotSource(client), [target])
+    return Connection("hubspot", HubSpotSource(client, written=tuple(destination.names.values())), [target])

@@ -14,7 +14,7 @@ from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from connectors.base import Change, Receipt, RecordRejected
+from connectors.base import Change, Held, Receipt, RecordRejected
 from connectors.hubspot.client import AlreadyExists, HubSpotClient
 from connectors.hubspot.mapping import parse_time
 from connectors.records import Contact, RiskBand, Score
@@ -80,6 +80,12 @@ class HubSpotDestination:
         self.merged_away = set(merged_away)
         self.incompatible: dict[str, str] = {}  # property name → the one line saying why it is not written
         self._ready = False
+        self._read: dict[str, Contact] = {}  # contact id → the contact as the store holds it from the reads
+
+    def know_contacts(self, contacts: Iterable[Contact]) -> None:
+        """The account's contacts as read: ``held`` answers from them, and ids merged away are never written."""
+        self._read = {contact.source_id: contact for contact in contacts if contact.source == "hubspot"}
+        self.merged_away = {old for contact in self._read.values() for old in contact.merged_ids}
 
     # --- the properties -------------------------------------------------------------------------------------------
 
@@ -133,6 +139,16 @@ class HubSpotDestination:
     def current(self, object_ids: Sequence[str], field_names: Sequence[str]) -> dict[str, dict[str, str | None]]:
         found = self.client.batch_read("contacts", list(object_ids), list(field_names))
         return {o["id"]: {f: (o.get("properties") or {}).get(f) or None for f in field_names} for o in found}
+
+    def held(self, object_ids: Sequence[str]) -> dict[str, Held]:
+        found = {}
+        for object_id in object_ids:
+            contact = self._read.get(object_id)
+            values = {} if contact is None else {name: self.coerce(name, contact.properties[name])
+                                                 for name in self.spec_by_property if name in contact.properties}
+            if values:  # read without our properties (they did not exist yet): nothing is known of them
+                found[object_id] = Held((contact.source, contact.source_id), values)
+        return found
 
     def apply(self, changes: Sequence[Change]) -> Sequence[Receipt]:
         self.ensure_properties()

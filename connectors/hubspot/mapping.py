@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,7 +79,9 @@ def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(";") if part.strip()]
 
 
-def map_contact(raw: Mapping[str, Any]) -> Contact:
+def map_contact(raw: Mapping[str, Any], written: Sequence[str] = ()) -> Contact:
+    """A contact; ``written`` names the properties we write (our scores), kept in ``properties`` as HubSpot held
+    them ("" for empty) when the answer carried them, so the write path can tell what HubSpot holds there."""
     props = raw.get("properties") or {}
     email = EmailAddress.parse(props["email"]) if props.get("email") else None
     additional = []
@@ -97,6 +99,8 @@ def map_contact(raw: Mapping[str, Any]) -> Contact:
         created_at=parse_time(props.get("createdate") or raw.get("createdAt"), "createdate"),
         updated_at=parse_time(props.get("lastmodifieddate") or raw.get("updatedAt"), "lastmodifieddate"),
         merged_ids=tuple(_split(props.get("hs_merged_object_ids"))),
+        # HubSpot leaves out a requested property the account does not have (ours, before our first write).
+        properties={name: str(props[name] or "") for name in written if name in props},
     )
 
 

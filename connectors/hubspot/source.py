@@ -32,8 +32,11 @@ class HubSpotSource:
 
     name = SOURCE
 
-    def __init__(self, client: HubSpotClient) -> None:
+    def __init__(self, client: HubSpotClient, *, written: Sequence[str] = ()) -> None:
+        """``written``: the contact properties we write (our scores), read with each contact so the write path
+        sees what HubSpot holds in them (a store restored from an older copy, or a user's edit, may disagree)."""
         self.client = client
+        self.written = tuple(written)
         self.lookback = timedelta(minutes=client.settings.lookback_minutes)
         # Contact id → email of the contacts this run has read: a deal's customer is looked up here first, so a
         # full read costs no batch read per page of deals (only contacts not read this run are fetched).
@@ -56,7 +59,8 @@ class HubSpotSource:
         max_seen = None
         seen: set[str] = set()
         build = self._builder(object_type)
-        properties = {"contacts": mapping.CONTACT_PROPERTIES, "companies": mapping.COMPANY_PROPERTIES, "deals": mapping.DEAL_PROPERTIES}[object_type]
+        properties = {"contacts": (*mapping.CONTACT_PROPERTIES, *self.written), "companies": mapping.COMPANY_PROPERTIES,
+                      "deals": mapping.DEAL_PROPERTIES}[object_type]
         for raws in self.client.modified_between(object_type, properties, mapping.to_ms(low), mapping.to_ms(run_start)):
             # An object edited mid-run may show up in two windows. One without an id is kept: its mapping quarantines it.
             fresh = [r for r in raws if r.get("id") is None or r["id"] not in seen]
@@ -113,7 +117,7 @@ class HubSpotSource:
         if object_type == "contacts":
             def contacts(raws: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
                 self._emails.update({r["id"]: (r.get("properties") or {}).get("email") for r in raws if r.get("id")})
-                return mapping.map_all(raws, "contacts", mapping.map_contact)
+                return mapping.map_all(raws, "contacts", lambda raw: mapping.map_contact(raw, self.written))
 
             return contacts
         if object_type == "companies":

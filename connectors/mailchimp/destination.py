@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.base import Change, ConfigError, PermanentlyRejected, Receipt, RecordRejected
+from connectors.base import Change, ConfigError, Held, PermanentlyRejected, Receipt, RecordRejected
 from connectors.mailchimp.client import PAGE_SIZE, MailchimpClient, OperationResult, operation_refusal
-from connectors.mailchimp.mapping import TAG_FAMILIES, WRITABLE_MERGE_FIELDS, subscriber_hash
+from connectors.mailchimp.mapping import MERGE_FIELDS, TAG_FAMILIES, WRITABLE_MERGE_FIELDS, subscriber_hash
 from connectors.records import Contact
 
 # Below this many members merge fields go as single PATCHes: waiting for a batch costs seconds, a few PATCHes less.
@@ -48,6 +48,7 @@ class MailchimpDestination:
         # Segment batches are idempotent sets, so a large apply costs nothing on a crash and keeps calls minimal.
         self.objects_per_apply = self.settings.batch_size * 100
         self._directory: dict[str, Member] | None = None
+        self._read: dict[str, Contact] = {}  # email → the member as the store holds it from the reads (``held``)
         self._segments: dict[str, int] | None = None
         self._merge_fields_ready = False
         self.write_calls = 0  # requests that may change the audience, for the bench and the report
@@ -101,6 +102,27 @@ class MailchimpDestination:
             found[email] = values
         return found
 
+    def held(self, object_ids: Sequence[str]) -> dict[str, Held]:
+        found = {}
+        for email in object_ids:
+            contact = self._read.get(email)
+            if contact is None:
+                continue
+            tags = {tag for tag in contact.properties.get("tags", "").split(",") if tag}
+            # More than one tag of a family (left by a lost run, or a user) is held as all of them: it equals no
+            # single value we write, so the family is written again, which removes the others.
+            values = {name: self.coerce(name, ",".join(sorted(self._family_tags(tags, name)))) for name in TAG_FAMILIES}
+            for name in MERGE_FIELDS:
+                values[name] = self._held_merge_field(name, contact.properties.get(f"merge_{name}"))
+            found[email] = Held((contact.source, contact.source_id), values)
+        return found
+
+    def _held_merge_field(self, name: str, value: str | None) -> str | None:
+        try:
+            return self.coerce(name, value)
+        except ConfigError:  # not a number in a field we write numbers to: not ours, so it differs from ours as it is
+            return value
+
     def apply(self, changes: Sequence[Change]) -> Sequence[Receipt]:
         directory = self._load_directory()
         receipts: list[Receipt] = []
@@ -127,13 +149,16 @@ class MailchimpDestination:
 
     def know_members(self, contacts: Iterable[Contact]) -> None:
         """Take the audience's members (hash, status, tags) from the members the source read this run, instead of
-        reading the whole audience again before the first write (100 calls for 100k members, on every run)."""
+        reading the whole audience again before the first write (100 calls for 100k members, on every run); and
+        what they hold in our tags and merge fields, for ``held``."""
         prefix = f"{self.list_id}/"
+        self._read = {contact.email.normalised: contact for contact in contacts
+                      if contact.source_id.startswith(prefix) and contact.email is not None}
         self._directory = {
             contact.email.normalised: Member(contact.source_id.removeprefix(prefix),
                                              contact.properties.get("mailchimp_status", ""),
                                              {tag for tag in contact.properties.get("tags", "").split(",") if tag})
-            for contact in contacts if contact.source_id.startswith(prefix) and contact.email is not None
+            for contact in self._read.values()
         }
 
     def _load_directory(self) -> dict[str, Member]:
