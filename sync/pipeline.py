@@ -267,8 +267,9 @@ def _changed_people(settings: Settings, store: Store, writing: list[Connection],
     people = store.people_changed_since(since)
     if len(people) * 4 > scored:
         return None  # most people changed (a new day's scores): reading them one set at a time would be slower
-    report.compared = (f"compared only the {len(people):,} people whose records changed since the last complete sync "
-                       f"began ({since:%Y-%m-%d %H:%M} UTC): the others' values stand (--full compares everyone)")
+    report.compared = (f"only the {len(people):,} {'person' if len(people) == 1 else 'people'} whose records changed since "
+                       f"the last complete sync began ({since:%Y-%m-%d %H:%M} UTC) compared; the others' values stand "
+                       f"(--full compares everyone)")
     return people
 
 
@@ -334,8 +335,9 @@ def _link(settings: Settings, store: Store, writing: list[Connection], contacts:
     if not dry_run:
         remember_agreed(store, linked.agreed, known)
     linked.agreed = {}  # remembered: 400,000 entries at 100,000 people, not to be held through the writes
+    people = f"{len(linked.values):,} {'person' if len(linked.values) == 1 else 'people'}"
     report.linking = (f"contact fields ({', '.join(fields) or 'none'}) compared across {' and '.join(tools)}: "
-                      f"{len(linked.values):,} people, {linked.conflicts:,} changed in two tools (latest change won)")
+                      f"{people}, {linked.conflicts:,} changed in two tools (latest change won)")
     return linked
 
 
