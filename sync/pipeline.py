@@ -335,9 +335,9 @@ def _link(settings: Settings, store: Store, writing: list[Connection], contacts:
     if not dry_run:
         remember_agreed(store, linked.agreed, known)
     linked.agreed = {}  # remembered: 400,000 entries at 100,000 people, not to be held through the writes
-    people = f"{len(linked.values):,} {'person' if len(linked.values) == 1 else 'people'}"
+    decided = f"{len(linked.values):,} {'person' if len(linked.values) == 1 else 'people'}"
     report.linking = (f"contact fields ({', '.join(fields) or 'none'}) compared across {' and '.join(tools)}: "
-                      f"{people}, {linked.conflicts:,} changed in two tools (latest change won)")
+                      f"{decided}, {linked.conflicts:,} changed in two tools (latest change won)")
     return linked
 
 
