@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import Connection
 
-from connectors.base import Change, Desired, Destination, RateLimited, Receipt, Rejected, Source
+from connectors.base import Change, Desired, Destination, Held, RateLimited, Receipt, Rejected, Source
 from sync.crash_points import crash_point
 from sync.store import COMPLETE_WRITE, LedgerRow, RunCounts, Store
 
@@ -170,12 +170,19 @@ def _with_ledger(store: Store, destination: Destination, desired: Desired
     agrees with them (``_as_held``). A target's ``desired`` streams its objects, so neither its values nor its
     ledger are ever in memory whole."""
     pairs = iter(desired.items() if isinstance(desired, Mapping) else desired)
-    while part := dict(itertools.islice(pairs, LEDGER_OBJECTS)):
-        object_ids = list(part)
-        yield part, _as_held(store, destination, object_ids, store.ledger_rows(destination.name, object_ids))
+    while True:
+        part: dict[str, Mapping[str, str | None]] = {}
+        held: dict[str, Held] = {}
+        for object_id, fields in itertools.islice(pairs, LEDGER_OBJECTS):
+            part[object_id] = fields
+            # Asked as each object comes: a target shown its people a part at a time knows only the current part's.
+            held.update(destination.held([object_id]))
+        if not part:
+            return
+        yield part, _as_held(store, destination, held, store.ledger_rows(destination.name, list(part)))
 
 
-def _as_held(store: Store, destination: Destination, object_ids: list[str],
+def _as_held(store: Store, destination: Destination, held_by_object: Mapping[str, Held],
              ledger: dict[tuple[str, str], LedgerRow]) -> dict[tuple[str, str], LedgerRow]:
     """``ledger``, with each confirmed value the target was read holding otherwise since replaced by what it holds.
 
@@ -187,7 +194,7 @@ def _as_held(store: Store, destination: Destination, object_ids: list[str],
     the truth would send the same write on every run."""
     differing: dict[tuple[str, str], str | None] = {}  # (object id, field) → what the target was read holding
     reads: dict[tuple[str, str], tuple[str, str]] = {}
-    for object_id, held in destination.held(object_ids).items():
+    for object_id, held in held_by_object.items():
         for field_name, value in held.values.items():
             row = ledger.get((object_id, field_name))
             if row is not None and row.confirmed and value != row.confirmed_value:
