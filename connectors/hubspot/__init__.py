@@ -24,8 +24,9 @@ def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
     emails: dict[str, str] = {}  # contact id → its primary email, for the contact fields the engine confirms
 
     def desired(view: ScoreView) -> Iterator[tuple[str, dict[str, str | None]]]:
-        # Never write to an id that was merged away, even one a stale score still names.
-        destination.merged_away = {old for contact in view.contacts for old in contact.merged_ids}
+        # Never write to an id that was merged away, even one a stale score still names. A run shows its people a
+        # part at a time, and an earlier part's changes may still wait to be sent: what each part names adds up.
+        destination.merged_away.update(old for contact in view.contacts for old in contact.merged_ids)
         emails.update({c.source_id: c.email.normalised for c in view.contacts if c.email is not None})
         return desired_values(view.scores, view.contacts, view.linked, view.opted_out, destination.names, view.last_nps)
 

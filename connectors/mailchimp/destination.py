@@ -127,14 +127,17 @@ class MailchimpDestination:
 
     def know_members(self, contacts: Iterable[Contact]) -> None:
         """Take the audience's members (hash, status, tags) from the members the source read this run, instead of
-        reading the whole audience again before the first write (100 calls for 100k members, on every run)."""
+        reading the whole audience again before the first write (100 calls for 100k members, on every run). Told a
+        part of the audience at a time, it adds those not known yet: one known already holds what our writes have
+        changed since it was read (its tags)."""
         prefix = f"{self.list_id}/"
-        self._directory = {
-            contact.email.normalised: Member(contact.source_id.removeprefix(prefix),
-                                             contact.properties.get("mailchimp_status", ""),
-                                             {tag for tag in contact.properties.get("tags", "").split(",") if tag})
-            for contact in contacts if contact.source_id.startswith(prefix) and contact.email is not None
-        }
+        directory = self._directory if self._directory is not None else {}
+        for contact in contacts:
+            if contact.source_id.startswith(prefix) and contact.email is not None and contact.email.normalised not in directory:
+                directory[contact.email.normalised] = Member(contact.source_id.removeprefix(prefix),
+                                                             contact.properties.get("mailchimp_status", ""),
+                                                             {tag for tag in contact.properties.get("tags", "").split(",") if tag})
+        self._directory = directory
 
     def _load_directory(self) -> dict[str, Member]:
         """Every member's hash, status and tags, read once per destination (100 calls for 100k members) unless
