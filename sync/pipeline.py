@@ -223,7 +223,8 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
     agreement = Agreement(settings, store, writing, dry_run)
     if not scores and not agreement.tools:
         return  # nothing scored (too few customers) and no contact field to keep the same: nothing to write
-    everyone = People(store, writing, scores, people)
+    everyone = People(store, writing, scores, people, stored=not dry_run)
+    del scores  # each part's are read back from the store: not all held through the writes
     if writing:
         say(f"writing {', '.join(t.destination.name for c in writing for t in c.targets)}")
     # Tools are written side by side too; one tool's targets (a Mailchimp account's audiences) one after another,

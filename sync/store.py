@@ -628,6 +628,18 @@ class Store:
                     new.append(source_id)
         return new
 
+    def records_named(self, kind: str, source: str, source_ids: Iterable[str]) -> list[tuple[str, str]]:
+        """(source_id, payload) of the live records of one kind and source named in ``source_ids``, in the order
+        they were first stored."""
+        names = sorted(set(source_ids))
+        found: list[tuple[int, str, str]] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(names), 1000):
+                found.extend(conn.execute(select(records.c.id, records.c.source_id, records.c.payload).where(
+                    records.c.kind == kind, records.c.source == source, records.c.deleted_at.is_(None),
+                    records.c.source_id.in_(names[start : start + 1000]))).all())
+        return [(source_id, payload) for _, source_id, payload in sorted(found)]
+
     def emails_of(self, sources: Sequence[str]) -> set[str]:
         """Every normalised email the contacts of ``sources`` are linked by (a tombstoned one's too: that person then
         finds no live contact)."""

@@ -35,23 +35,20 @@ class People:
     """Everyone a run's writes may concern, and their scores, handed out a part at a time (the same parts to
     every tool, which reads them on its own)."""
 
-    def __init__(self, store: Store, writing: Sequence[Connection], scores: Sequence[Score], people: set[str] | None) -> None:
+    def __init__(self, store: Store, writing: Sequence[Connection], scores: Sequence[Score], people: set[str] | None,
+                 *, stored: bool) -> None:
         """``people``: only those changed since the last complete write run; None for everyone the writing tools
-        hold and everyone scored."""
+        hold and everyone scored. ``stored``: ``scores`` are the store's scores of the day, so each part's are read
+        back from the store instead of all held through the writes (85 MB at 100,000 customers)."""
         self.store = store
         self.sources = {c.name: c.source.name for c in writing if c.source is not None}
         if people is None:
             people = self.store.emails_of(list(self.sources.values()))
             people.update(score.source_id for score in scores)
         self.keys = sorted(people)
-        self.scores = scores
-        # A customer key (a normalised email, or a contact id) → its scores' positions; a key as the scores name
-        # it and as an email (a target matches a score either way).
-        self._scored: dict[str, list[int]] = {}
-        for position, score in enumerate(scores):
-            self._scored.setdefault(score.source_id, []).append(position)
-            if (email := score.source_id.strip().lower()) != score.source_id:
-                self._scored.setdefault(email, []).append(position)
+        # Every score of a run has the one source and time (as_of): a score in the store with another is not this run's.
+        self._scored = (scores[0].source, scores[0].scored_at) if scores else None
+        self._held = None if stored else scores
 
     def parts(self) -> Iterator[Part]:
         taken: set[str] = set()  # people an earlier part took in, that come later in the sorted keys
@@ -71,8 +68,14 @@ class People:
             yield Part(start // PEOPLE_AT_ONCE, people, contacts)
 
     def scores_of(self, people: set[str]) -> list[Score]:
-        """The scores of ``people``, in the order scored (where a contact matches two, the targets take the last)."""
-        return [self.scores[i] for i in sorted({i for person in people for i in self._scored.get(person, ())})]
+        """The scores of ``people`` (customer keys: normalised emails or contact ids)."""
+        if self._scored is None:
+            return []
+        if self._held is not None:
+            return [s for s in self._held if s.source_id in people or s.source_id.strip().lower() in people]
+        source, scored_at = self._scored
+        found = (from_payload("score", payload) for _, payload in self.store.records_named("score", source, people))
+        return [score for score in found if score.scored_at == scored_at]
 
     def _is_key(self, person: str) -> bool:
         at = bisect.bisect_left(self.keys, person)
