@@ -184,10 +184,11 @@ def incompatibility(existing: Mapping[str, Any], spec: PropertySpec) -> str | No
 CONTACT_PROPERTIES = {"first_name": "firstname", "last_name": "lastname", "phone": "phone", "company_name": "company"}
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def _as_stored(kind: str, decimals: int | None, value: str) -> str | None:
     """A number or time as HubSpot stores it. Cached: a run compares every contact's values, and most repeat (one
-    "scored at" for everyone, risks and values on a few thousand steps)."""
+    "scored at" for everyone, risks on 0.1-point steps). Customer values rarely repeat: 65,536 of them held 13.5 MB
+    through a 100,000-customer run's writes, for a few percent of hits."""
     if kind == "number":
         return canonical_number(value, decimals)
     moment = parse_time(value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -135,8 +136,8 @@ class MailchimpDestination:
         for contact in contacts:
             if contact.source_id.startswith(prefix) and contact.email is not None and contact.email.normalised not in directory:
                 directory[contact.email.normalised] = Member(contact.source_id.removeprefix(prefix),
-                                                             contact.properties.get("mailchimp_status", ""),
-                                                             {tag for tag in contact.properties.get("tags", "").split(",") if tag})
+                                                             sys.intern(contact.properties.get("mailchimp_status", "")),
+                                                             _tags(contact.properties.get("tags", "").split(",")))
         self._directory = directory
 
     def _load_directory(self) -> dict[str, Member]:
@@ -162,7 +163,7 @@ class MailchimpDestination:
             ):
                 for m in page.get("members", []):
                     directory[m["email_address"].strip().lower()] = Member(
-                        m["id"], m["status"], {t["name"] for t in m.get("tags") or []}
+                        m["id"], sys.intern(m["status"]), _tags(t["name"] for t in m.get("tags") or [])
                     )
             self._directory = directory
         return self._directory
@@ -417,6 +418,12 @@ class MailchimpDestination:
     def _count_write(self) -> None:
         with self._count_lock:
             self.write_calls += 1
+
+
+def _tags(names: Iterable[str]) -> set[str]:
+    """A member's tags, each name held once for the whole audience: a few dozen names among 100,000 members, whose
+    directory held 20 MB more with a string per member and tag (three tags each), and the status likewise."""
+    return {sys.intern(name) for name in names if name}
 
 
 def _number(value: str) -> str:
