@@ -1,8 +1,8 @@
 """What a sync's targets are shown: ScoreViews, a part of the people at a time.
 
-A write run compares every person's desired values with the ledger. Holding every contact of every tool, every
-person's linked contact fields and every score at once cost ~300 MB at 100,000 customers, so the people are taken
-a few thousand at a time, in sorted order. Each part comes with every contact linked to its people in any writing
+A write run compares every person's desired values with the ledger. Holding every contact of both tools (about
+170 MB at 100,000 customers), every score (85 MB) and every person's linked contact fields at once made the writes
+the peak of a sync, so the people are taken a few thousand at a time, in sorted order. Each part comes with every contact linked to its people in any writing
 tool, and everyone those contacts are linked to in turn (``Store.contacts_of``): a whole, so the contact fields
 decided across tools and a destination's check for an email two contacts share see all they need, and no contact
 and no person is in two parts (a person an earlier part took in is skipped when the sorted order reaches them).
@@ -51,6 +51,7 @@ class People:
         self._held = None if stored else scores
 
     def parts(self) -> Iterator[Part]:
+        """The people a part at a time, each with its contacts; every run of this yields the same parts."""
         taken: set[str] = set()  # people an earlier part took in, that come later in the sorted keys
         for start in range(0, len(self.keys), PEOPLE_AT_ONCE):
             last = self.keys[min(start + PEOPLE_AT_ONCE, len(self.keys)) - 1]
