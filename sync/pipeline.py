@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import importlib
+import itertools
 import json
 import logging
 import os
@@ -45,17 +46,18 @@ from connectors.base import (
     Target,
     registered_connectors,
 )
-from connectors.records import AnswerKind, Contact, Order, OrderStatus, Score, from_payload
+from connectors.records import AnswerKind, Order, OrderStatus, Score, from_payload, normalise_email
 from scoring.churn import MODEL_VERSION
 from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, score_with_saved_model
 from scoring.sentiment import SentimentModel
 from scoring.threads import scoring_threads
 from sync.crash_points import crash_point
 from sync.engine import plan_changes, push_changes, run_source_once
-from sync.linking import AGREED_PEOPLE_AT_ONCE, CONTACT_FIELDS, Linked, agreed_values, link_contacts, remember_agreed
+from sync.linking import remember_agreed
 from sync.score_history import record_run, stored_bands, summarise_run
 from sync.settings import Settings
 from sync.store import COMPLETE_WRITE, RunCounts, Store
+from sync.views import Agreement, People, views
 
 log = logging.getLogger(__name__)
 SAMPLE_CHANGES = 5  # changes a dry run shows per target
@@ -184,6 +186,15 @@ class _Glibc:
 _glibc = _Glibc()
 
 
+def _release_read_memory(store: Store) -> None:
+    """What reading kept that the stages after it do not use: the emails checked while reading (a cache of 65,536,
+    12 MB full; scoring and writing rebuild records from the store, whose emails are checked already) and the page
+    caches of the reading threads' connections."""
+    normalise_email.cache_clear()
+    store.release_connections()
+    _glibc.give_back()
+
+
 def _run_steps(settings: Settings, store: Store, connections: list[Connection], report: SyncReport, *, dry_run: bool,
                full: bool, say: Callable[[str], None], read: bool = True) -> None:
     failed_tools = {outcome.name for outcome in report.sources}
@@ -196,36 +207,32 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
         report.sources.append(outcome)
         if outcome.error is not None:
             failed_tools.add(outcome.name)
-    _glibc.give_back()
+    _release_read_memory(store)
     say("scoring")
     started = time.monotonic()
     with scoring_threads():
         scores, last_nps = score_store(settings, store, report, keep=not dry_run)
     report.scoring_seconds = time.monotonic() - started
+    store.release_connections()
     _glibc.give_back()
     crash_point("after-score")
     writing = [c for c in connections if c.name not in failed_tools and c.targets]
     # A failed tool is not written: what we know of it is stale, and its credential or service just failed.
     comparing_from = datetime.now(timezone.utc)  # the store holds everything this run writes from, as of now
     people = None if full else _changed_people(settings, store, writing, len(scores), report)
-    contacts = {c.name: [from_payload("contact", payload) for _, payload in (
-        store.stored_records("contact", c.source.name) if people is None else store.contacts_of(c.source.name, people))]
-        for c in writing if c.source is not None}
-    if people is not None:  # and everyone linked to them: whether an email is shared is part of what is written
-        people |= {e.normalised for found in contacts.values() for c in found for e in (c.email, *c.additional_emails) if e}
-        people |= {c.source_id for found in contacts.values() for c in found}
-    linked = _link(settings, store, writing, contacts, report, dry_run, people)
-    if not scores and not linked.values:
+    agreement = Agreement(settings, store, writing, dry_run)
+    if not scores and not agreement.tools:
         return  # nothing scored (too few customers) and no contact field to keep the same: nothing to write
-    if people is not None:
-        scores = [s for s in scores if s.source_id in people or s.source_id.strip().lower() in people]
+    everyone = People(store, writing, scores, people, stored=not dry_run)
+    del scores  # each part's are read back from the store: not all held through the writes
     if writing:
         say(f"writing {', '.join(t.destination.name for c in writing for t in c.targets)}")
     # Tools are written side by side too; one tool's targets (a Mailchimp account's audiences) one after another,
-    # as they share that tool's connection limit.
-    by_tool = in_parallel({c.name: (lambda c=c: [_write_target(store, target, ScoreView(
-        scores, contacts.get(c.name, []), last_nps, linked.values, linked.opted_out), dry_run) for target in c.targets])
-        for c in writing})
+    # as they share that tool's connection limit. Each target's one write run takes its values a part of the
+    # people at a time (sync.views), so no run holds every contact, linked value and score at once.
+    by_tool = in_parallel({c.name: (lambda c=c: [_write_target(store, target, views(everyone, agreement, c.name, last_nps), dry_run)
+                                                 for target in c.targets]) for c in writing})
+    report.linking = agreement.summary()
     written: dict[tuple[str, str], str] = {}  # (person, contact field) → value a tool confirmed holding now
     for outcomes in by_tool.values():
         for outcome, confirmed in outcomes:
@@ -316,37 +323,14 @@ def in_parallel(tasks: Mapping[str, Callable[[], T]]) -> dict[str, T]:
     return {name: results[name] for name in tasks}
 
 
-def _link(settings: Settings, store: Store, writing: list[Connection], contacts: Mapping[str, list[Contact]],
-          report: SyncReport, dry_run: bool, people: set[str] | None = None) -> Linked:
-    """Contact fields across the tools that share them (each read this run), and who opted out where. What was
-    read agreeing is remembered at once (not in a dry run), so ``agreed`` comes back empty. ``contacts`` are those
-    of ``people`` only, when given."""
-    tools = {c.name: contacts[c.name] for c in writing if c.name in contacts and any(t.contact_fields for t in c.targets)}
-    fields = [name for name in CONTACT_FIELDS if name in settings.sync.contact_fields]
-    if len(tools) < 2:
-        return Linked()
-    if people is None:
-        known = agreed_values(store)
-    else:
-        some = sorted(people)
-        known = {key: value for start in range(0, len(some), AGREED_PEOPLE_AT_ONCE)
-                 for key, value in agreed_values(store, some[start : start + AGREED_PEOPLE_AT_ONCE]).items()}
-    linked = link_contacts(tools, known, fields)
-    if not dry_run:
-        remember_agreed(store, linked.agreed, known)
-    linked.agreed = {}  # remembered: 400,000 entries at 100,000 people, not to be held through the writes
-    decided = f"{len(linked.values):,} {'person' if len(linked.values) == 1 else 'people'}"
-    report.linking = (f"contact fields ({', '.join(fields) or 'none'}) compared across {' and '.join(tools)}: "
-                      f"{decided}, {linked.conflicts:,} changed in two tools (latest change won)")
-    return linked
-
-
-def _write_target(store: Store, target: Target, view: ScoreView, dry_run: bool) -> tuple[TargetOutcome, dict[tuple[str, str], str]]:
-    """What was written, and the contact fields the target confirmed holding now: (person, field) → value."""
+def _write_target(store: Store, target: Target, views: Iterable[ScoreView],
+                  dry_run: bool) -> tuple[TargetOutcome, dict[tuple[str, str], str]]:
+    """What was written, and the contact fields the target confirmed holding now: (person, field) → value.
+    ``views``: what the target is shown, part by part; it asks for the next part only as it needs it."""
     destination = target.destination
     outcome, written, started = TargetOutcome(destination.name), {}, time.monotonic()
     try:
-        desired = target.desired(view)
+        desired = itertools.chain.from_iterable(target.desired(view) for view in views)
         live = frozenset(target.contact_fields.values())
         if dry_run:
             changes, result = plan_changes(store, destination, desired, target.companions, live)

@@ -143,6 +143,11 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def release_connections(self) -> None:
+        """Close the pooled connections, and with them SQLite's page cache in each (up to SYNC_CACHE_MIB): a
+        sync's stages (reading, scoring, writing) each open again what they use. A connection in use stays open."""
+        self.engine.dispose()
+
     def _check_integrity(self) -> None:
         """Refuse a damaged store at open. SQLite's quick check (every page and record, not whether each index
         agrees with its table): a full check reads the whole file, ~4 s a 300 MB store, on every run; `retention
@@ -621,30 +626,57 @@ class Store:
                         identities.c.source == source, identities.c.source_id.in_(source_ids[start : start + 1000]))).scalars())
         return people
 
-    def contacts_of(self, source: str, people: set[str]) -> list[tuple[str, str]]:
-        """(source_id, payload) of the live contacts of one source linked to any of ``people`` (normalised emails,
-        or contact ids), and of everyone else those contacts are linked to (every holder of each email they carry:
-        whether an email is shared is part of what is written), in the order they were first stored."""
-        found: dict[str, tuple[int, str]] = {}
+    def contacts_of(self, sources: Sequence[str], people: set[str]) -> dict[str, list[tuple[str, str]]]:
+        """Source → (source_id, payload) of its live contacts linked to any of ``people`` (normalised emails, or
+        contact ids), and of everyone else those contacts are linked to in any of ``sources`` (every holder of
+        each email they carry: whether an email is shared is part of what is written, and a person's contact
+        fields are decided across the tools), in the order they were first stored."""
+        found: dict[str, dict[str, tuple[int, str]]] = {source: {} for source in sources}
         wanted, asked = set(people), set()
         with self.engine.connect() as conn:
             while keys := sorted(wanted - asked):
                 asked.update(keys)
-                new: list[str] = []
-                for start in range(0, len(keys), 1000):
-                    part = keys[start : start + 1000]
-                    linked = select(identities.c.source_id).where(identities.c.source == source, identities.c.email.in_(part))
-                    query = select(records.c.source_id, records.c.id, records.c.payload).where(
-                        records.c.kind == "contact", records.c.source == source, records.c.deleted_at.is_(None),
-                        or_(records.c.source_id.in_(linked), records.c.source_id.in_(part)))
-                    for source_id, row_id, payload in conn.execute(query):
-                        if source_id not in found:
-                            found[source_id] = (row_id, payload)
-                            new.append(source_id)
-                for start in range(0, len(new), 1000):
-                    wanted.update(conn.execute(select(identities.c.email).where(
-                        identities.c.source == source, identities.c.source_id.in_(new[start : start + 1000]))).scalars())
-        return [(source_id, payload) for source_id, (_, payload) in sorted(found.items(), key=lambda item: item[1][0])]
+                for source in sources:
+                    new = self._contacts_linked(conn, source, keys, found[source])
+                    for start in range(0, len(new), 1000):
+                        wanted.update(conn.execute(select(identities.c.email).where(
+                            identities.c.source == source, identities.c.source_id.in_(new[start : start + 1000]))).scalars())
+        return {source: [(source_id, payload) for source_id, (_, payload) in sorted(held.items(), key=lambda item: item[1][0])]
+                for source, held in found.items()}
+
+    @staticmethod
+    def _contacts_linked(conn: Connection, source: str, keys: list[str], found: dict[str, tuple[int, str]]) -> list[str]:
+        """Add to ``found`` the live contacts of ``source`` carrying one of ``keys`` (emails or ids); their ids."""
+        new: list[str] = []
+        for start in range(0, len(keys), 1000):
+            part = keys[start : start + 1000]
+            linked = select(identities.c.source_id).where(identities.c.source == source, identities.c.email.in_(part))
+            query = select(records.c.source_id, records.c.id, records.c.payload).where(
+                records.c.kind == "contact", records.c.source == source, records.c.deleted_at.is_(None),
+                or_(records.c.source_id.in_(linked), records.c.source_id.in_(part)))
+            for source_id, row_id, payload in conn.execute(query):
+                if source_id not in found:
+                    found[source_id] = (row_id, payload)
+                    new.append(source_id)
+        return new
+
+    def records_named(self, kind: str, source: str, source_ids: Iterable[str]) -> list[tuple[str, str]]:
+        """(source_id, payload) of the live records of one kind and source named in ``source_ids``, in the order
+        they were first stored."""
+        names = sorted(set(source_ids))
+        found: list[tuple[int, str, str]] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(names), 1000):
+                found.extend(conn.execute(select(records.c.id, records.c.source_id, records.c.payload).where(
+                    records.c.kind == kind, records.c.source == source, records.c.deleted_at.is_(None),
+                    records.c.source_id.in_(names[start : start + 1000]))).all())
+        return [(source_id, payload) for _, source_id, payload in sorted(found)]
+
+    def emails_of(self, sources: Sequence[str]) -> set[str]:
+        """Every normalised email the contacts of ``sources`` are linked by (a tombstoned one's too: that person then
+        finds no live contact)."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(identities.c.email).where(identities.c.source.in_(sources)).distinct()).scalars())
 
     def stored_records(self, kind: str, source: str | None = None) -> Iterator[tuple[str, str]]:
         """(source_id, payload) of live records of one kind, streamed."""

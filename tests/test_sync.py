@@ -4,6 +4,7 @@ nothing anywhere, that no request ever carries a Mailchimp status, and that one 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +17,11 @@ from connectors.sandbox import Fault
 from sync.demo import DemoShop, open_demo_shop
 from sync.pipeline import run_sync
 from sync.settings import Settings
+from sync import views
 from sync.store import Store
 from tests.conftest import BACKENDS, Workspace, fresh_postgres_url
+from tests.test_crash_points import shops  # noqa: F401 - a fixture: a small shop and its twin
+from tests.test_sync_kill import edit_between_runs, members, state
 
 CUSTOMERS = 300
 READS = ("/search", "/batch/read", "/event-types")  # HubSpot POSTs that only read
@@ -196,6 +200,41 @@ def test_after_a_complete_sync_only_the_people_who_changed_are_compared_and_noth
     full, _ = sync_once(shop, full=True)
     assert full.compared == "" and all(t.sent == 0 for t in full.targets), [(t.name, t.sent) for t in full.targets]
     assert mutating_requests(shop) == []
+
+
+def contact_fields(shop: DemoShop) -> tuple[dict, dict]:
+    """Name, phone and company of everyone, by email: HubSpot's properties and Mailchimp's merge fields."""
+    hubspot = {c["properties"]["email"].lower(): [c["properties"].get(p) for p in ("firstname", "lastname", "phone", "company")]
+               for c in shop.sandboxes["hubspot"].objects["contacts"].values()}
+    mailchimp = {m["email_address"].lower(): [m["merge_fields"].get(f) for f in ("FNAME", "LNAME", "PHONE", "COMPANY")]
+                 for m in members(shop).values()}
+    return hubspot, mailchimp
+
+
+def test_a_sync_taking_its_people_a_few_at_a_time_leaves_both_tools_as_one_taking_everyone_at_once(shops, monkeypatch):
+    """A sync writes a part of the people at a time. A person's contacts in both tools, and the two HubSpot contacts
+    that share an email, must be seen together wherever the parts' edges fall: two twin shops, one synced three
+    people at a time, the other all at once, end each run the same."""
+    parted, whole = shops
+    for shop in shops:  # a second contact carrying a customer's email: its own email sorts first, the customer's later
+        hubspot = shop.sandboxes["hubspot"]
+        first = hubspot.objects["contacts"][min(hubspot.objects["contacts"], key=int)]
+        second = hubspot.objects["contacts"][hubspot.create("contacts", {
+            "email": "aa.second.address@example.org", "firstname": "Dup", "lastname": "Dup",
+            "hs_additional_emails": first["properties"]["email"]})]
+    for round_ in range(3):  # the first sync, one after edits in both tools, one reading our writes back
+        reports = {}
+        for shop, at_once in ((parted, 3), (whole, 100_000)):
+            if round_ == 1:
+                edit_between_runs(shop, random.Random(round_), round_, {}, per_tool=4)
+            monkeypatch.setattr(views, "PEOPLE_AT_ONCE", at_once)
+            reports[at_once], _ = sync_once(shop)
+        assert not reports[3].errors and not reports[100_000].errors
+        assert state(parted) == state(whole) and contact_fields(parted) == contact_fields(whole)
+        assert reports[3].linking == reports[100_000].linking and "compared across hubspot and mailchimp" in reports[3].linking
+        assert [(t.name, t.sent) for t in reports[3].targets] == [(t.name, t.sent) for t in reports[100_000].targets]
+    # The customer's email is ambiguous: neither contact is written, though the second's part held only its own email.
+    assert "retention_churn_risk" not in first["properties"] and "retention_churn_risk" not in second["properties"]
 
 
 def test_a_customer_whose_duplicate_contact_goes_away_gets_the_scores_held_back_while_it_was_there(shop):

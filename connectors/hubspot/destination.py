@@ -83,9 +83,11 @@ class HubSpotDestination:
         self._read: dict[str, Contact] = {}  # contact id → the contact as the store holds it from the reads
 
     def know_contacts(self, contacts: Iterable[Contact]) -> None:
-        """The account's contacts as read: ``held`` answers from them, and ids merged away are never written."""
+        """The account's contacts as read, a part of the people at a time: ``held`` answers from the current part's
+        (the engine asks as each object comes), and ids merged away are never written (what the parts name adds
+        up: an earlier part's changes may still wait to be sent)."""
         self._read = {contact.source_id: contact for contact in contacts if contact.source == "hubspot"}
-        self.merged_away = {old for contact in self._read.values() for old in contact.merged_ids}
+        self.merged_away.update(old for contact in self._read.values() for old in contact.merged_ids)
 
     # --- the properties -------------------------------------------------------------------------------------------
 
@@ -200,10 +202,11 @@ def incompatibility(existing: Mapping[str, Any], spec: PropertySpec) -> str | No
 CONTACT_PROPERTIES = {"first_name": "firstname", "last_name": "lastname", "phone": "phone", "company_name": "company"}
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def _as_stored(kind: str, decimals: int | None, value: str) -> str | None:
     """A number or time as HubSpot stores it. Cached: a run compares every contact's values, and most repeat (one
-    "scored at" for everyone, risks and values on a few thousand steps)."""
+    "scored at" for everyone, risks on 0.1-point steps). Customer values rarely repeat: 65,536 of them held 13.5 MB
+    through a 100,000-customer run's writes, for a few percent of hits."""
     if kind == "number":
         return canonical_number(value, decimals)
     moment = parse_time(value)

@@ -27,7 +27,8 @@ def connect(settings: Any, endpoint: Endpoint | None = None) -> Connection:
 
         def desired(view: ScoreView, list_id: str = list_id,
                     destination: MailchimpDestination = destination) -> Iterator[tuple[str, dict[str, str | None]]]:
-            # The members the source just read are the audience as it stands: no second read before writing.
+            # The members the source just read are the audience as it stands: no second read before writing. A run
+            # shows them a part at a time, each added to those of the parts before (whose changes may still wait).
             destination.know_members(view.contacts)
             return desired_for_audience(view.scores, view.contacts, list_id, section.tag_prefix, section.add_new_contacts,
                                         view.linked, view.opted_out)

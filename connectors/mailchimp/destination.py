@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -150,16 +151,19 @@ class MailchimpDestination:
     def know_members(self, contacts: Iterable[Contact]) -> None:
         """Take the audience's members (hash, status, tags) from the members the source read this run, instead of
         reading the whole audience again before the first write (100 calls for 100k members, on every run); and
-        what they hold in our tags and merge fields, for ``held``."""
+        what they hold in our tags and merge fields, for ``held``. Told a part of the audience at a time, it adds
+        those not known yet (one known already holds what our writes have changed since it was read: its tags);
+        ``held`` answers from the current part's (the engine asks as each object comes)."""
         prefix = f"{self.list_id}/"
         self._read = {contact.email.normalised: contact for contact in contacts
                       if contact.source_id.startswith(prefix) and contact.email is not None}
-        self._directory = {
-            contact.email.normalised: Member(contact.source_id.removeprefix(prefix),
-                                             contact.properties.get("mailchimp_status", ""),
-                                             {tag for tag in contact.properties.get("tags", "").split(",") if tag})
-            for contact in self._read.values()
-        }
+        directory = self._directory if self._directory is not None else {}
+        for email, contact in self._read.items():
+            if email not in directory:
+                directory[email] = Member(contact.source_id.removeprefix(prefix),
+                                          sys.intern(contact.properties.get("mailchimp_status", "")),
+                                          _tags(contact.properties.get("tags", "").split(",")))
+        self._directory = directory
 
     def _load_directory(self) -> dict[str, Member]:
         """Every member's hash, status and tags, read once per destination (100 calls for 100k members) unless
@@ -184,7 +188,7 @@ class MailchimpDestination:
             ):
                 for m in page.get("members", []):
                     directory[m["email_address"].strip().lower()] = Member(
-                        m["id"], m["status"], {t["name"] for t in m.get("tags") or []}
+                        m["id"], sys.intern(m["status"]), _tags(t["name"] for t in m.get("tags") or [])
                     )
             self._directory = directory
         return self._directory
@@ -439,6 +443,12 @@ class MailchimpDestination:
     def _count_write(self) -> None:
         with self._count_lock:
             self.write_calls += 1
+
+
+def _tags(names: Iterable[str]) -> set[str]:
+    """A member's tags, each name held once for the whole audience: a few dozen names among 100,000 members, whose
+    directory held 20 MB more with a string per member and tag (three tags each), and the status likewise."""
+    return {sys.intern(name) for name in names if name}
 
 
 def _number(value: str) -> str:
