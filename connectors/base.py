@@ -175,10 +175,15 @@ class Destination(Protocol):
     object was read holding, for the objects whose read included them. The engine trusts a value the ledger
     confirmed only while what the tool was read holding since agrees with it (a store restored from an older copy
     remembers values the tool no longer holds; a user may overwrite ours by hand).
+    ``owned`` names the fields the tool created under its own names: there a value the ledger has no record of
+    writing is ours all the same (written in commits a restored store lost, or typed over by hand) and is cleared
+    when we have nothing to write. Any other field (one the owner mapped to a property of theirs) may hold the
+    owner's data, and a value we never wrote there is left alone.
     """
 
     name: str
     objects_per_apply: int
+    owned: frozenset[str]
 
     def coerce(self, field_name: str, value: str | None) -> str | None: ...
 

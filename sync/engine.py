@@ -164,11 +164,19 @@ def _settle_interrupted(store: Store, destination: Destination, result: PushResu
 LEDGER_OBJECTS = 5_000  # objects whose ledger rows are in memory at once during a write run
 
 
+@dataclass
+class Known:
+    """What the diff compares one part of the desired values with."""
+
+    ledger: dict[tuple[str, str], LedgerRow]  # as far as the target agrees with it (``_as_held``)
+    strays: dict[tuple[str, str], str]  # a value in a field of ours that the ledger has no record of writing
+
+
 def _with_ledger(store: Store, destination: Destination, desired: Desired
-                 ) -> Iterator[tuple[dict[str, Mapping[str, str | None]], dict[tuple[str, str], LedgerRow]]]:
-    """``desired`` a few thousand objects at a time, each part with its objects' ledger rows as far as the target
-    agrees with them (``_as_held``). A target's ``desired`` streams its objects, so neither its values nor its
-    ledger are ever in memory whole."""
+                 ) -> Iterator[tuple[dict[str, Mapping[str, str | None]], Known]]:
+    """``desired`` a few thousand objects at a time, each part with what its objects' ledger rows and the target's
+    held values make known. A target's ``desired`` streams its objects, so neither its values nor its ledger are
+    ever in memory whole."""
     pairs = iter(desired.items() if isinstance(desired, Mapping) else desired)
     while True:
         part: dict[str, Mapping[str, str | None]] = {}
@@ -179,7 +187,10 @@ def _with_ledger(store: Store, destination: Destination, desired: Desired
             held.update(destination.held([object_id]))
         if not part:
             return
-        yield part, _as_held(store, destination, held, store.ledger_rows(destination.name, list(part)))
+        ledger = store.ledger_rows(destination.name, list(part))
+        strays = {(object_id, field_name): value for object_id, h in held.items() for field_name, value in h.values.items()
+                  if value is not None and field_name in destination.owned and (object_id, field_name) not in ledger}
+        yield part, Known(_as_held(store, destination, held, ledger), strays)
 
 
 def _as_held(store: Store, destination: Destination, held_by_object: Mapping[str, Held],
@@ -223,8 +234,9 @@ def plan_changes(store: Store, destination: Destination, desired: Desired,
     return changes, result
 
 
-def _diff(destination: Destination, desired: Mapping[str, Mapping[str, str | None]], ledger: dict[tuple[str, str], LedgerRow],
+def _diff(destination: Destination, desired: Mapping[str, Mapping[str, str | None]], known: Known,
           result: PushResult, companions: frozenset[str] = frozenset(), live: frozenset[str] = frozenset()) -> list[Change]:
+    ledger = known.ledger
     changes = []
     for object_id, fields in desired.items():
         if _refused_for_good(ledger, object_id):
@@ -235,7 +247,10 @@ def _diff(destination: Destination, desired: Mapping[str, Mapping[str, str | Non
             value = destination.coerce(field_name, wanted)
             row = ledger.get((object_id, field_name))
             if value is None and row is None:
-                continue  # nothing of ours to clear: what the target holds there is someone else's
+                stray = known.strays.get((object_id, field_name))
+                if stray is not None:  # ours, though the ledger never saw it written: cleared like any value of ours
+                    wanted_changes.append(Change(object_id, field_name, None, previous=stray))
+                continue  # else nothing of ours to clear: what the target holds there may be the owner's
             if row is not None and row.confirmed and row.confirmed_value == value and field_name not in live:
                 result.unchanged += 1
             elif row is not None and row.rejected_reason is not None and row.rejected_value == value:

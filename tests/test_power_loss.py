@@ -158,11 +158,6 @@ def test_a_store_restored_from_a_copy_taken_mid_sync_converges_on_the_next_run(s
 
 
 @pytest.mark.fault("F4")
-@pytest.mark.xfail(strict=False, reason=(
-    "known F4 gap: a field the lost commits filled that should now be empty (a one-order customer's CLV, which the "
-    "cancelled order gave them) and for which the restored ledger has no row is not cleared, as the write path never "
-    "clears a value it has no record of writing (it may be the owner's, in a property of the same name); whether the "
-    "order moves any such field depends on the day's scores, so on some days this passes"))
 def test_a_score_written_in_the_lost_commits_is_corrected_when_its_input_goes_back(shops, tmp_path):
     """The disk keeps a state from before an order; the order is synced (scores written), its commits are lost, then
     the order is cancelled: the next run must put the scores back to the twin's, who never had the order."""

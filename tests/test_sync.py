@@ -13,6 +13,7 @@ import mailchimp_marketing
 import pytest
 
 from connectors.base import AuthError
+from connectors.hubspot.destination import default_names
 from connectors.sandbox import Fault
 from sync.demo import DemoShop, open_demo_shop
 from sync.pipeline import run_sync
@@ -137,6 +138,35 @@ def test_our_fields_overwritten_by_hand_are_written_back_once_by_the_next_sync(s
     assert {name: contact["properties"][name] for name in ours} == ours
     assert member["merge_fields"]["CHURNRISK"] == our_risk
     assert {t.name.split("/")[0]: t.sent for t in report.targets} == {"hubspot": 2, "mailchimp": 1}
+    clear_journals(shop)
+    report, _ = sync_once(shop)
+    assert all(t.sent == 0 for t in report.targets) and mutating_requests(shop) == []
+
+
+def test_a_value_typed_into_an_empty_field_of_ours_is_cleared_once(shop):
+    """A field of ours we have nothing to write to (no score of that kind for this customer) and so never wrote, with
+    a value in it: typed by hand, or written by us in commits a restored store lost. It is ours all the same, so the
+    next sync clears it, once; the contact fields, which are the owner's as much as ours, are never cleared."""
+    sync_once(shop)
+    hubspot = shop.sandboxes["hubspot"]
+    ours = sorted(default_names("retention").values())
+    contact, name = next((c, name) for c in hubspot.objects["contacts"].values() for name in ours
+                         if c["properties"].get("retention_churn_risk") and not c["properties"].get(name))
+    hubspot.update("contacts", contact["id"], {name: "12", "phone": "+44 20 7946 0000"})
+    box = shop.sandboxes["mailchimp"]
+    audience = next(iter(box.lists.values()))
+    tags = lambda member: box.member_tags(audience["id"], member["id"])  # noqa: E731
+    member = next(m for m in audience["members"].values() if not any(t.startswith("rs:sentiment") for t in tags(m)))
+    mailchimp_sdk(shop).lists.update_list_member_tags(
+        audience["id"], member["id"], {"tags": [{"name": "rs:sentiment-negative", "status": "active"}]})
+    clear_journals(shop)
+
+    report, _ = sync_once(shop)
+
+    assert not report.errors
+    assert not contact["properties"][name] and not any(t.startswith("rs:sentiment") for t in tags(member))
+    assert contact["properties"]["phone"] == "+44 20 7946 0000"
+    assert {t.name.split("/")[0]: t.sent for t in report.targets}["hubspot"] >= 1
     clear_journals(shop)
     report, _ = sync_once(shop)
     assert all(t.sent == 0 for t in report.targets) and mutating_requests(shop) == []

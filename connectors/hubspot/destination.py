@@ -75,6 +75,8 @@ class HubSpotDestination:
         self.group, self.group_label = settings.property_group, settings.property_group_label
         self.names = {**default_names(self.group), **(names or {})}
         self.spec_by_property = {self.names[s.key]: s for s in SPECS}
+        # Ours under our own group's names; a name the owner mapped (an existing property of theirs) is not.
+        self.owned = frozenset(name for name in default_names(self.group).values() if name in self.spec_by_property)
         self.objects_per_apply = settings.batch_size * 10
         self.batch_size = settings.batch_size
         self.merged_away = set(merged_away)
@@ -288,8 +290,8 @@ def _score_values(score: Score, names: Mapping[str, str], last_nps: Mapping[str,
               "churn_reasons": "; ".join(score.top_reasons) or None, "segment": score.segment,
               "clv": None if score.clv is None else str(score.clv), "sentiment": sentiment,
               "scored_at": score.scored_at.astimezone(UTC).isoformat()}
-    if last_nps is not None and score.source_id in last_nps:
-        values["last_nps"] = str(last_nps[score.source_id])
+    if last_nps is not None:  # known for everyone: None clears an answer no longer on record
+        values["last_nps"] = str(last_nps[score.source_id]) if score.source_id in last_nps else None
     return {names[key]: value for key, value in values.items()}
 
 

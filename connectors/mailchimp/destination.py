@@ -48,6 +48,7 @@ class MailchimpDestination:
         self.prefix = self.settings.tag_prefix
         # Segment batches are idempotent sets, so a large apply costs nothing on a crash and keeps calls minimal.
         self.objects_per_apply = self.settings.batch_size * 100
+        self.owned = frozenset([*TAG_FAMILIES, *MERGE_FIELDS])  # our tag families and our three merge fields
         self._directory: dict[str, Member] | None = None
         self._read: dict[str, Contact] = {}  # email → the member as the store holds it from the reads (``held``)
         self._segments: dict[str, int] | None = None

@@ -234,11 +234,12 @@ def _scores_by_email(scores: Iterable[Score], email_for: Mapping[str, str] | Non
 
 
 def _score_fields(score: Score, tag_prefix: str, include_merge_fields: bool = True) -> dict[str, str | None]:
-    fields: dict[str, str | None] = {"churn_tag": f"{tag_prefix}churn-{score.risk_band.value}"}
-    if score.segment:
-        fields["segment_tag"] = f"{tag_prefix}segment-{slug(score.segment)}"
-    if score.sentiment is not None:
-        fields["sentiment_tag"] = f"{tag_prefix}sentiment-{sentiment_label(score.sentiment)}"
+    # Every family named, None where there is no such score: a tag of ours left there is then removed.
+    fields: dict[str, str | None] = {
+        "churn_tag": f"{tag_prefix}churn-{score.risk_band.value}",
+        "segment_tag": f"{tag_prefix}segment-{slug(score.segment)}" if score.segment else None,
+        "sentiment_tag": None if score.sentiment is None else f"{tag_prefix}sentiment-{sentiment_label(score.sentiment)}",
+    }
     if include_merge_fields:
         fields["CHURNRISK"] = str(round(score.churn_probability * 100))
         fields["SEGMENT"] = score.segment
