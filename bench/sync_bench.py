@@ -16,7 +16,8 @@ Every write moves HubSpot's modified date, so the run after the first re-reads w
 between scheduled runs, two look-back windows pass (one minute each here; ten by default), one quiet run follows,
 then 1% of the people change and the measured run reads them.
 
-The sandboxes run in a child process, so the peak RSS is the tool's own.
+The sandboxes run in a child process, so the peak RSS is the tool's own: its sync process's, or its scoring
+process's (a store this size is scored in a process of its own) where that is larger.
 
     python bench/sync_bench.py --customers 100000 --answers 20000
 """
@@ -112,6 +113,9 @@ def bound_s(read: dict[str, int], written_contacts: int) -> float:
     return max(reading, pages / TYPEFORM_PER_S) + writing
 
 
+SCORING_PEAKS: list[float] = []  # peak RSS of each run's scoring process, where it had one
+
+
 def one_run(settings: Settings, endpoints: dict[str, Endpoint], pipe) -> tuple[float, dict, object]:
     store = Store.open(settings.store_url)
     started = time.monotonic()
@@ -120,6 +124,8 @@ def one_run(settings: Settings, endpoints: dict[str, Endpoint], pipe) -> tuple[f
     finally:
         store.close()
     elapsed = time.monotonic() - started
+    if report.scoring_peak_mb is not None:
+        SCORING_PEAKS.append(report.scoring_peak_mb)
     if report.errors:
         raise SystemExit(f"the sync failed: {report.errors[0]}")
     pipe.send("journal")
@@ -183,8 +189,12 @@ def main() -> None:
     print_table(["run", "records", "time", "bound", "of bound / initial", "target", "verdict", "requests"], rows,
                 title=f"retention sync: {args.customers:,} customers ({read['contact']:,} HubSpot contacts, "
                       f"{read['order']:,} deals), Mailchimp audience, {read['survey_response']:,} Typeform responses; real limits")
-    rss = peak_rss_mb()
-    print(f"peak RSS (the tool's process) {rss:,.0f} MB (target < 512 MB: {'PASS' if rss < 512 else 'MISS'})")
+    # The tool's memory is its sync process's and, while it lives, its scoring process's: the larger peak counts.
+    sync_rss, scoring_rss = peak_rss_mb(), max(SCORING_PEAKS, default=0.0)
+    rss = max(sync_rss, scoring_rss)
+    print(f"peak RSS {rss:,.0f} MB (target < 512 MB: {'PASS' if rss < 512 else 'MISS'}): the sync's process "
+          f"{sync_rss:,.0f} MB, its scoring process {scoring_rss:,.0f} MB" if SCORING_PEAKS else
+          f"peak RSS (the sync's process; it scored in-process) {rss:,.0f} MB (target < 512 MB: {'PASS' if rss < 512 else 'MISS'})")
     for name, run in (("initial run", first), (f"{CHANGED:.0%}-change run", report)):
         stages = [*(f"read {o.name} {o.seconds:,.1f}" for o in run.sources), f"score {run.scoring_seconds:,.1f}",
                   *(f"write {o.name} {o.seconds:,.1f}" for o in run.targets)]

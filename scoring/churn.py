@@ -39,7 +39,6 @@ from sklearn.preprocessing import StandardScaler
 from scoring.clv import BetaGeoModel
 from scoring.features import engagement_activity, engagement_summary, rfm_summary, survey_summary
 
-MODEL_VERSION = "churn-3"
 MIN_HORIZON_DAYS, MAX_HORIZON_DAYS = 30, 365
 PROBABILITY_FLOOR = 0.005
 TIE_ROC_AUC = 0.0005  # backtest ROC-AUCs closer than this are a tie, won by the simpler model

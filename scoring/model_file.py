@@ -20,7 +20,8 @@ import joblib
 import pandas as pd
 import sklearn
 
-from scoring.churn import ALL_FEATURES, MODEL_VERSION, ChurnModel, ModelInputs
+from scoring import MODEL_VERSION
+from scoring.churn import ALL_FEATURES, ChurnModel, ModelInputs
 
 log = logging.getLogger(__name__)
 MODEL_NAME, METADATA_NAME = "churn-model.joblib", "churn-model.json"

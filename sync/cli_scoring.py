@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -17,15 +17,17 @@ from rich.table import Table
 from connectors.base import ConfigError, InputError
 from connectors.forms import csv_file
 from connectors.records import OrderStatus, from_payload, normalise_email
-from scoring.churn import MODEL_VERSION, NothingToCompare, backtest
+from scoring import MODEL_VERSION
 from scoring.features import rfm_summary
-from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, score_customers, score_with_saved_model
 from scoring.sentence_encoder import EncoderUnavailable, INSTALL_HINT, is_encoder_installed
-from scoring.sentiment import SentimentModel, sentiment_label
+from scoring.sentiment_bands import sentiment_label
 from sync.cli import Context, app, csv_source, err, out
 from sync.export import write_csv
-from sync.pipeline import events_frame, keep_scores, orders_frame, responses_frame
+from sync.scoring_stage import events_frame, keep_scores, orders_frame, responses_frame
 from sync.settings import Settings
+
+if TYPE_CHECKING:
+    from scoring.scores import ScoringParameters
 
 # Contact fields --audit may name besides the columns an import kept (never anything else on the object).
 CONTACT_FIELDS = {"first_name", "last_name", "company_name", "lifecycle_stage", "is_unsubscribed", "phone"}
@@ -50,6 +52,9 @@ def score(
 
     Example: retention score --orders orders_export.csv --as-of 2024-03-31 --out scores.csv
     """
+    # scikit-learn, SciPy and TextBlob are imported by the commands that use them: every other command starts without.
+    from scoring.scores import NotEnoughCustomers, ScoringParameters, score_customers, score_with_saved_model
+
     context: Context = ctx.obj
     settings = context.settings
     cutoff = _as_of_timestamp(as_of, settings)
@@ -133,6 +138,8 @@ def sentiment(
     text_at = _column_index(path, header, column, "--column")
     if method is SentimentMethod.encoder and not is_encoder_installed():
         raise EncoderUnavailable(f"--method encoder: the sentence encoder is not installed ({INSTALL_HINT})")
+    from scoring.sentiment import SentimentModel
+
     model = SentimentModel(method=method.value)
     if nps is not None:
         nps_at = _column_index(path, header, nps, "--nps")
@@ -156,6 +163,8 @@ def sentiment(
 def _store_scores(context: Context, table: pd.DataFrame, cutoff: pd.Timestamp, currencies: set[str], model_note: str) -> None:
     settings = context.settings
     currency = settings.currency if len(currencies) != 1 else next(iter(currencies))
+    from scoring.scores import as_score_records
+
     records = as_score_records(table, cutoff, currency, MODEL_VERSION)
     store = context.open_store()
     try:
@@ -168,6 +177,9 @@ def _store_scores(context: Context, table: pd.DataFrame, cutoff: pd.Timestamp, c
 
 
 def _print_backtest(frame: pd.DataFrame, cutoff: pd.Timestamp, parameters: ScoringParameters) -> None:
+    from scoring.churn import NothingToCompare, backtest
+    from scoring.scores import NotEnoughCustomers
+
     if frame.empty:
         raise InputError("cannot backtest: there are no completed orders; the backtest measures how well order churn was foreseen")
     try:

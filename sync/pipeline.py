@@ -25,13 +25,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import metadata as package_metadata
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import pandas as pd
 from sqlalchemy.engine import make_url
 
@@ -46,15 +45,12 @@ from connectors.base import (
     Target,
     registered_connectors,
 )
-from connectors.records import AnswerKind, Order, OrderStatus, Score, from_payload, normalise_email
-from scoring.churn import MODEL_VERSION
-from scoring.scores import NotEnoughCustomers, ScoringParameters, as_score_records, score_with_saved_model
-from scoring.sentiment import SentimentModel
-from scoring.threads import scoring_threads
+from connectors.records import normalise_email
+from scoring import MODEL_VERSION
 from sync.crash_points import crash_point
 from sync.engine import plan_changes, push_changes, run_source_once
 from sync.linking import remember_agreed
-from sync.score_history import record_run, stored_bands, summarise_run
+from sync.scoring_stage import score_for_sync
 from sync.settings import Settings
 from sync.store import COMPLETE_WRITE, RunCounts, Store
 from sync.views import Agreement, People, views
@@ -100,6 +96,7 @@ class SyncReport:
     compared: str = ""  # one line saying whose values were compared, when not everyone's
     scored: int = 0
     riskiest: pd.DataFrame | None = None  # the customers most at risk, with reasons and value
+    scoring_peak_mb: float | None = None  # the scoring process's peak RSS, where it ran in one of its own
 
     @property
     def errors(self) -> list[RetentionError]:
@@ -210,8 +207,7 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
     _release_read_memory(store)
     say("scoring")
     started = time.monotonic()
-    with scoring_threads():
-        scores, last_nps = score_store(settings, store, report, keep=not dry_run)
+    scored = score_for_sync(settings, store, report, keep=not dry_run)
     report.scoring_seconds = time.monotonic() - started
     store.release_connections()
     _glibc.give_back()
@@ -219,12 +215,13 @@ def _run_steps(settings: Settings, store: Store, connections: list[Connection], 
     writing = [c for c in connections if c.name not in failed_tools and c.targets]
     # A failed tool is not written: what we know of it is stale, and its credential or service just failed.
     comparing_from = datetime.now(timezone.utc)  # the store holds everything this run writes from, as of now
-    people = None if full else _changed_people(settings, store, writing, len(scores), report)
+    people = None if full else _changed_people(settings, store, writing, len(scored.customers), report)
     agreement = Agreement(settings, store, writing, dry_run)
-    if not scores and not agreement.tools:
+    if not scored.customers and not agreement.tools:
         return  # nothing scored (too few customers) and no contact field to keep the same: nothing to write
-    everyone = People(store, writing, scores, people, stored=not dry_run)
-    del scores  # each part's are read back from the store: not all held through the writes
+    everyone = People(store, writing, scored, people)
+    last_nps = scored.last_nps
+    del scored  # each part's scores are read back from the store: not all held through the writes
     if writing:
         say(f"writing {', '.join(t.destination.name for c in writing for t in c.targets)}")
     # Tools are written side by side too; one tool's targets (a Mailchimp account's audiences) one after another,
@@ -352,180 +349,6 @@ def _write_target(store: Store, target: Target, views: Iterable[ScoreView],
         outcome.error = exc
     outcome.seconds = time.monotonic() - started
     return outcome, written
-
-
-# --- scoring the store --------------------------------------------------------------------------------------------
-
-
-def score_as_of(settings: Settings, now: datetime | None = None) -> pd.Timestamp:
-    """The end of today in the business's time zone: every order so far counts, and every run of one day scores
-    against the same moment, so a rerun with the same data gives the same scores and writes nothing."""
-    local = pd.Timestamp(now or datetime.now(timezone.utc)).tz_convert(settings.zone)
-    return (local.normalize() + pd.Timedelta(days=1)).tz_convert("UTC")
-
-
-def orders_frame(orders: Iterable[Order]) -> tuple[pd.DataFrame, set[str]]:
-    """The completed ones among ``orders`` as (customer, at, amount), and their currencies. Built a column at a
-    time from a stream, so the order records are never all in memory (400,000 deals would hold ~350 MB)."""
-    customers: list[str | None] = []
-    times, amounts, currencies = [], [], set()
-    same: dict[str, str] = {}  # one string per customer, not one per order
-    for order in orders:
-        if order.status is not OrderStatus.WON:
-            continue
-        customer = order.match_email or order.customer_source_id
-        customers.append(customer if customer is None else same.setdefault(customer, customer))
-        times.append(order.created_at)
-        amounts.append(float(order.amount))
-        currencies.add(order.currency)
-    frame = pd.DataFrame({"customer": customers, "at": pd.to_datetime(times, utc=True), "amount": amounts})
-    return frame, currencies
-
-
-def responses_frame(store: Store, *, sentiment: bool = True) -> pd.DataFrame | None:
-    """Survey answers in the store with a known respondent: (customer, at, nps, sentiment of the free text; left
-    empty without ``sentiment``, when only the NPS is wanted). Built a column at a time from a stream: holding
-    every response record at once pinned ~100 MB at 100,000 customers (the few strings the frame keeps were
-    scattered over all the memory the records had used, so none of it could be given back)."""
-    customers: list[str] = []
-    times, nps, texts = [], [], []
-    for _, payload in store.stored_records("survey_response"):
-        response = from_payload("survey_response", payload)
-        if not response.match_email:
-            continue
-        customers.append(response.match_email)
-        times.append(response.submitted_at)
-        answers = response.answers.values()
-        nps.append(next((float(a.value) for a in answers if a.answer_kind is AnswerKind.NPS), np.nan))
-        texts.append(". ".join(a.value for a in answers if a.answer_kind is AnswerKind.TEXT))
-    if not customers:
-        return None
-    scored = SentimentModel().score(texts) if sentiment else np.full(len(texts), np.nan)
-    return pd.DataFrame({
-        "customer": customers,
-        "at": pd.to_datetime(times, utc=True),
-        "nps": nps,
-        "sentiment": np.where([bool(text.strip()) for text in texts], scored, np.nan),
-    })
-
-
-def events_frame(store: Store) -> pd.DataFrame | None:
-    """Email events in the store: (customer = the normalised address, at, event kind), a column at a time."""
-    customers: list[str | None] = []
-    times, kinds = [], []
-    for _, payload in store.stored_records("email_event"):
-        event = from_payload("email_event", payload)
-        customers.append(event.match_email)
-        times.append(event.occurred_at)
-        kinds.append(event.event.value)
-    if not customers:
-        return None
-    return pd.DataFrame({"customer": customers, "at": pd.to_datetime(times, utc=True), "event": kinds})
-
-
-def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: bool) -> tuple[list[Score], dict[str, int]]:
-    """Score every customer with a completed order (or, with no orders at all, everyone who engaged), reusing the
-    saved model while it is young; keep the Score records (and a newly fitted model) when ``keep``."""
-    as_of = score_as_of(settings)
-    fingerprint = _scoring_inputs(settings, store, as_of)
-    if store.cursor(*SCORED_INPUTS_CURSOR) == fingerprint:
-        kept = _kept_scores(store, as_of)
-        if kept:
-            # The kept scores carry their sentiment: only each customer's last NPS is wanted from the answers.
-            return _scores_stand(kept, responses_frame(store, sentiment=False), as_of, report)
-    orders, currencies = orders_frame(from_payload("order", payload) for _, payload in store.stored_records("order"))
-    responses = responses_frame(store)
-    parameters = ScoringParameters(horizon_days=settings.scoring.horizon_days or None, medium_risk=settings.scoring.medium_risk,
-                                   high_risk=settings.scoring.high_risk, random_seed=settings.scoring.random_seed)
-    try:
-        table, model, model_note = score_with_saved_model(orders, as_of, parameters, responses, events_frame(store),
-                                                          settings.data_dir / "models", settings.scoring.retrain_days, keep=keep)
-    except NotEnoughCustomers as exc:
-        report.scoring = f"nothing scored and nothing written: {exc}"
-        return [], {}
-    latest = _latest_answers(responses, as_of)
-    currency = next(iter(currencies)) if len(currencies) == 1 else settings.currency
-    records = [_with_sentiment(score, latest) for score in as_score_records(table, as_of, currency, MODEL_VERSION)]
-    if keep:
-        keep_scores(store, records, "sync", f"score {len(records):,} customers")
-        with store.transaction() as conn:
-            store.save_cursor(conn, *SCORED_INPUTS_CURSOR, fingerprint)
-    heading = (f"{len(table):,} customers scored (churn = {model.label_} in the next {model.horizon_days_} days; "
-               f"{model.method_}; {model_note})")
-    return records, _summarise(table, heading, latest, report)
-
-
-def _summarise(table: pd.DataFrame, heading: str, latest: pd.DataFrame, report: SyncReport) -> dict[str, int]:
-    """The scoring line and the riskiest customers into the report; each customer's last NPS for the writes."""
-    bands = table["risk_band"].value_counts()
-    report.scored = len(table)
-    report.scoring = f"{heading}: " + ", ".join(f"{bands.get(b, 0):,} {b}" for b in ("high", "medium", "low", "new"))
-    # Most at risk first; among equal risks, the ones with more to lose (and then the lifelong value) first.
-    ranked = table[table["risk_band"] != "new"].assign(_value=table["clv_12_months"].fillna(0.0))
-    report.riskiest = ranked.sort_values(["churn_probability", "_value"], ascending=False, kind="stable").drop(columns="_value").head(10)
-    return {customer: int(row["nps"]) for customer, row in latest.iterrows() if not pd.isna(row["nps"])}
-
-
-# What the kept scores were computed from: orders, email events and survey answers, the day, the settings and the
-# model version. Unchanged, a rerun of the same day would compute the very same scores, so it reuses them instead.
-SCORED_INPUTS_CURSOR = ("scoring", "inputs")
-SCORING_INPUTS = ("order", "email_event", "survey_response")
-
-
-def _scoring_inputs(settings: Settings, store: Store, as_of: pd.Timestamp) -> str:
-    return "|".join([as_of.isoformat(), MODEL_VERSION, settings.scoring.model_dump_json(), settings.currency,
-                     store.kinds_fingerprint(SCORING_INPUTS)])
-
-
-def _kept_scores(store: Store, as_of: pd.Timestamp) -> list[Score]:
-    kept = (from_payload("score", payload) for _, payload in store.stored_records("score", "scoring"))
-    return [score for score in kept if pd.Timestamp(score.scored_at) == as_of]
-
-
-def _scores_stand(kept: list[Score], responses: pd.DataFrame | None, as_of: pd.Timestamp,
-                  report: SyncReport) -> tuple[list[Score], dict[str, int]]:
-    """The summary, the riskiest customers and the last NPS, from the scores kept by an earlier run of the day."""
-    table = pd.DataFrame({
-        "churn_probability": [s.churn_probability for s in kept],
-        "risk_band": [s.risk_band.value for s in kept],
-        "segment": [s.segment for s in kept],
-        "clv_12_months": [np.nan if s.clv is None else float(s.clv) for s in kept],
-        "reasons": ["; ".join(s.top_reasons) for s in kept],
-    }, index=pd.Index([s.source_id for s in kept], name="customer"))
-    heading = f"{len(table):,} customers: nothing they are scored on changed since the last run today, so their scores stand"
-    return kept, _summarise(table, heading, _latest_answers(responses, as_of), report)
-
-
-def keep_scores(store: Store, records: Sequence[Score], command: str, detail: str) -> tuple[int, RunCounts]:
-    """Score records into the store in one run of its history; unchanged scores are not rewritten."""
-    counts = RunCounts()
-    # The scores being replaced, read before the write: the run's history row says how customers moved from them.
-    summary = summarise_run(stored_bands(store), records)
-    with store.transaction() as conn:
-        run_id = store.begin_run(conn, command, detail, datetime.now(timezone.utc))
-        for start in range(0, len(records), 2_000):
-            store.upsert_records(conn, records[start : start + 2_000], counts)
-        if records:
-            record_run(conn, run_id, records[0].scored_at, len(records), summary)
-        store.finish_run(conn, run_id, "succeeded", counts)
-    return run_id, counts
-
-
-def _latest_answers(responses: pd.DataFrame | None, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Per customer: the NPS of their latest answer that had one, and the sentiment of their latest text."""
-    if responses is None:
-        return pd.DataFrame(columns=["nps", "sentiment"])
-    known = responses[responses["at"] < as_of].sort_values("at", kind="stable")
-    return pd.DataFrame({
-        "nps": known.dropna(subset=["nps"]).groupby("customer")["nps"].last(),
-        "sentiment": known.dropna(subset=["sentiment"]).groupby("customer")["sentiment"].last(),
-    })
-
-
-def _with_sentiment(score: Score, latest: pd.DataFrame) -> Score:
-    if score.source_id not in latest.index or pd.isna(latest.at[score.source_id, "sentiment"]):
-        return score
-    return replace(score, sentiment=round(float(latest.at[score.source_id, "sentiment"]), 3))
 
 
 # --- the dry run's scratch store --------------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def _model_quality(store: Store, settings: Settings) -> tuple[ModelQuality | Non
 
     from scoring.churn import NothingToCompare, backtest
     from scoring.scores import NotEnoughCustomers
-    from sync.pipeline import score_as_of
+    from sync.scoring_stage import score_as_of
 
     as_of = score_as_of(settings)
     key = "|".join([as_of.isoformat(), settings.scoring.model_dump_json(), store.kinds_fingerprint(("order",))])
@@ -255,7 +255,7 @@ def _model_quality(store: Store, settings: Settings) -> tuple[ModelQuality | Non
 
 
 def _completed_orders(store: Store) -> pd.DataFrame:
-    """sync.pipeline.orders_frame's (customer, at, amount) of the won orders, decoded with orjson alone: building
+    """sync.scoring_stage.orders_frame's (customer, at, amount) of the won orders, decoded with orjson alone: building
     400k Order records first takes most of a 100k-customer report's time."""
     rows = []
     for _, payload in store.stored_records("order"):

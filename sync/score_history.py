@@ -1,7 +1,7 @@
 """The history of scoring runs: per run, how many customers fell in each band and segment, the spread of churn
 probabilities, and how customers moved between bands and segments since the scores the run replaced.
 
-Written by the scoring step (sync.pipeline.keep_scores) into the store's ``score_runs`` table; read by the owner
+Written by the scoring step (sync.scoring_stage.keep_scores) into the store's ``score_runs`` table; read by the owner
 report. Aggregates only: no customer key is kept, so erasing a person (`retention forget`) has nothing to do here.
 """
 

@@ -91,6 +91,9 @@ class ScoringSettings(_Section):
     random_seed: int = Field(7, ge=0)
     # A saved model younger than this is reused, so scores move only when the data does; 0 = refit on every run.
     retrain_days: int = Field(7, ge=0, le=365)
+    # From this many orders, email events and survey answers in the store, a sync scores in a process of its own,
+    # whose memory goes back to the system when it ends; 0 = always.
+    own_process_from: int = Field(100_000, ge=0)
 
 
 class ScheduleSettings(_Section):

@@ -427,6 +427,11 @@ class Store:
             rows = [(kind, *conn.execute(of_kind(kind)).one()) for kind in sorted(kinds)]
         return hashlib.sha256(repr([tuple(str(value) for value in row) for row in rows]).encode()).hexdigest()
 
+    def count_records(self, kinds: Sequence[str]) -> int:
+        """How many records of ``kinds`` the store holds, deleted ones included (an index count per kind)."""
+        with self.engine.connect() as conn:
+            return sum(conn.execute(select(func.count()).where(records.c.kind == kind)).scalar_one() for kind in kinds)
+
     def drop_cursor(self, conn: Connection, source: str, stream: str) -> None:
         conn.execute(delete(cursors).where(cursors.c.source == source, cursors.c.stream == stream))
 

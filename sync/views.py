@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from connectors.base import Connection, ScoreView
 from connectors.records import Contact, Score, from_payload
 from sync.linking import AGREED_PEOPLE_AT_ONCE, CONTACT_FIELDS, Linked, agreed_values, link_contacts, remember_agreed
+from sync.scoring_stage import Scored
 from sync.settings import Settings
 from sync.store import Store
 
@@ -35,20 +36,19 @@ class People:
     """Everyone a run's writes may concern, and their scores, handed out a part at a time (the same parts to
     every tool, which reads them on its own)."""
 
-    def __init__(self, store: Store, writing: Sequence[Connection], scores: Sequence[Score], people: set[str] | None,
-                 *, stored: bool) -> None:
+    def __init__(self, store: Store, writing: Sequence[Connection], scored: Scored, people: set[str] | None) -> None:
         """``people``: only those changed since the last complete write run; None for everyone the writing tools
-        hold and everyone scored. ``stored``: ``scores`` are the store's scores of the day, so each part's are read
-        back from the store instead of all held through the writes (85 MB at 100,000 customers)."""
+        hold and everyone scored. Scores kept in the store are read back a part at a time rather than all held
+        through the writes (85 MB at 100,000 customers)."""
         self.store = store
         self.sources = {c.name: c.source.name for c in writing if c.source is not None}
         if people is None:
             people = self.store.emails_of(list(self.sources.values()))
-            people.update(score.source_id for score in scores)
+            people.update(scored.customers)
         self.keys = sorted(people)
         # Every score of a run has the one source and time (as_of): a score in the store with another is not this run's.
-        self._scored = (scores[0].source, scores[0].scored_at) if scores else None
-        self._held = None if stored else scores
+        self._scored = scored.run
+        self._held = scored.records
 
     def parts(self) -> Iterator[Part]:
         """The people a part at a time, each with its contacts; every run of this yields the same parts."""

@@ -197,7 +197,7 @@ def test_report_on_a_store_without_scores_says_to_score_first(workspace: Workspa
 def test_the_backtest_reads_the_same_completed_orders_as_scoring(reported_shop: ReportedShop) -> None:
     import pandas as pd
 
-    from sync.pipeline import orders_frame
+    from sync.scoring_stage import orders_frame
     from sync.report import _completed_orders
 
     store = reported_shop.open_store()

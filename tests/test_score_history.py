@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from connectors.records import Score
 from sync import schema
-from sync.pipeline import keep_scores
+from sync.scoring_stage import keep_scores
 from sync.score_history import NOT_SCORED, recent_score_runs
 from sync.store import Store
 

@@ -172,6 +172,26 @@ def test_a_value_typed_into_an_empty_field_of_ours_is_cleared_once(shop):
     assert all(t.sent == 0 for t in report.targets) and mutating_requests(shop) == []
 
 
+def test_a_large_store_is_scored_in_a_process_of_its_own_with_the_same_result(shops):
+    """From ``scoring.own_process_from`` records of orders, events and answers, scoring runs in a process of its own
+    (its memory goes back to the system when it ends): both tools end up as the twin's, scored in the sync's own
+    process, also after an order moves the scores, and the summary is the same."""
+    shop, twin = shops
+    scoring = shop.settings.scoring.model_copy(update={"own_process_from": 0})
+    shop = replace(shop, settings=shop.settings.model_copy(update={"scoring": scoring}))
+    for round_ in range(2):
+        if round_:
+            for each in (shop, twin):
+                add_order(each, sorted(each.sandboxes["hubspot"].objects["contacts"], key=int)[0], "650")
+        apart, _ = sync_once(shop)
+        inside, _ = sync_once(twin)
+        assert not apart.errors and not inside.errors
+        assert apart.scoring_peak_mb is not None and inside.scoring_peak_mb is None
+        assert apart.scoring == inside.scoring and apart.riskiest.equals(inside.riskiest)
+        assert [(t.name, t.sent) for t in apart.targets] == [(t.name, t.sent) for t in inside.targets]
+        assert state(shop) == state(twin)
+
+
 def test_a_new_order_the_same_day_rescores_with_the_same_model_and_writes_only_what_moved(shop):
     first, _ = sync_once(shop)
     hubspot = shop.sandboxes["hubspot"]

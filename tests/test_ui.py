@@ -17,7 +17,7 @@ import pytest
 from connectors.hubspot.destination import HubSpotDestination
 from connectors.records import Score
 from sync.engine import push_changes
-from sync.pipeline import keep_scores
+from sync.scoring_stage import keep_scores
 from sync.settings import Settings
 from sync.store import Store
 from sync.ui import Dashboard, start
