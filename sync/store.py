@@ -626,9 +626,7 @@ class Store:
                 elif kind == "contact":
                     contacts.setdefault(source, []).append(source_id)
             for source, source_ids in contacts.items():
-                for start in range(0, len(source_ids), 1000):
-                    people.update(conn.execute(select(identities.c.email).where(
-                        identities.c.source == source, identities.c.source_id.in_(source_ids[start : start + 1000]))).scalars())
+                people |= self._emails_linked(conn, source, source_ids)
         return people
 
     def contacts_of(self, sources: Sequence[str], people: set[str]) -> dict[str, list[tuple[str, str]]]:
@@ -643,11 +641,18 @@ class Store:
                 asked.update(keys)
                 for source in sources:
                     new = self._contacts_linked(conn, source, keys, found[source])
-                    for start in range(0, len(new), 1000):
-                        wanted.update(conn.execute(select(identities.c.email).where(
-                            identities.c.source == source, identities.c.source_id.in_(new[start : start + 1000]))).scalars())
+                    wanted |= self._emails_linked(conn, source, new)
         return {source: [(source_id, payload) for source_id, (_, payload) in sorted(held.items(), key=lambda item: item[1][0])]
                 for source, held in found.items()}
+
+    @staticmethod
+    def _emails_linked(conn: Connection, source: str, source_ids: Sequence[str]) -> set[str]:
+        """The normalised emails the contacts ``source_ids`` of ``source`` are linked by."""
+        emails: set[str] = set()
+        for start in range(0, len(source_ids), LEDGER_CHUNK):
+            emails.update(conn.execute(select(identities.c.email).where(
+                identities.c.source == source, identities.c.source_id.in_(source_ids[start : start + LEDGER_CHUNK]))).scalars())
+        return emails
 
     @staticmethod
     def _contacts_linked(conn: Connection, source: str, keys: list[str], found: dict[str, tuple[int, str]]) -> list[str]:

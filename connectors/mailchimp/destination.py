@@ -100,7 +100,7 @@ class MailchimpDestination:
                 if name in TAG_FAMILIES:
                     values[name] = next(iter(sorted(self._family_tags(tags, name))), None)
                 elif name in WRITABLE_MERGE_FIELDS:
-                    values[name] = self.coerce(name, str(member.get("merge_fields", {}).get(name, "")))
+                    values[name] = self._held_merge_field(name, str(member.get("merge_fields", {}).get(name, "")))
             found[email] = values
         return found
 
