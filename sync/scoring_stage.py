@@ -1,6 +1,6 @@
 """The sync's scoring stage: the store's orders, email events and survey answers in, a Score record per customer out.
 
-A large store is scored in a process of its own (``python -m sync.scoring_stage``, started by sync.pipeline): its
+A large store is scored in a process of its own (``python -m sync.scoring_stage``, started by ``score_for_sync``): its
 hundreds of MB of frames and models go back to the system when it ends, and the sync's own process never loads
 scikit-learn, SciPy or TextBlob (~120 MB it would hold through the writes). The request comes on stdin and the
 answer goes back on stdout, both pickled: the two are the same program, and nothing else writes to that pipe
@@ -104,9 +104,19 @@ def _serve_one_request() -> None:
                           "scoring": report.scoring, "riskiest": report.riskiest,
                           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     except RetentionError as exc:  # the user's to act on: raised again in the sync's process, with its one line
-        answer = exc
+        answer = exc if _round_trips(exc) else ScoringFailed(str(exc))
     pickle.dump(answer, answer_out)
     answer_out.close()
+
+
+def _round_trips(error: RetentionError) -> bool:
+    """Whether ``error`` comes out of pickle as it went in (an error type whose __init__ wants more than its
+    message does not)."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # noqa: BLE001 - any failure to rebuild it means: send its words instead
+        return False
+    return True
 
 
 def _die_with_parent(parent: int) -> None:
@@ -118,7 +128,8 @@ def _die_with_parent(parent: int) -> None:
     if os.getppid() != parent:  # it died before that was set
         os._exit(1)
 
-# --- scoring the store (in whichever process) --------------------------------------------------------------------------------------------
+
+# --- scoring the store (in whichever process) -------------------------------------------------------------------
 
 
 def score_as_of(settings: Settings, now: datetime | None = None) -> pd.Timestamp:

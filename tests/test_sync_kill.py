@@ -272,3 +272,65 @@ def test_kill_9_at_random_points_then_a_normal_run_reaches_the_uninterrupted_sta
 
     # The scores and tags equal those of a twin that synced the same inputs without ever being killed.
     assert killed_state == twin_state
+
+
+def _scoring_process_of(parent: int, timeout_s: float = 120.0) -> int:
+    """The pid of ``parent``'s scoring process (``python -m sync.scoring_stage``), once it has started."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # ended meanwhile
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"sync.scoring_stage" in command:
+                return int(entry.name)
+        time.sleep(0.01)
+    raise AssertionError("the sync never started its scoring process")
+
+
+def _has_store_open(pid: int) -> bool:
+    """Whether ``pid`` holds the store open: a scoring process has then checked its parent and started scoring."""
+    try:
+        return any(os.readlink(fd).endswith("retention.db") for fd in (Path("/proc") / str(pid) / "fd").iterdir())
+    except OSError:
+        return False
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.fault("F1")
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the scoring process through /proc (Linux)")
+def test_a_sync_killed_while_scoring_apart_takes_its_scoring_process_with_it(shops):
+    """Scoring in a process of its own (scoring.own_process_from = 0 here; 100,000 records by default): a kill -9 of
+    the sync while it scores ends the scoring process too, so no scores are computed and kept under no lease, and
+    the next run reaches the state of a twin that was never killed."""
+    shop = shops("killed")
+    scoring = shop.settings.scoring.model_copy(update={"own_process_from": 0})
+    shop.settings = shop.settings.model_copy(update={"scoring": scoring})
+    child = multiprocessing.get_context("spawn").Process(target=_sync_in_child, args=(shop.settings, shop.endpoints))
+    child.start()
+    scoring_pid = _scoring_process_of(child.pid)
+    deadline = time.monotonic() + 120
+    while not _has_store_open(scoring_pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert _has_store_open(scoring_pid), "the scoring process never opened the store"
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    deadline = time.monotonic() + 1.0  # it would go on for seconds: importing the models' libraries alone takes ~1 s
+    while _running(scoring_pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _running(scoring_pid), "the scoring process outlived the sync that was killed"
+    let_sandboxes_answer(shop)
+    sync_normally(shop)
+    twin = shops("twin")
+    sync_normally(twin)
+    assert state(shop) == state(twin)
