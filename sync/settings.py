@@ -96,6 +96,11 @@ class ScoringSettings(_Section):
     own_process_from: int = Field(100_000, ge=0)
 
 
+# Scoring settings that change where or how fast scores are computed, never what they are: a change of one keeps
+# the day's scores and the report's cached backtest.
+SCORE_NEUTRAL_SETTINGS = {"own_process_from"}
+
+
 class ScheduleSettings(_Section):
     """`retention schedule`: when syncs run, and the lease that keeps two of them from running at once."""
 
