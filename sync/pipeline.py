@@ -5,6 +5,8 @@ runs the steps in order. Reads commit per source with their cursors (sync.engine
 through the ledger-first path (sync.engine.push_changes). A tool that fails is reported and the others go on; the
 run as a whole then ends non-zero, and the next run resumes each tool from its last committed cursor.
 
+Scoring is sync.scoring_stage's: here for a small store, in a process of its own for a large one.
+
 A dry run does all of this against a scratch copy of the store, and plans the writes instead of sending them, so
 neither the tools nor the real store change.
 """
