@@ -40,10 +40,12 @@ def shop(tmp_path: Path) -> Iterator[DemoShop]:
 
 @pytest.fixture(params=BACKENDS)
 def any_shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DemoShop]:
-    """The shop, once with the SQLite store and once with PostgreSQL (where a server is available)."""
+    """The shop, once with the SQLite store and once with PostgreSQL (where a server is available; scored in a process
+    of its own there, so the server's address and credentials reach it too)."""
     settings = Settings(data_dir=tmp_path / ".retention")
     if request.param == "postgres":
-        settings = settings.model_copy(update={"store": settings.store.model_copy(update={"url": fresh_postgres_url()})})
+        settings = settings.model_copy(update={"store": settings.store.model_copy(update={"url": fresh_postgres_url()}),
+                                               "scoring": settings.scoring.model_copy(update={"own_process_from": 0})})
     shop = open_demo_shop(settings, CUSTOMERS, seed=5)
     try:
         yield shop
@@ -225,7 +227,8 @@ def add_order(shop: DemoShop, contact_id: str, amount: str) -> None:
 
 def test_after_a_complete_sync_only_the_people_who_changed_are_compared_and_nothing_is_left_undone(any_shop):
     shop = any_shop
-    sync_once(shop)
+    first, _ = sync_once(shop)
+    assert not first.errors and (first.scoring_peak_mb is not None) == (shop.settings.scoring.own_process_from == 0)
     sync_once(shop)  # reads back what the first wrote: everyone's contact moved, so everyone is compared
     hubspot, mailchimp = shop.sandboxes["hubspot"], shop.sandboxes["mailchimp"]
     audience = next(iter(mailchimp.lists.values()))
