@@ -10,6 +10,10 @@ Method (documented in README, "Lifetime value"):
   customers with repeat purchases; it shrinks each customer's average towards the population's according to how
   many purchases it rests on.
 - Expected value over a horizon = expected purchases x expected spend per purchase (undiscounted).
+- LearntValueModel ranks customers by what they are likely to spend, learnt by gradient boosting from the
+  business's own past windows (what each customer spent in the horizon after a past cut-off, from how they looked
+  at it), and shares out the total BG/NBD x Gamma-Gamma expects of the customer base in proportion. BG/NBD x
+  Gamma-Gamma alone answers where there is too little history to learn from (scoring.churn.ChurnModel).
 
 Our own implementation: the maintained alternatives either no longer install with current pandas and numpy
 (lifetimes, btyd) or bring a probabilistic-programming stack (pymc-marketing) for closed-form likelihoods.
@@ -22,6 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
+from sklearn.ensemble import HistGradientBoostingRegressor
 
 
 class NotFitted(RuntimeError):
@@ -140,11 +145,18 @@ class GammaGammaModel:
 class LifetimeValueModel:
     """Expected spend over a horizon: BG/NBD purchases x Gamma-Gamma spend per purchase."""
 
-    def __init__(self, penalizer: float = 0.0) -> None:
+    def __init__(self, penalizer: float = 0.0, max_customers: int | None = None, random_state: int = 7) -> None:
         self.penalizer = penalizer
+        self.max_customers = max_customers  # None: fit on everyone
+        self.random_state = random_state
 
     def fit(self, summary: object) -> LifetimeValueModel:
-        """``summary``: a frame with frequency, recency, age and monetary columns (scoring.features.rfm_summary)."""
+        """``summary``: a frame with frequency, recency, age and monetary columns (scoring.features.rfm_summary).
+        Beyond ``max_customers``, the population parameters are fitted on a seeded sample of that many: seven
+        parameters are pinned down long before a million customers, and the fit's cost stays flat."""
+        if self.max_customers is not None and len(summary) > self.max_customers:
+            rows = np.random.default_rng(self.random_state).choice(len(summary), self.max_customers, replace=False)
+            summary = summary.iloc[np.sort(rows)]
         self.purchases_ = BetaGeoModel(self.penalizer).fit(summary["frequency"], summary["recency"], summary["age"])
         self.spend_ = GammaGammaModel(self.penalizer).fit(summary["frequency"], summary["monetary"])
         return self
@@ -152,3 +164,45 @@ class LifetimeValueModel:
     def predict(self, summary: object, horizon: float) -> np.ndarray:
         purchases = self.purchases_.expected_purchases(horizon, summary["frequency"], summary["recency"], summary["age"])
         return purchases * self.spend_.expected_spend(summary["frequency"], summary["monetary"])
+
+
+MIN_SPENDERS = 20  # past customer-windows with any spend; fewer teach a ranking nothing
+
+
+class LearntValueModel:
+    """Spend learnt from the business's own past windows, for its ranking, in BG/NBD x Gamma-Gamma's money, for its
+    level. Fitted on rows of (a customer as they were at a past cut-off, what they spent in the window after it)."""
+
+    def __init__(self, max_rows: int = 200_000, random_state: int = 7) -> None:
+        self.max_rows = max_rows  # beyond it, a seeded sample: the fit's cost stays flat as the business grows
+        self.random_state = random_state
+
+    def fit(self, features: np.ndarray, spend: ArrayLike) -> LearntValueModel:
+        """``features``: one row per customer and past cut-off (scoring.churn.feature_matrix); ``spend``: what
+        each spent in the window after that cut-off. Raises ValueError when too few spent anything."""
+        # log1p: spend is heavy-tailed; on raw amounts a few big spenders would decide the fit, on its log everyone
+        # counts. Refunds past the purchases count as nothing spent.
+        target = np.log1p(np.clip(np.asarray(spend, dtype=float), 0.0, None))
+        if np.count_nonzero(target) < MIN_SPENDERS:
+            raise ValueError(f"fewer than {MIN_SPENDERS} customers spent anything in the past windows")
+        rows = np.arange(len(target))
+        if len(rows) > self.max_rows:
+            rows = np.sort(np.random.default_rng(self.random_state).choice(len(rows), self.max_rows, replace=False))
+        # The churn model's gradient boosting settings, not tuned apart.
+        self.estimator_ = HistGradientBoostingRegressor(
+            max_iter=200, learning_rate=0.05, max_leaf_nodes=15, l2_regularization=1.0, random_state=self.random_state
+        ).fit(features[rows], target[rows])
+        return self
+
+    def predict(self, features: np.ndarray, expected: ArrayLike) -> np.ndarray:
+        """Each customer's share of ``expected``'s total (BG/NBD x Gamma-Gamma's values over the horizon, one per
+        row of ``features``), in proportion to the spend learnt; ``expected`` itself when the learnt spend cannot
+        tell the customers apart or that total is unknown."""
+        if not hasattr(self, "estimator_"):
+            raise NotFitted("fit the model first")
+        expected = np.asarray(expected, dtype=float)
+        learnt = np.expm1(np.clip(self.estimator_.predict(features), 0.0, None))
+        total = expected.sum()
+        if not np.isfinite(total) or np.ptp(learnt) == 0:
+            return expected
+        return learnt * (total / learnt.sum())
