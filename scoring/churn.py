@@ -284,8 +284,8 @@ class ChurnModel:
         except ValueError as exc:  # too few customers spent anything in the past windows
             self.value_method_ = f"{VALUE_FALLBACK} ({exc})"
             return
-        self.value_method_ = (f"gradient boosting on spend in the {self.horizon_days_} days after past cut-offs up to "
-                              f"{newest_cutoff:%Y-%m-%d}, scaled to {VALUE_FALLBACK}'s total")
+        self.value_method_ = (f"{VALUE_FALLBACK}'s values, ranked by spend in the {self.horizon_days_} days after past "
+                              f"cut-offs up to {newest_cutoff:%Y-%m-%d}")
 
     def _fit_fallback(self, activity: pd.DataFrame, as_of: pd.Timestamp, method: str) -> ChurnModel:
         self.method_ = method
