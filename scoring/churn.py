@@ -21,6 +21,9 @@ Method (README, "Churn risk"):
    the horizon is used instead, and the model says so (``method_``).
 6. A business with no orders at all is scored from engagement alone: email opens and clicks and survey answers
    take the place of orders, churn is no engagement in the next H days, and the model says so (``label_``).
+7. Lifetime value learns from the same windows (scoring.clv.LearntValueModel): what each customer spent in the H
+   days after each cut-off, from the same features. Where churn falls back to BG/NBD, or too few customers spent
+   anything in those windows, BG/NBD x Gamma-Gamma alone gives the value, and the model says so (``value_method_``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from scoring.clv import BetaGeoModel
+from scoring.clv import BetaGeoModel, LearntValueModel
 from scoring.features import engagement_activity, engagement_summary, rfm_summary, survey_summary
 
 MIN_HORIZON_DAYS, MAX_HORIZON_DAYS = 30, 365
@@ -138,6 +141,7 @@ class Snapshot:
     cutoff: pd.Timestamp
     features: pd.DataFrame
     churned: pd.Series  # 1 = no order in [cutoff, cutoff + horizon)
+    spend: pd.Series  # what each customer spent in [cutoff, cutoff + horizon): what lifetime value learns from
 
 
 def labelled_snapshots(
@@ -155,9 +159,10 @@ def labelled_snapshots(
         summary = rfm_summary(known, cutoff)
         window = known[(known["at"] >= cutoff) & (known["at"] < cutoff + horizon)]
         churned = pd.Series((~summary.index.isin(window["customer"])).astype(int), index=summary.index)
+        spend = window.groupby("customer")["amount"].sum().reindex(summary.index, fill_value=0.0)
         survey = survey_summary(responses, cutoff) if responses is not None else None
         engagement = engagement_summary(events, cutoff) if events is not None else None
-        snapshots.append(Snapshot(cutoff, model_features(summary, survey, engagement, with_money), churned))
+        snapshots.append(Snapshot(cutoff, model_features(summary, survey, engagement, with_money), churned, spend))
         cutoff = (cutoff - horizon / 2).floor("D")
     return snapshots
 
@@ -176,6 +181,7 @@ def feature_matrix(frames: list[pd.DataFrame], columns: list[str]) -> np.ndarray
 
 
 BLEND = "average of logistic regression and gradient boosting"
+VALUE_FALLBACK = "BG/NBD x Gamma-Gamma"
 
 
 def candidate_models(random_state: int) -> dict[str, object]:
@@ -234,6 +240,7 @@ class ChurnModel:
         ordered = history[1:] + history[:1]
         newest_rows = len(history[0].features)
         labels = np.concatenate([s.churned.to_numpy() for s in ordered])
+        spend = np.concatenate([s.spend.to_numpy() for s in ordered])
         train_y, newest_churned = labels[:-newest_rows], labels[-newest_rows:]
         if any(len(np.unique(part)) < 2 for part in (train_y, newest_churned)):
             # Every customer of a past window churned (or every one stayed): a classifier cannot be fitted or
@@ -264,11 +271,27 @@ class ChurnModel:
         self.calibration_ = LogisticRegression(C=1.0).fit(_log_odds(newest_probability[best]), newest_churned)
         self.method_ = (f"{best}{alone}, learnt from windows up to {cutoffs[0]:%Y-%m-%d} and calibrated on how "
                         "the older windows' model scored that one")
+        self._fit_value(matrix, spend, cutoffs[0])
         return self
+
+    def _fit_value(self, matrix: np.ndarray, spend: np.ndarray, newest_cutoff: pd.Timestamp) -> None:
+        """Lifetime value's ranking, learnt from the windows the churn model learnt from (none without orders)."""
+        self.value_model_, self.value_method_ = None, None
+        if self.inputs_.activity != "orders":
+            return
+        try:
+            self.value_model_ = LearntValueModel(random_state=self.random_state).fit(matrix, spend)
+        except ValueError as exc:  # too few customers spent anything in the past windows
+            self.value_method_ = f"{VALUE_FALLBACK} ({exc})"
+            return
+        self.value_method_ = (f"{VALUE_FALLBACK}'s values, ranked by spend in the {self.horizon_days_} days after past "
+                              f"cut-offs up to {newest_cutoff:%Y-%m-%d}")
 
     def _fit_fallback(self, activity: pd.DataFrame, as_of: pd.Timestamp, method: str) -> ChurnModel:
         self.method_ = method
         self.features_ = []
+        self.value_model_ = None
+        self.value_method_ = f"{VALUE_FALLBACK} (too little history to learn spend from)" if self.inputs_.activity == "orders" else None
         summary = rfm_summary(activity, as_of)
         self.fallback_ = BetaGeoModel().fit(summary["frequency"], summary["recency"], summary["age"])
         self.backtest_ = {}
@@ -295,6 +318,19 @@ class ChurnModel:
         # No purchase history makes anything certain: the extremes stay just short of 0 and 1.
         probability = np.clip(probability, PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
         return pd.Series(probability, index=summary.index, name="churn_probability")
+
+    def describe(self) -> str:
+        """The churn method and, where there are orders, lifetime value's, in words."""
+        return self.method_ if self.value_method_ is None else f"{self.method_}; lifetime value: {self.value_method_}"
+
+    def predict_value(self, summary: pd.DataFrame, expected: np.ndarray, survey: pd.DataFrame | None = None,
+                      engagement: pd.DataFrame | None = None) -> np.ndarray:
+        """Expected spend per customer of ``summary``: ``expected`` (BG/NBD x Gamma-Gamma's over the horizon)
+        shared out by the learnt spend, or ``expected`` itself where none was learnt (``value_method_`` says)."""
+        if self.value_model_ is None:
+            return np.asarray(expected, dtype=float)
+        features = model_features(summary, survey, engagement, self.inputs_.activity == "orders")
+        return self.value_model_.predict(feature_matrix([features], self.features_), expected)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ Method (documented in README, "Lifetime value"):
   customers with repeat purchases; it shrinks each customer's average towards the population's according to how
   many purchases it rests on.
 - Expected value over a horizon = expected purchases x expected spend per purchase (undiscounted).
+- LearntValueModel ranks customers by what they are likely to spend, learnt by a regularised linear model from
+  the business's own past windows (the log of what each customer spent in the horizon after a past cut-off, from
+  how they looked at it), and hands BG/NBD x Gamma-Gamma's values out again in that order: the customer ranked
+  k-th gets the k-th largest. BG/NBD x Gamma-Gamma alone answers where there is too little history to learn from
+  (scoring.churn.ChurnModel).
 
 Our own implementation: the maintained alternatives either no longer install with current pandas and numpy
 (lifetimes, btyd) or bring a probabilistic-programming stack (pymc-marketing) for closed-form likelihoods.
@@ -22,6 +27,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 
 class NotFitted(RuntimeError):
@@ -32,6 +41,20 @@ def _arrays(*values: ArrayLike) -> list[np.ndarray]:
     return [np.asarray(value, dtype=float) for value in values]
 
 
+class _Distinct:
+    """A per-customer array and its distinct values. Purchases are whole numbers and times whole days, so a few
+    hundred values recur across thousands of customers: the likelihoods' special functions and logarithms are
+    computed once per distinct value and spread back, giving the same numbers as per customer for a fraction of
+    the cost."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.all = values
+        self.values, self._positions = np.unique(values, return_inverse=True)
+
+    def spread(self, per_value: np.ndarray) -> np.ndarray:
+        return per_value[self._positions]
+
+
 class BetaGeoModel:
     """BG/NBD. Inputs are per customer: repeat purchases, time from first to last purchase, time since first."""
 
@@ -40,11 +63,12 @@ class BetaGeoModel:
 
     def fit(self, frequency: ArrayLike, recency: ArrayLike, age: ArrayLike) -> BetaGeoModel:
         x, t_x, big_t = _arrays(frequency, recency, age)
+        distinct = (_Distinct(x), _Distinct(t_x), _Distinct(big_t))
 
         def negative_log_likelihood(log_params: np.ndarray) -> float:
             with np.errstate(all="ignore"):  # the optimiser probes extreme values; those just score as impossible
                 r, alpha, a, b = np.exp(log_params)
-                value = -self._log_likelihood(r, alpha, a, b, x, t_x, big_t).mean() + self.penalizer * np.sum(log_params**2)
+                value = -self._log_likelihood(r, alpha, a, b, *distinct).mean() + self.penalizer * np.sum(log_params**2)
             return float(value) if np.isfinite(value) else np.inf
 
         with np.errstate(all="ignore"):  # finite differences at impossible points give inf - inf; harmless
@@ -56,13 +80,15 @@ class BetaGeoModel:
         return self
 
     @staticmethod
-    def _log_likelihood(r: float, alpha: float, a: float, b: float, x: np.ndarray, t_x: np.ndarray, big_t: np.ndarray) -> np.ndarray:
-        log_a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
-        log_a2 = gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x)
-        log_a3 = -(r + x) * np.log(alpha + big_t)
-        has_repeat = x > 0
+    def _log_likelihood(r: float, alpha: float, a: float, b: float, x: _Distinct, t_x: _Distinct, big_t: _Distinct) -> np.ndarray:
+        xs = x.values
+        log_a1 = x.spread(gammaln(r + xs) - gammaln(r)) + r * np.log(alpha)
+        log_a2 = x.spread(gammaln(a + b) + gammaln(b + xs) - gammaln(b) - gammaln(a + b + xs))
+        log_a3 = -(r + x.all) * big_t.spread(np.log(alpha + big_t.values))
+        has_repeat = x.all > 0
         # a / (b + x - 1) is only part of the likelihood for customers with repeat purchases.
-        log_a4 = np.where(has_repeat, np.log(a) - np.log(np.where(has_repeat, b + x - 1, 1.0)) - (r + x) * np.log(alpha + t_x), -np.inf)
+        log_a4 = np.where(has_repeat, x.spread(np.log(a) - np.log(np.where(xs > 0, b + xs - 1, 1.0)))
+                          - (r + x.all) * t_x.spread(np.log(alpha + t_x.values)), -np.inf)
         return log_a1 + log_a2 + np.logaddexp(log_a3, log_a4)
 
     def _params(self) -> tuple[float, float, float, float]:
@@ -111,12 +137,14 @@ class GammaGammaModel:
         if len(x) < 10:
             raise ValueError("Gamma-Gamma needs at least 10 customers with repeat purchases")
 
+        purchases, log_m, log_x, spent = _Distinct(x), np.log(m), np.log(x), x * m  # what the parameters do not change
+
         def negative_log_likelihood(log_params: np.ndarray) -> float:
             with np.errstate(all="ignore"):
                 p, q, gamma = np.exp(log_params)
-                px = p * x
-                ll = (gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(gamma) + (px - 1) * np.log(m)
-                      + px * np.log(x) - (px + q) * np.log(x * m + gamma))
+                px, p_xs = p * x, p * purchases.values
+                ll = (purchases.spread(gammaln(p_xs + q) - gammaln(p_xs) - gammaln(q) + q * np.log(gamma)) + (px - 1) * log_m
+                      + px * log_x - (px + q) * np.log(spent + gamma))
                 value = -ll.mean() + self.penalizer * np.sum(log_params**2)
             return float(value) if np.isfinite(value) else np.inf
 
@@ -140,11 +168,18 @@ class GammaGammaModel:
 class LifetimeValueModel:
     """Expected spend over a horizon: BG/NBD purchases x Gamma-Gamma spend per purchase."""
 
-    def __init__(self, penalizer: float = 0.0) -> None:
+    def __init__(self, penalizer: float = 0.0, max_customers: int | None = None, random_state: int = 7) -> None:
         self.penalizer = penalizer
+        self.max_customers = max_customers  # None: fit on everyone
+        self.random_state = random_state
 
     def fit(self, summary: object) -> LifetimeValueModel:
-        """``summary``: a frame with frequency, recency, age and monetary columns (scoring.features.rfm_summary)."""
+        """``summary``: a frame with frequency, recency, age and monetary columns (scoring.features.rfm_summary).
+        Beyond ``max_customers``, the population parameters are fitted on a seeded sample of that many: seven
+        parameters are pinned down long before a million customers, and the fit's cost stays flat."""
+        if self.max_customers is not None and len(summary) > self.max_customers:
+            rows = np.random.default_rng(self.random_state).choice(len(summary), self.max_customers, replace=False)
+            summary = summary.iloc[np.sort(rows)]
         self.purchases_ = BetaGeoModel(self.penalizer).fit(summary["frequency"], summary["recency"], summary["age"])
         self.spend_ = GammaGammaModel(self.penalizer).fit(summary["frequency"], summary["monetary"])
         return self
@@ -152,3 +187,49 @@ class LifetimeValueModel:
     def predict(self, summary: object, horizon: float) -> np.ndarray:
         purchases = self.purchases_.expected_purchases(horizon, summary["frequency"], summary["recency"], summary["age"])
         return purchases * self.spend_.expected_spend(summary["frequency"], summary["monetary"])
+
+
+MIN_SPENDERS = 20  # past customer-windows with any spend; fewer teach a ranking nothing
+
+
+class LearntValueModel:
+    """Spend learnt from the business's own past windows, for its ranking, in BG/NBD x Gamma-Gamma's money, for its
+    level. Fitted on rows of (a customer as they were at a past cut-off, what they spent in the window after it)."""
+
+    def __init__(self, max_rows: int = 200_000, random_state: int = 7) -> None:
+        self.max_rows = max_rows  # beyond it, a seeded sample: the fit's cost stays flat as the business grows
+        self.random_state = random_state
+
+    def fit(self, features: np.ndarray, spend: ArrayLike) -> LearntValueModel:
+        """``features``: one row per customer and past cut-off (scoring.churn.feature_matrix); ``spend``: what
+        each spent in the window after that cut-off. Raises ValueError when too few spent anything."""
+        # log1p: spend is heavy-tailed; on raw amounts a few big spenders would decide the fit, on its log everyone
+        # counts. Refunds past the purchases count as nothing spent.
+        target = np.log1p(np.clip(np.asarray(spend, dtype=float), 0.0, None))
+        if np.count_nonzero(target) < MIN_SPENDERS:
+            raise ValueError(f"fewer than {MIN_SPENDERS} customers spent anything in the past windows")
+        rows = np.arange(len(target))
+        if len(rows) > self.max_rows:
+            rows = np.sort(np.random.default_rng(self.random_state).choice(len(rows), self.max_rows, replace=False))
+        # A regularised linear model, prepared as the churn model's logistic regression is. Gradient boosting ranked
+        # CDNOW's holdout spend a little better (0.458 against 0.450 Spearman) but costs 0.3 s more at 10,000
+        # customers, a quarter of the whole scoring there (README, "Lifetime value").
+        self.estimator_ = make_pipeline(
+            SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True), StandardScaler(), Ridge(alpha=1.0),
+        ).fit(features[rows], target[rows])
+        return self
+
+    def predict(self, features: np.ndarray, expected: ArrayLike) -> np.ndarray:
+        """BG/NBD x Gamma-Gamma's values (``expected``, one per row of ``features``) handed out again by the spend
+        learnt: the customer it ranks k-th gets the k-th largest. The values' total and spread stay BG/NBD x
+        Gamma-Gamma's; who holds which is learnt. ``expected`` itself where any of it is unknown."""
+        if not hasattr(self, "estimator_"):
+            raise NotFitted("fit the model first")
+        expected = np.asarray(expected, dtype=float)
+        if not np.all(np.isfinite(expected)):
+            return expected
+        # Stable sorts: equal learnt spend keeps the customers' order, so the same input gives the same values.
+        ranked = np.argsort(self.estimator_.predict(features), kind="stable")
+        value = np.empty_like(expected)
+        value[ranked] = np.sort(expected, kind="stable")
+        return value

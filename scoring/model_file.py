@@ -47,6 +47,7 @@ def save_model(model: ChurnModel, directory: Path, as_of: pd.Timestamp, customer
     metadata = {
         **fit.metadata(),
         "method": model.method_,
+        "value_method": model.value_method_,
         "churn_means": model.label_,
         "horizon_days": model.horizon_days_,
         "training_window": [model.training_window_[0].isoformat(), model.training_window_[1].isoformat()],

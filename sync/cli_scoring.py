@@ -85,7 +85,7 @@ def score(
     bands = table["risk_band"].value_counts()
     out.print(
         f"Scored {len(table):,} customers as of {(cutoff - pd.Timedelta(days=1)):%Y-%m-%d} (churn = {model.label_} in the next "
-        f"{model.horizon_days_} days; model: {model.method_}): "
+        f"{model.horizon_days_} days; model: {model.describe()}): "
         + ", ".join(f"{bands.get(band, 0):,} {band}" for band in ("high", "medium", "low", "new"))
     )
     if explain is not None:

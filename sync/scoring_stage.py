@@ -230,7 +230,7 @@ def score_store(settings: Settings, store: Store, report: SyncReport, *, keep: b
         with store.transaction() as conn:
             store.save_cursor(conn, *SCORED_INPUTS_CURSOR, fingerprint)
     heading = (f"{len(table):,} customers scored (churn = {model.label_} in the next {model.horizon_days_} days; "
-               f"{model.method_}; {model_note})")
+               f"{model.describe()}; {model_note})")
     return records, _summarise(table, heading, latest, report)
 
 

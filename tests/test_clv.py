@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scoring.clv import BetaGeoModel, GammaGammaModel, LifetimeValueModel
+from scoring.churn import ChurnModel
+from scoring.clv import BetaGeoModel, GammaGammaModel, LearntValueModel, LifetimeValueModel
 from scoring.features import rfm_summary
+from scoring.scores import CLV_FIT_CUSTOMERS, CLV_HORIZON_DAYS, ScoringParameters, expected_value, score_customers
 from tests.conftest import shared_file
 
 WEEK = pd.Timedelta(weeks=1)
@@ -110,3 +112,99 @@ def test_several_orders_on_one_day_are_one_purchase() -> None:
 
     assert summary.loc["a", "frequency"] == 1
     assert summary.loc["a", "first_value"] == 15.0 and summary.loc["a", "total"] == 22.0
+
+
+CUT = pd.Timestamp("1997-10-01", tz="UTC")
+HOLDOUT_DAYS = 39 * 7
+
+
+def test_on_cdnow_the_shipped_value_ranks_holdout_spend_above_bg_nbd_with_gamma_gamma_at_its_level() -> None:
+    orders = cdnow_orders()
+    summary = rfm_summary(orders, CUT)
+    holdout = orders[(orders["at"] >= CUT) & (orders["at"] < CUT + pd.Timedelta(days=HOLDOUT_DAYS))]
+    actual = holdout.groupby("customer")["amount"].sum().reindex(summary.index, fill_value=0.0)
+
+    model = ChurnModel().fit(orders, CUT)  # as `retention score` fits it: the horizon from the purchase cycle
+    shipped = pd.Series(expected_value(summary, model, HOLDOUT_DAYS, random_seed=7), index=summary.index)
+    bg_gg = pd.Series(LifetimeValueModel().fit(summary).predict(summary, HOLDOUT_DAYS), index=summary.index)
+
+    assert model.value_method_.startswith("BG/NBD x Gamma-Gamma's values, ranked by spend in the")
+    assert shipped.corr(actual, method="spearman") > bg_gg.corr(actual, method="spearman")
+    # The values are BG/NBD x Gamma-Gamma's (fitted as shipped, on a seeded sample), handed out in the learnt order.
+    as_fitted = LifetimeValueModel(max_customers=CLV_FIT_CUSTOMERS, random_state=7).fit(summary).predict(summary, HOLDOUT_DAYS)
+    np.testing.assert_array_equal(np.sort(shipped.to_numpy()), np.sort(as_fitted))
+
+
+def small_shop(customers: int = 150, seed: int = 4) -> pd.DataFrame:
+    """Two years of orders; each customer buys at their own pace and amount until they stop."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for number in range(customers):
+        day, pace, amount = int(rng.integers(0, 150)), int(rng.choice([15, 40, 90])), float(rng.choice([15, 40, 120]))
+        stop = int(rng.integers(200, 800))
+        while day < stop:
+            rows.append((f"c{number}", pd.Timestamp("2023-01-01", tz="UTC") + pd.Timedelta(days=day), round(amount * rng.uniform(0.5, 1.5), 2)))
+            day += int(rng.exponential(pace)) + 1
+    return pd.DataFrame(rows, columns=["customer", "at", "amount"])
+
+
+PARAMETERS = ScoringParameters(horizon_days=None, medium_risk=0.4, high_risk=0.7, random_seed=7)
+AS_OF = pd.Timestamp("2024-07-01", tz="UTC")
+
+
+def test_orders_on_or_after_the_reference_date_change_no_lifetime_value() -> None:
+    orders = small_shop()
+    later = orders["at"] >= AS_OF
+    altered = pd.concat([
+        orders.assign(amount=orders["amount"].where(~later, 9_999.0)),
+        pd.DataFrame({"customer": ["c1", "newcomer"], "at": [AS_OF, AS_OF + pd.Timedelta(days=30)], "amount": [5_000.0, 70.0]}),
+    ])
+
+    original, model = score_customers(orders, AS_OF, PARAMETERS)
+    with_future, _ = score_customers(altered, AS_OF, PARAMETERS)
+
+    assert model.value_method_.startswith("BG/NBD x Gamma-Gamma's values, ranked by spend")
+    pd.testing.assert_series_equal(original["clv_12_months"], with_future["clv_12_months"])
+
+
+def test_too_little_history_falls_back_to_bg_nbd_with_gamma_gamma_and_says_so() -> None:
+    orders = small_shop()
+    as_of = orders["at"].min() + pd.Timedelta(days=60)  # no 30-day stretch before the first label window
+
+    table, model = score_customers(orders, as_of, PARAMETERS)
+
+    summary = rfm_summary(orders, as_of)
+    bg_gg = LifetimeValueModel().fit(summary).predict(summary, CLV_HORIZON_DAYS)
+    assert model.value_method_ == "BG/NBD x Gamma-Gamma (too little history to learn spend from)"
+    assert "; lifetime value: BG/NBD x Gamma-Gamma (too little history" in model.describe()
+    np.testing.assert_array_equal(table["clv_12_months"].to_numpy(), np.round(bg_gg, 2))
+
+
+def test_the_learnt_spend_needs_spenders_and_fits_a_large_history_on_a_seeded_sample() -> None:
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(5_000, 3))
+    spend = np.where(features[:, 0] > 0.5, np.exp(features[:, 1] + 3), 0.0)
+
+    with pytest.raises(ValueError, match="fewer than 20 customers spent anything"):
+        LearntValueModel().fit(features, np.where(np.arange(5_000) < 19, 10.0, 0.0))
+    sampled = LearntValueModel(max_rows=1_000).fit(features, spend)
+    again = LearntValueModel(max_rows=1_000).fit(features, spend)
+    expected = rng.permutation(np.linspace(0.0, 100.0, 5_000))
+
+    value = sampled.predict(features, expected)
+    np.testing.assert_array_equal(value, again.predict(features, expected))
+    np.testing.assert_array_equal(np.sort(value), np.sort(expected))
+    assert pd.Series(value).corr(pd.Series(spend), method="spearman") > 0.5
+
+
+def test_bg_nbd_and_gamma_gamma_fitted_on_a_seeded_sample_agree_with_the_whole() -> None:
+    summary = rfm_summary(cdnow_orders(), CUT, unit=WEEK)
+
+    whole = LifetimeValueModel().fit(summary)
+    sampled = LifetimeValueModel(max_customers=10_000, random_state=7).fit(summary)
+
+    assert LifetimeValueModel(max_customers=10_000, random_state=7).fit(summary).purchases_.params_ == sampled.purchases_.params_
+    for name, value in whole.purchases_.params_.items():
+        assert sampled.purchases_.params_[name] == pytest.approx(value, rel=0.15), name
+    for name, value in whole.spend_.params_.items():
+        assert sampled.spend_.params_[name] == pytest.approx(value, rel=0.25), name

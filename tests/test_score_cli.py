@@ -44,6 +44,7 @@ def test_scores_every_customer_with_band_reasons_segment_and_value(workspace: Wo
 
     assert result.exit_code == 0, result.stderr
     assert "Scored 120 customers as of 2024-06-30" in result.stdout
+    assert "; lifetime value: BG/NBD x Gamma-Gamma's values, ranked by spend in the " in result.stdout
     rows = read_scores(workspace.root / "scores.csv")
     assert len(rows) == 120
     assert list(rows[0]) == ["customer", "churn_probability", "risk_band", "reasons", "segment", "clv_12_months", "orders", "last_order"]
@@ -168,7 +169,8 @@ def test_scoring_the_store_keeps_the_scores_and_rescoring_the_same_day_writes_no
     assert {"kind": "score", "source": "scoring", "count": 120} in status["records"]
     models = workspace.root / ".retention" / "models"
     metadata = json.loads((models / "churn-model.json").read_text())
-    assert metadata["version"] == "churn-3" and metadata["customers"] == 120 and "days_since_last" in metadata["features"]
+    assert metadata["version"] == "churn-4" and metadata["customers"] == 120 and "days_since_last" in metadata["features"]
+    assert metadata["value_method"].startswith("BG/NBD x Gamma-Gamma's values, ranked by spend in the")
     assert all((path.stat().st_mode & 0o777) == 0o600 for path in models.iterdir())
 
 
