@@ -94,7 +94,8 @@ def _serve_one_request() -> None:
     configure_logging(logging.getLevelName(request["log_level"]))
     report = SimpleNamespace(scored=0, scoring="", riskiest=None)
     try:
-        store = Store.open(request["store"])
+        # It reads each kind of record once, in order: a small page cache does (and saves ~10 MB at the peak).
+        store = Store.open(request["store"], cache_mib=2)
         try:
             with scoring_threads():
                 records, last_nps = score_store(request["settings"], store, report, keep=request["keep"])
