@@ -60,9 +60,7 @@ def score_for_sync(settings: Settings, store: Store, report: SyncReport, *, keep
     ``scoring.own_process_from`` records of orders, email events and survey answers (where starting it, ~2 s, is
     small beside the scoring and the memory matters)."""
     if store.count_records(SCORING_INPUTS) < settings.scoring.own_process_from:
-        with scoring_threads():
-            records, last_nps = score_store(settings, store, report, keep=keep)
-        return Scored.of(records, last_nps, kept=keep)
+        return _score_here(settings, store, report, keep=keep)
     request = {"settings": settings, "store": store.engine.url.render_as_string(hide_password=False), "keep": keep,
                "parent": os.getpid(), "log_level": logging.getLogger().getEffectiveLevel()}
     child = subprocess.run([sys.executable, "-m", "sync.scoring_stage"], input=pickle.dumps(request),
@@ -81,6 +79,12 @@ def score_for_sync(settings: Settings, store: Store, report: SyncReport, *, keep
     return answer["result"]
 
 
+def _score_here(settings: Settings, store: Store, report: SyncReport | SimpleNamespace, *, keep: bool) -> Scored:
+    with scoring_threads():
+        records, last_nps = score_store(settings, store, report, keep=keep)
+    return Scored.of(records, last_nps, kept=keep)
+
+
 class ScoringFailed(RetentionError):
     """The scoring process ended without an answer."""
 
@@ -97,11 +101,10 @@ def _serve_one_request() -> None:
         # It reads each kind of record once, in order: a small page cache does (and saves ~10 MB at the peak).
         store = Store.open(request["store"], cache_mib=2)
         try:
-            with scoring_threads():
-                records, last_nps = score_store(request["settings"], store, report, keep=request["keep"])
+            scored = _score_here(request["settings"], store, report, keep=request["keep"])
         finally:
             store.close()
-        answer: object = {"result": Scored.of(records, last_nps, kept=request["keep"]), "scored": report.scored,
+        answer: object = {"result": scored, "scored": report.scored,
                           "scoring": report.scoring, "riskiest": report.riskiest,
                           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     except RetentionError as exc:  # the user's to act on: raised again in the sync's process, with its one line
