@@ -25,7 +25,7 @@ from connectors.base import ConfigError, StoreError
 from connectors.records import from_payload
 from sync.export import write_csv
 from sync.score_history import NO_SEGMENT, ScoreRunSummary, recent_score_runs
-from sync.settings import SCORE_NEUTRAL_SETTINGS, Settings
+from sync.settings import Settings
 from sync.store import Store
 
 BANDS = ("high", "medium", "low", "new")
@@ -225,7 +225,7 @@ def _model_quality(store: Store, settings: Settings) -> tuple[ModelQuality | Non
     from sync.scoring_stage import score_as_of
 
     as_of = score_as_of(settings)
-    key = "|".join([as_of.isoformat(), settings.scoring.model_dump_json(exclude=SCORE_NEUTRAL_SETTINGS), store.kinds_fingerprint(("order",))])
+    key = "|".join([as_of.isoformat(), settings.scoring.what_scores_depend_on(), store.kinds_fingerprint(("order",))])
     cache = settings.data_dir / "models" / BACKTEST_CACHE
     cached = _read_cache(cache, key)
     if cached is not None:

@@ -32,7 +32,7 @@ from scoring.threads import scoring_threads
 from sync.crash_points import CRASH_AT_VARIABLE, CRASH_EXIT_CODE
 from sync.score_history import record_run, stored_bands, summarise_run
 from sync.redact import configure_logging
-from sync.settings import SCORE_NEUTRAL_SETTINGS, Settings
+from sync.settings import Settings
 from sync.store import RunCounts, Store
 
 if TYPE_CHECKING:
@@ -256,7 +256,7 @@ SCORING_INPUTS = ("order", "email_event", "survey_response")
 
 
 def _scoring_inputs(settings: Settings, store: Store, as_of: pd.Timestamp) -> str:
-    return "|".join([as_of.isoformat(), MODEL_VERSION, settings.scoring.model_dump_json(exclude=SCORE_NEUTRAL_SETTINGS), settings.currency,
+    return "|".join([as_of.isoformat(), MODEL_VERSION, settings.scoring.what_scores_depend_on(), settings.currency,
                      store.kinds_fingerprint(SCORING_INPUTS)])
 
 

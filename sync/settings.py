@@ -95,10 +95,10 @@ class ScoringSettings(_Section):
     # whose memory goes back to the system when it ends; 0 = always.
     own_process_from: int = Field(100_000, ge=0)
 
-
-# Scoring settings that change where or how fast scores are computed, never what they are: a change of one keeps
-# the day's scores and the report's cached backtest.
-SCORE_NEUTRAL_SETTINGS = {"own_process_from"}
+    def what_scores_depend_on(self) -> str:
+        """These settings as scores depend on them, for the keys that say when scores (and the report's cached
+        backtest) must be computed again. Where or how fast scores are computed changes none of them."""
+        return self.model_dump_json(exclude={"own_process_from"})
 
 
 class ScheduleSettings(_Section):
